@@ -98,6 +98,15 @@ def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") 
     return t.tolist()
 
 
+def broadcast_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank the parameters and buffers of rank `src` (e.g. the best weights only it kept)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src)
+
+
 def shard(dataset, rank: int, world_size: int):
     """This rank's disjoint share of an evaluation dataset (no padding, so summed counts are exact)."""
     if world_size == 1:
