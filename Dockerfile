@@ -40,7 +40,8 @@ COPY --from=deps /opt/venv /opt/venv
 
 # The project itself (only src/, serve/ and the packaging files; see .dockerignore).
 WORKDIR /opt/program
-COPY pyproject.toml README.md /opt/program/
+# README.md is optional here (the wildcard copies it when present)
+COPY pyproject.toml README.m[d] /opt/program/
 COPY src/ /opt/program/src/
 COPY serve/ /opt/program/serve/
 RUN pip install --no-deps --no-build-isolation /opt/program \
