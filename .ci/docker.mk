@@ -4,7 +4,8 @@
 #   make image         build $(IMAGE); a no-op when nothing it is built from changed
 #   make train-local   build the image if needed, then train the demo job in a container
 IMAGE ?= localsage:latest
-PYTHON ?= .venv/bin/python
+# Python 3.11 (the image's version) whose pip builds the wheelhouse
+DOCKER_PYTHON ?= $(or $(wildcard .venv/bin/python),python3)
 LOCAL_BASE_IMAGE ?= localsage-base:bookworm
 # Base for the image: the locally built one when it exists (no registry here), else the Dockerfile default.
 BASE_IMAGE ?= $(shell docker image inspect $(LOCAL_BASE_IMAGE) >/dev/null 2>&1 && echo $(LOCAL_BASE_IMAGE))
@@ -26,8 +27,9 @@ endif
 
 wheelhouse: $(WHEELHOUSE_STAMP)
 $(WHEELHOUSE_STAMP): requirements.txt
+	@$(DOCKER_PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "wheelhouse: need Python 3.11 (the image has 3.11), got " + sys.version)'
 	mkdir -p wheelhouse
-	$(PYTHON) -m pip wheel -q -r requirements.txt "setuptools>=61" wheel -w wheelhouse
+	$(DOCKER_PYTHON) -m pip wheel -q -r requirements.txt "setuptools>=61" wheel -w wheelhouse
 	touch $@
 
 docker-engine:
@@ -41,3 +43,9 @@ $(IMAGE_STAMP): $(IMAGE_INPUTS) $(WHEELHOUSE_STAMP)
 	mkdir -p build serve
 	$(DOCKER_BUILD) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) .
 	docker image inspect -f '{{.Id}}' $(IMAGE) > $@
+
+# `make train-local BACKEND=docker|sagemaker-local` builds the image first (needs BACKEND set before
+# this file is included). The docker backend requests GPUs itself when the host has them.
+ifneq ($(filter docker sagemaker-local,$(BACKEND)),)
+train-local: image
+endif

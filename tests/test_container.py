@@ -48,7 +48,7 @@ def engine():
 @pytest.fixture(scope="session")
 def image(engine):
     """Build (or confirm) the project image once per session."""
-    proc = subprocess.run(["make", "-f", ".ci/docker.mk", "image", f"IMAGE={IMAGE}", f"PYTHON={sys.executable}"],
+    proc = subprocess.run(["make", "-f", ".ci/docker.mk", "image", f"IMAGE={IMAGE}", f"DOCKER_PYTHON={sys.executable}"],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         pytest.fail(f"make image failed:\n{proc.stdout[-4000:]}")
