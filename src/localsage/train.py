@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import contract as contract_mod
-from . import data, export, metrics, model as model_mod
+from . import data, distributed, export, metrics, model as model_mod
 from .hyperparameters import HyperparameterError, parse
 
 log = logging.getLogger("localsage.train")
@@ -126,7 +126,8 @@ class Job:
         self.t0 = time.time()
         self.hp = parse(contract.hyperparameters)
         hp = self.hp
-        self.rank, self.world, self.local_rank = 0, 1, 0
+        # one process per host (CPU) or per GPU; (0, 1, 0) and no process group for a single one
+        self.rank, self.world, self.local_rank = distributed.setup_from_contract(contract)
         self.device = pick_device(contract.num_gpus, self.local_rank)
         if self.device.type == "cpu":
             torch.set_num_threads(hp["threads"] or max(1, data.default_workers()))
@@ -150,8 +151,15 @@ class Job:
             self.datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"])
         workers = data.default_workers() if hp["workers"] < 0 else hp["workers"]
         pin = self.device.type == "cuda"
+        # data parallel: each rank trains on its DistributedSampler share and evaluates a disjoint shard
+        self.train_sampler = None
+        if self.world > 1:
+            self.train_sampler = torch.utils.data.DistributedSampler(
+                self.datasets["train"], self.world, self.rank, shuffle=True, seed=hp["seed"])
         self.loaders = {
-            split: data.make_loader(ds, hp["batch-size"], split == "train", workers, pin, seed=hp["seed"])
+            split: data.make_loader(distributed.shard(ds, self.rank, self.world) if split != "train" else ds,
+                                    hp["batch-size"], split == "train", workers, pin,
+                                    sampler=self.train_sampler if split == "train" else None, seed=hp["seed"])
             for split, ds in self.datasets.items()
         }
         self.criterion = nn.CrossEntropyLoss(label_smoothing=hp["label-smoothing"])
@@ -161,7 +169,14 @@ class Job:
         self.scheduler = make_scheduler(self.optimizer, hp, steps)
         self.amp = amp_dtype(self.device, hp["amp"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.step_model = torch.compile(self.model) if hp["compile"] else self.model
+        self.step_model = self.model
+        if self.world > 1:  # self.model stays unwrapped: its state_dict is what gets saved
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_model = DistributedDataParallel(
+                self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+        if hp["compile"]:
+            self.step_model = torch.compile(self.step_model)
         self.bad_files = {split: set() for split in self.datasets}
         self.history = []
         self.start_epoch = 1
@@ -243,15 +258,19 @@ class Job:
             total += n
             seen += 1
             bar.update(1)
+            if self.world > 1:  # a stop seen by any rank stops all of them at the same step
+                Stop.requested = distributed.all_reduce_sum([Stop.requested], self.device)[0] > 0
             if Stop.requested:
                 break
         bar.close()
         elapsed = time.time() - t0
+        loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], self.device)
         return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total), "images": total, "time": elapsed}
 
     @torch.inference_mode()
     def evaluate(self, split, model=None):
-        model = model or self.step_model
+        # DDP's forward is a collective; shards may differ by one batch, so evaluate the plain module
+        model = model or (self.model if self.world > 1 else self.step_model)
         model.eval()
         total, correct, loss_sum = 0, 0, 0.0
         for images, labels in self.batches(split):
@@ -260,9 +279,12 @@ class Job:
             loss_sum += self.eval_criterion(logits.float(), labels).item()
             correct += (logits.argmax(1) == labels).sum().item()
             total += labels.numel()
+        loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], self.device)
         return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total)}
 
     def record(self, values: dict):
+        if self.rank != 0:  # metrics are global (all-reduced); the leader reports them
+            return
         print(metrics.format_line(values), flush=True)
         self.c.output_data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.c.metrics_file, "a") as f:
@@ -275,6 +297,8 @@ class Job:
         stopped = False
         for epoch in range(self.start_epoch, hp["epochs"] + 1):
             t0 = time.time()
+            if self.train_sampler is not None:
+                self.train_sampler.set_epoch(epoch)
             tr = self.train_epoch()
             if Stop.requested:
                 # interrupted mid-epoch: keep the weights, count the epoch as not done
@@ -310,6 +334,7 @@ class Job:
         best_path = self.c.checkpoint_dir / BEST
         if best_path.exists():
             self.model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+        distributed.broadcast_state(self.model)  # only the leader keeps best.pth
         test = self.evaluate("test", self.model) if "test" in self.datasets else None
         if test:
             self.record({"test_loss": test["loss"], "test_acc": test["acc"]})
@@ -334,8 +359,10 @@ class Job:
             "classes": self.classes,
             "hyperparameters": self.hp,
         }
-        self.c.output_data_dir.mkdir(parents=True, exist_ok=True)
-        self.c.summary_file.write_text(json.dumps(summary, indent=2))
+        if self.rank == 0:
+            self.c.output_data_dir.mkdir(parents=True, exist_ok=True)
+            self.c.summary_file.write_text(json.dumps(summary, indent=2))
+        distributed.barrier()  # no rank exits before the leader has written the model
         log.info("training complete: %s", json.dumps({k: summary[k] for k in ("epochs_run", "best_epoch", "best_valid_acc", "test_acc", "skipped_images")}))
 
 
@@ -374,12 +401,15 @@ def failure_reason(exc: BaseException) -> str:
 
 def run(contract) -> int:
     job = Job(contract)
-    stopped = job.fit()
-    if stopped:
-        log.info("stopped: checkpoint written to %s", contract.checkpoint_dir / CHECKPOINT)
-        return STOPPED_EXIT
-    job.finish()
-    return 0
+    try:
+        stopped = job.fit()
+        if stopped:
+            log.info("stopped: checkpoint written to %s", contract.checkpoint_dir / CHECKPOINT)
+            return STOPPED_EXIT
+        job.finish()
+        return 0
+    finally:
+        distributed.cleanup()
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,118 @@
+"""Run a job's `train` in a container of job.image, through the docker Python SDK.
+
+The job folder's parts are bind-mounted where SageMaker puts them (/opt/ml/input/config, model,
+output, checkpoints) and each channel's source folder at /opt/ml/input/data/<channel>, read-only.
+Only the JSON files describe the job (no SM_* variables), as for a BYOC training container.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+from . import STOP_GRACE_SECONDS
+
+DEFAULT_IMAGE = os.environ.get("LOCALSAGE_IMAGE", "localsage:latest")
+SHM_SIZE = os.environ.get("LOCALSAGE_SHM_SIZE", "2g")  # DataLoader workers share batches through /dev/shm
+OPT_ML = "/opt/ml"
+LABEL = "localsage.job"
+
+
+def client():
+    import docker
+
+    return docker.from_env()
+
+
+def gpus_available(engine=None) -> bool:
+    """True when the host has NVIDIA GPUs and the engine can hand them to containers."""
+    if os.environ.get("LOCALSAGE_GPUS", "").lower() in ("0", "no", "false"):
+        return False
+    if not (shutil.which("nvidia-smi") or Path("/dev/nvidiactl").exists()):
+        return False
+    if shutil.which("nvidia-container-runtime-hook") or shutil.which("nvidia-ctk"):
+        return True
+    try:
+        return "nvidia" in (engine or client()).info().get("Runtimes", {})
+    except Exception:
+        return False
+
+
+def container_name(job_name: str) -> str:
+    return "localsage-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", job_name)
+
+
+def mounts(job) -> dict:
+    """host path -> {"bind": container path, "mode": ...} for docker-py's `volumes`."""
+    job_dir = Path(job.dir).resolve()
+    volumes = {}
+    for sub, mode in (("input/config", "ro"), ("model", "rw"), ("output", "rw"), ("checkpoints", "rw")):
+        host = job_dir / sub
+        host.mkdir(parents=True, exist_ok=True)
+        volumes[str(host)] = {"bind": f"{OPT_ML}/{sub}", "mode": mode}
+    for channel, src in job.channels.items():
+        volumes[str(Path(src).resolve())] = {"bind": f"{OPT_ML}/input/data/{channel}", "mode": "ro"}
+    return volumes
+
+
+def run(job, log, stop: threading.Event) -> int:
+    import docker
+
+    if job.instance_count != 1:
+        raise ValueError("the docker backend runs one instance; use the sagemaker-local backend for instance_count > 1")
+    engine = client()
+    image = job.image or DEFAULT_IMAGE
+    engine.images.get(image)  # ImageNotFound -> the runner records "could not run the job: ... (run `make image`)"
+    name = container_name(job.name)
+    try:  # a container left over from an interrupted run of the same job
+        engine.containers.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+
+    kwargs = {}
+    if gpus_available(engine):
+        kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if os.getuid() != 0:  # files in the job folder stay the caller's
+        kwargs["user"] = f"{os.getuid()}:{os.getgid()}"
+    env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp"} if os.getuid() != 0 else {"PYTHONUNBUFFERED": "1"}
+    env.update(job.env or {})
+
+    container = engine.containers.create(
+        image, ["train"], name=name, hostname="algo-1", environment=env, volumes=mounts(job),
+        shm_size=SHM_SIZE, labels={LABEL: job.name}, detach=True,
+        init=True,  # docker-init as PID 1 relays SIGTERM; a bare PID 1 ignores it until train installs its handler
+        **kwargs)
+    done = threading.Event()
+
+    def watch():  # stop: SIGTERM now, SIGKILL after the grace period (docker stop semantics)
+        while not stop.wait(0.5):
+            if done.is_set():
+                return
+        if not done.is_set():
+            log(f"stopping container {name}: SIGTERM, kill after {STOP_GRACE_SECONDS}s")
+            try:
+                container.stop(timeout=STOP_GRACE_SECONDS)
+            except docker.errors.APIError:
+                pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        container.start()
+        watcher.start()
+        pending = b""
+        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                log(line.decode("utf-8", "replace").rstrip("\r"))
+        if pending:
+            log(pending.decode("utf-8", "replace").rstrip("\r"))
+        return int(container.wait()["StatusCode"])
+    finally:
+        done.set()
+        try:
+            container.remove(force=True)  # also kills it if we got here by an exception (Ctrl-C)
+        except docker.errors.NotFound:
+            pass

@@ -1,0 +1,183 @@
+"""Run a job with the real SageMaker Python SDK (v2) in local mode: Estimator.fit on file:// channels.
+
+No AWS account is involved: the SDK gets its own boto3 session with a fixed region and dummy
+credentials (real ones are never read), telemetry is opted out, and while the SDK runs the process
+environment points the AWS config/credential files at /dev/null. The SDK starts one container per
+instance with docker-compose (hosts algo-1-<suffix>, algo-2-<suffix>, ... on one network) and packs
+model.tar.gz / output.tar.gz; they are unpacked into the job's model/ and output/ so the runner
+records the job like any other.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import re
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+from . import STOP_GRACE_SECONDS
+from .docker import DEFAULT_IMAGE, LABEL, SHM_SIZE, gpus_available
+
+REGION = "us-east-1"
+DUMMY_ROLE = "arn:aws:iam::111111111111:role/localsage-dummy"
+SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+LOCAL_ENV = {
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_ACCESS_KEY_ID": "localsage",
+    "AWS_SECRET_ACCESS_KEY": "localsage",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+    # keep the SDK away from the user's/admin's SDK defaults files
+    "SAGEMAKER_ADMIN_CONFIG_OVERRIDE": os.devnull,
+    "SAGEMAKER_USER_CONFIG_OVERRIDE": os.devnull,
+}
+UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@contextlib.contextmanager
+def local_aws_env():
+    """Region and dummy credentials for the SDK, only while it runs; the previous values come back."""
+    saved = {k: os.environ.get(k) for k in (*LOCAL_ENV, *UNSET)}
+    os.environ.update(LOCAL_ENV)
+    for k in UNSET:
+        os.environ.pop(k, None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class LineWriter(io.TextIOBase):
+    """A stdout stand-in that hands complete lines to `log` (the SDK prints docker-compose output).
+
+    Anything printed while `log` itself runs (the runner echoes lines) goes to the real stdout.
+    """
+
+    def __init__(self, log, real):
+        self.log, self.real, self.pending, self.busy = log, real, "", False
+
+    def write(self, text):
+        if self.busy:
+            return self.real.write(text)
+        self.pending += ANSI.sub("", text).replace("\r", "")
+        *lines, self.pending = self.pending.split("\n")
+        self.busy = True
+        try:
+            for line in lines:
+                self.log(line)
+        finally:
+            self.busy = False
+        return len(text)
+
+    def flush(self):
+        self.real.flush()
+
+    def close_lines(self):
+        if self.pending:
+            self.log(self.pending)
+            self.pending = ""
+
+
+def session(container_root: Path, job_name: str, init: bool = True):
+    import boto3
+    from sagemaker.local import LocalSession
+
+    boto = boto3.Session(aws_access_key_id=LOCAL_ENV["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=LOCAL_ENV["AWS_SECRET_ACCESS_KEY"], region_name=REGION)
+    sess = LocalSession(boto_session=boto, sagemaker_config=SDK_CONFIG)
+    container_root.mkdir(parents=True, exist_ok=True)
+    sess.config = {"local": {
+        "local_code": True,
+        "container_root": str(container_root),
+        # merged into every container's compose service
+        "container_config": {"shm_size": SHM_SIZE, "labels": {LABEL: job_name}, "init": init},
+    }}
+    return sess
+
+
+def sdk_job_name(name: str) -> str:
+    """SageMaker job names: letters, digits and hyphens, at most 63 characters."""
+    return re.sub(r"[^a-zA-Z0-9-]", "-", name)[:63].strip("-") or "localsage"
+
+
+def unpack(tar_path: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def run(job, log, stop: threading.Event) -> int:
+    import docker
+
+    with local_aws_env():  # the SDK reads its settings at import time
+        from sagemaker.estimator import Estimator
+    logging.getLogger("sagemaker").setLevel(logging.WARNING)  # not the compose file dump; the job log has the rest
+
+    job_dir = Path(job.dir).resolve()
+    work = job_dir / "sagemaker-local"  # the SDK's container_root and output_path
+    results = work / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    engine = docker.from_env()
+    image = job.image or DEFAULT_IMAGE
+    engine.images.get(image)  # a clear ImageNotFound before the SDK's docker-compose tries to pull
+    done = threading.Event()
+
+    def watch():  # stop: SIGTERM to every container of this job, kill after the grace period
+        while not stop.wait(0.5):
+            if done.is_set():
+                return
+        log(f"stopping the job's containers: SIGTERM, kill after {STOP_GRACE_SECONDS}s")
+        for c in engine.containers.list(filters={"label": f"{LABEL}={job.name}"}):
+            try:
+                c.stop(timeout=STOP_GRACE_SECONDS)
+            except docker.errors.APIError:
+                pass
+
+    threading.Thread(target=watch, daemon=True).start()
+    writer = LineWriter(log, sys.stdout)
+    code = 0
+    try:
+        with local_aws_env(), contextlib.redirect_stdout(writer):
+            estimator = Estimator(
+                image_uri=image,
+                role=DUMMY_ROLE,
+                instance_count=job.instance_count,
+                instance_type="local_gpu" if gpus_available(engine) else "local",
+                hyperparameters=dict(job.hyperparameters),
+                environment=dict(job.env or {}),
+                output_path=f"file://{results}",
+                sagemaker_session=session(work, job.name),
+                disable_profiler=True,
+            )
+            channels = {ch: f"file://{Path(src).resolve()}" for ch, src in job.channels.items()}
+            try:
+                estimator.fit(channels, job_name=sdk_job_name(job.name), wait=True, logs=True)
+            except RuntimeError as exc:  # docker-compose exited non-zero: a container failed or was stopped
+                log(f"sagemaker local mode: {exc}")
+                code = 1
+    finally:
+        done.set()
+        writer.close_lines()
+        for c in engine.containers.list(all=True, filters={"label": f"{LABEL}={job.name}"}):
+            c.remove(force=True)
+
+    # The SDK packs model/ and output/ of all hosts (leader writes the model); give them to the runner.
+    for name, sub in (("model.tar.gz", "model"), ("output.tar.gz", "output")):
+        if (results / name).exists():
+            unpack(results / name, job_dir / sub)
+    if code and not (job_dir / "output" / "failure").exists() and not stop.is_set():
+        log("no output/failure was written by the containers")
+    shutil.rmtree(work, ignore_errors=True)
+    return code

@@ -1,0 +1,200 @@
+"""The image, the docker backend and SageMaker SDK local mode (1 and 2 instances), with a real engine.
+
+Without a docker engine these tests skip, unless LOCALSAGE_REQUIRE_DOCKER=1 (set by .ci/run): then
+a missing engine or a failed image build is a failure. The image is built once per session with
+`make -f .ci/docker.mk image` (a no-op when nothing changed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST_HP, TINY_HP
+from localsage import contract, export, metrics, runner
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("IMAGE", "localsage:latest")
+REQUIRED = os.environ.get("LOCALSAGE_REQUIRE_DOCKER") == "1"
+LABEL = "localsage.job"
+MODEL_FILES = {export.WEIGHTS_FILE, "model_config.json", "index_to_name.json"}
+
+
+def _unavailable(reason: str):
+    if REQUIRED:
+        pytest.fail(f"LOCALSAGE_REQUIRE_DOCKER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # no SDK, no socket, engine down
+        _unavailable(f"no docker engine: {type(exc).__name__}: {exc}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def image(engine):
+    """Build (or confirm) the project image once per session."""
+    proc = subprocess.run(["make", "-f", ".ci/docker.mk", "image", f"IMAGE={IMAGE}", f"DOCKER_PYTHON={sys.executable}"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"make image failed:\n{proc.stdout[-4000:]}")
+    engine.images.get(IMAGE)
+    return IMAGE
+
+
+def tar_names(path) -> set:
+    with tarfile.open(path) as tar:
+        return {name.lstrip("./") for name in tar.getnames()} - {""}
+
+
+def job_containers(engine, name):
+    return engine.containers.list(all=True, filters={"label": f"{LABEL}={name}"})
+
+
+def valid_acc(job_dir: Path) -> float:
+    rows = [r for r in metrics.read_jsonl(job_dir / "output" / "data" / "metrics.jsonl") if "valid_acc" in r]
+    assert rows, "no epoch metrics written"
+    return rows[-1]["valid_acc"]
+
+
+# ------------------------------------------------------------------ the image by itself (BYOC)
+
+def test_image_has_train_serve_and_sagemaker_settings(engine, image):
+    attrs = engine.images.get(image).attrs
+    config = attrs["Config"]
+    assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert "PYTHONUNBUFFERED=1" in config["Env"]
+    assert not config.get("Entrypoint"), "SageMaker passes `train`/`serve` as the command"
+    assert not [e for e in config["Env"] if e.startswith("SM_")]
+    out = engine.containers.run(image, ["sh", "-c", "for p in train serve java; do command -v $p; done"], remove=True).decode()
+    assert len(out.split()) == 3, out
+
+
+def test_docker_run_train_with_only_the_json_files(engine, image, demo_data, tmp_path):
+    """`docker run IMAGE train` on a hand-made /opt/ml: config JSONs and a channel, no SM_* variables."""
+    ml = tmp_path / "ml"
+    contract.make_dirs(ml)
+    contract.write_config(ml, FAST_HP, [contract.COMBINED_CHANNEL])
+    container = engine.containers.run(
+        image, ["train"], detach=True, shm_size="1g",
+        volumes={str(ml): {"bind": "/opt/ml", "mode": "rw"},
+                 str(demo_data): {"bind": "/opt/ml/input/data/training", "mode": "ro"}})
+    try:
+        code = container.wait(timeout=900)["StatusCode"]
+        logs = container.logs().decode(errors="replace")
+        env = container.attrs["Config"]["Env"]
+    finally:
+        container.remove(force=True)
+    assert code == 0, logs[-3000:]
+    assert not [e for e in env if e.startswith("SM_")]
+    assert not (ml / "output" / "failure").exists()
+    assert MODEL_FILES <= {p.name for p in (ml / "model").iterdir()}
+    config = json.loads((ml / "model" / "model_config.json").read_text())
+    assert len(config["classes"]) == 6
+    assert valid_acc(ml) >= 0.9, logs[-3000:]
+    assert "valid_acc=" in logs  # metric lines reach the container log (SageMaker's metric regexes read it)
+
+
+# ------------------------------------------------------------------ docker backend
+
+def test_docker_backend_completes_with_artifacts(engine, image, small_data, tmp_path):
+    record = runner.train(small_data, TINY_HP, backend="docker", image=image, jobs_dir=tmp_path, echo=False,
+                          name="docker-ok")
+    job_dir = Path(record["JobDir"])
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
+    assert record["AlgorithmSpecification"]["TrainingImage"] == image
+    assert MODEL_FILES <= tar_names(job_dir / "model.tar.gz")
+    assert "data/metrics.jsonl" in tar_names(job_dir / "output.tar.gz")
+    assert record["EpochsCompleted"] == 1
+    assert "epoch=1;" in (job_dir / runner.LOG).read_text()
+    assert job_containers(engine, "docker-ok") == []
+
+
+def test_docker_backend_bad_hyperparameter_fails_with_reason(engine, image, small_data, tmp_path):
+    record = runner.train(small_data, {**TINY_HP, "lr": "-1"}, backend="docker", image=image, jobs_dir=tmp_path,
+                          echo=False, name="docker-bad-hp")
+    assert record["TrainingJobStatus"] == "Failed"
+    assert record["ExitCode"] == 1
+    assert "lr" in record["FailureReason"] and "HyperparameterError" in record["FailureReason"]
+    assert job_containers(engine, "docker-bad-hp") == []
+
+
+def test_docker_backend_stop_sends_sigterm_and_removes_the_container(engine, image, small_data, tmp_path):
+    seen = []
+
+    def on_metrics(values):
+        seen.append(job_containers(engine, "docker-stop"))  # still running while it reports
+        return values["epoch"] >= 1
+
+    record = runner.train(small_data, {**TINY_HP, "epochs": "50"}, backend="docker", image=image,
+                          jobs_dir=tmp_path, echo=False, name="docker-stop", on_metrics=on_metrics)
+    assert record["TrainingJobStatus"] == "Stopped"
+    assert record["EpochsCompleted"] < 50
+    assert record["ExitCode"] == 143, "train should exit on SIGTERM (143), not be killed (137)"
+    assert seen and seen[0], "the container was not running while the job reported metrics"
+    assert job_containers(engine, "docker-stop") == []
+
+
+def test_docker_backend_missing_image_fails_clearly(engine, small_data, tmp_path):
+    record = runner.train(small_data, TINY_HP, backend="docker", image="localsage-no-such-image:0", jobs_dir=tmp_path,
+                          echo=False, name="docker-no-image")
+    assert record["TrainingJobStatus"] == "Failed"
+    assert "localsage-no-such-image" in record["FailureReason"]
+
+
+# ------------------------------------------------------------------ SageMaker SDK local mode
+
+AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE")
+
+
+def test_sagemaker_local_one_instance(engine, image, small_data, tmp_path):
+    before = {k: os.environ.get(k) for k in AWS_VARS}
+    record = runner.train(small_data, TINY_HP, backend="sagemaker-local", image=image, jobs_dir=tmp_path,
+                          echo=False, name="sm-local-1")
+    job_dir = Path(record["JobDir"])
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
+    assert MODEL_FILES <= tar_names(job_dir / "model.tar.gz")
+    assert "data/metrics.jsonl" in tar_names(job_dir / "output.tar.gz")
+    log = (job_dir / runner.LOG).read_text()
+    assert "algo-1-" in log and "epoch=1;" in log  # the SDK's docker-compose output reached the job log
+    assert {k: os.environ.get(k) for k in AWS_VARS} == before, "dummy AWS settings leaked into the process"
+    assert job_containers(engine, "sm-local-1") == []
+
+
+def test_sagemaker_local_failure_reason_reaches_the_record(engine, image, small_data, tmp_path):
+    record = runner.train(small_data, {**TINY_HP, "arch": "nope"}, backend="sagemaker-local", image=image,
+                          jobs_dir=tmp_path, echo=False, name="sm-local-bad")
+    assert record["TrainingJobStatus"] == "Failed"
+    assert "arch" in record["FailureReason"]
+
+
+def test_sagemaker_local_two_instances_train_data_parallel(engine, image, demo_data, tmp_path):
+    # 16 per rank x 2 ranks = the single-process recipe's global batch of 32
+    hp = {**FAST_HP, "batch-size": "16"}
+    record = runner.train(demo_data, hp, backend="sagemaker-local", image=image, jobs_dir=tmp_path, echo=False,
+                          name="sm-local-2", instance_count=2)
+    job_dir = Path(record["JobDir"])
+    log = (job_dir / runner.LOG).read_text()
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
+    for rank, host in ((0, "algo-1-"), (1, "algo-2-")):
+        assert any(f"host={host}" in line and f"rank={rank} world_size=2" in line for line in log.splitlines()), log[-3000:]
+    # metrics come from the leader only: one line per epoch, not one per host
+    epochs = [m["epoch"] for m in map(metrics.parse_line, log.splitlines()) if m and "epoch" in m]
+    assert epochs == list(range(1, int(hp["epochs"]) + 1)), epochs
+    names = tar_names(job_dir / "model.tar.gz")
+    assert MODEL_FILES <= names and sum(n.endswith(".pth") for n in names) == 1
+    assert valid_acc(job_dir) >= 0.9

@@ -1,0 +1,76 @@
+"""Data-parallel training from resourceconfig.json, without containers: two `train` processes on this
+machine play two hosts ("127.0.0.1" is the leader, "localhost" the second host) over gloo."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_HP
+from localsage import contract, distributed, export, metrics
+
+
+def test_world_layout():
+    hosts = ["algo-1", "algo-2", "algo-3"]
+    assert distributed.world_layout(["algo-1"], "algo-1", 0) == (0, 1, 0)
+    assert distributed.world_layout(["algo-1"], "algo-1", 1) == (0, 1, 0)
+    assert distributed.world_layout(hosts, "algo-2", 0) == (1, 3, 0)
+    assert distributed.world_layout(hosts, "algo-3", 4, local_rank=2) == (10, 12, 2)
+    with pytest.raises(ValueError):
+        distributed.world_layout(hosts, "algo-9", 0)
+    with pytest.raises(ValueError):
+        distributed.world_layout(hosts, "algo-1", 2, local_rank=2)
+
+
+def test_single_host_is_a_noop():
+    assert distributed.setup(["algo-1"], "algo-1", 0) == (0, 1, 0)
+    assert not distributed.active()
+    assert distributed.all_reduce_sum([1, 2.5]) == [1.0, 2.5]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_hosts_train_data_parallel(tmp_path, small_data):
+    hosts = ["127.0.0.1", "localhost"]
+    hp = {**TINY_HP, "epochs": "2", "max-steps": "0", "workers": "0"}
+    roots = []
+    for host in hosts:
+        root = tmp_path / host
+        contract.make_dirs(root)
+        contract.write_config(root, hp, [contract.COMBINED_CHANNEL], hosts=hosts, current_host=host)
+        rc = root / "input/config/resourceconfig.json"
+        rc.write_text(json.dumps({"current_host": host, "hosts": hosts}))  # no interface name: use any
+        os.symlink(small_data, root / "input/data" / contract.COMBINED_CHANNEL)
+        roots.append(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    env.update(MASTER_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "localsage.train", "--ml-root", str(r)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in roots]
+    outs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        outs.append(out)
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert "rank=0 world_size=2" in outs[0] and "rank=1 world_size=2" in outs[1]
+    # the leader writes the model and the metrics; the other host writes neither
+    assert (roots[0] / "model" / export.WEIGHTS_FILE).exists()
+    assert not list((roots[1] / "model").iterdir())
+    assert not (roots[1] / "output/data/metrics.jsonl").exists()
+    rows = [r for r in metrics.read_jsonl(roots[0] / "output/data/metrics.jsonl") if "epoch" in r]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # metric lines come from the leader only (one per epoch, not one per host)
+    assert "epoch=" not in outs[1]
