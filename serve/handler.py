@@ -428,7 +428,7 @@ class Classifier:
         if self.device.type == "cpu":
             threads = self.settings["threads"]
             if threads <= 0:
-                workers = max(1, int(yaml_config.get("minWorkers") or os.environ.get("LOCALSAGE_SERVE_WORKERS", 1)))
+                workers = max(1, int(os.environ.get("LOCALSAGE_SERVE_WORKERS") or yaml_config.get("minWorkers") or 1))
                 threads = max(1, len(os.sched_getaffinity(0)) // workers)
             torch.set_num_threads(threads)
             self.threads = threads
