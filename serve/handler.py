@@ -60,6 +60,7 @@ DEFAULTS = {
     "max_image_bytes": 6 * 1024 * 1024,  # decoded image bytes per image
     "max_pixels": 40_000_000,  # width*height from the header, checked before decoding
     "max_images": 16,  # per request ("images"/"urls")
+    "max_forward": 32,  # images per forward pass (bounds activation memory)
     "jpeg_draft": True,  # JPEG DCT-scaled decode, as the training loader does
     "threads": 0,  # torch intra-op threads per worker; 0 = CPUs / workers
     "fuse": True,  # fold BatchNorm into conv for CPU inference (checked numerically)
@@ -469,13 +470,18 @@ class Classifier:
 
     @torch.inference_mode()
     def predict(self, hwc_list):
-        x = self._to_tensor(hwc_list)
-        if self.amp:
-            with torch.autocast("cuda", dtype=torch.float16):
+        """Probabilities for a list of HWC uint8 crops, in forward passes of at most `max_forward` images."""
+        out = []
+        step = self.settings["max_forward"]
+        for i in range(0, len(hwc_list), step):
+            x = self._to_tensor(hwc_list[i:i + step])
+            if self.amp:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    logits = self.model(x)
+            else:
                 logits = self.model(x)
-        else:
-            logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1).cpu()
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+        return torch.cat(out)
 
     def answer(self, probs, topk):
         values, indices = probs.topk(topk)
