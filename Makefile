@@ -1,0 +1,44 @@
+# localsage — make help lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BACKEND ?= process
+DATA ?= data/demo
+JOBS ?= jobs
+HP ?=
+HP_FILE ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo-data train-local bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/localsage: requirements.txt pyproject.toml
+	@command -v java >/dev/null || echo "note: no Java found; TorchServe needs a JRE 17 (apt-get install openjdk-17-jre-headless)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt pytest
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
+	@touch $@
+
+install: $(BIN)/localsage ## create .venv with the pinned dependencies and localsage
+
+test: install ## run the test suite
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+$(DATA)/train:
+	$(BIN)/localsage demo-data $(DATA)
+
+demo-data: install $(DATA)/train ## generate the demo ImageFolder set in DATA (default data/demo)
+
+train-local: install ## train on DATA with BACKEND (process|docker|sagemaker-local); HP="lr=0.01 epochs=3", HP_FILE=best.json
+	$(BIN)/localsage train --backend $(BACKEND) --data $(DATA) --jobs-dir $(JOBS) \
+		$(if $(HP_FILE),--hp-file $(HP_FILE)) $(foreach kv,$(HP),--hp $(kv)) $(if $(IMAGE),--image $(IMAGE))
+
+bench: install ## run the benchmarks in bench/
+	$(BIN)/python bench/train_pipeline.py
+
+clean: ## remove jobs and generated data (not the venv)
+	rm -rf $(JOBS) data/demo test-artifacts

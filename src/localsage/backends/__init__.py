@@ -1,0 +1,31 @@
+"""Backends run a prepared job folder (laid out as /opt/ml) and report its exit code.
+
+A backend is a module with `run(job: JobSpec, log, stop) -> int`:
+- `log(line)` receives every log line as it is produced (the runner parses metrics from it);
+- `stop` is a threading.Event: when set, stop the job gracefully (SIGTERM, then kill after a grace period).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NAMES = {"process": "process", "docker": "docker", "sagemaker-local": "sagemaker_local", "sagemaker": "sagemaker"}
+STOP_GRACE_SECONDS = 30
+
+
+@dataclass
+class JobSpec:
+    name: str
+    dir: Path
+    channels: dict
+    hyperparameters: dict
+    image: str | None = None
+    instance_count: int = 1
+    env: dict = field(default_factory=dict)
+
+
+def get(name: str):
+    if name not in NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(NAMES)}")
+    return importlib.import_module(f"{__name__}.{NAMES[name]}")

@@ -1,0 +1,44 @@
+"""Run the `train` entrypoint as a child process with SAGEMAKER_BASE_DIR pointing at the job folder."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from .. import contract
+from . import STOP_GRACE_SECONDS
+
+
+def run(job, log, stop: threading.Event) -> int:
+    env = dict(os.environ)
+    env.update(job.env or {})
+    env[contract.ROOT_ENV] = str(job.dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localsage.train"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,  # Ctrl-C reaches the runner, which relays SIGTERM as SageMaker does
+    )
+
+    def watch():
+        while not stop.wait(0.5):
+            if proc.poll() is not None:
+                return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    threading.Thread(target=watch, daemon=True).start()
+    for line in proc.stdout:
+        log(line.rstrip("\n"))
+    code = proc.wait()
+    return code

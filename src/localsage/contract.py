@@ -1,0 +1,187 @@
+"""SageMaker's training-container contract: the only module that knows the /opt/ml layout.
+
+Facts (sagemaker-training-toolkit's environment.py and the BYOC docs):
+- root is /opt/ml; SAGEMAKER_BASE_DIR overrides it (the toolkit's own variable name);
+- input/config/hyperparameters.json holds every value as a string;
+- input/config/inputdataconfig.json names the channels, data lives in input/data/<channel>;
+- input/config/resourceconfig.json has current_host and hosts;
+- the model goes to model/, failure reasons to output/failure, extra output to output/data/;
+- SM_* environment variables (script mode in AWS's framework containers) win over the files.
+
+Nothing is created at import time; `load()` returns an immutable snapshot.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT_ENV = "SAGEMAKER_BASE_DIR"
+DEFAULT_ROOT = "/opt/ml"
+CHECKPOINT_ENV = "SM_CHECKPOINT_DIR"
+CHANNELS = ("train", "valid", "test")
+COMBINED_CHANNEL = "training"  # one channel holding train/ valid/ test/ (the dogImages layout on S3)
+
+
+@dataclass(frozen=True)
+class Contract:
+    root: Path
+    hyperparameters: dict = field(default_factory=dict)
+    input_data_config: dict = field(default_factory=dict)
+    resource_config: dict = field(default_factory=dict)
+    channels: dict = field(default_factory=dict)
+    model_dir: Path = None
+    output_dir: Path = None
+    output_data_dir: Path = None
+    failure_file: Path = None
+    checkpoint_dir: Path = None
+    debughookconfig: dict | None = None
+    hosts: tuple = ("algo-1",)
+    current_host: str = "algo-1"
+    num_gpus: int = 0
+
+    @property
+    def config_dir(self) -> Path:
+        return config_dir(self.root)
+
+    @property
+    def tensors_dir(self) -> Path:
+        return self.output_dir / "tensors"
+
+    @property
+    def profiler_dir(self) -> Path:
+        return self.output_dir / "profiler"
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.output_dir / "rules"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.output_data_dir / "metrics.jsonl"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.output_data_dir / "summary.json"
+
+    def split_dirs(self) -> dict:
+        """Folders of the train/valid/test splits: separate channels or one `training` channel."""
+        dirs = {}
+        for split in CHANNELS:
+            if split in self.channels:
+                dirs[split] = self.channels[split]
+            elif COMBINED_CHANNEL in self.channels:
+                dirs[split] = self.channels[COMBINED_CHANNEL] / split
+        return dirs
+
+
+def root_dir(root=None, env=None) -> Path:
+    env = os.environ if env is None else env
+    return Path(root or env.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def config_dir(root) -> Path:
+    return Path(root) / "input" / "config"
+
+
+def data_dir(root) -> Path:
+    return Path(root) / "input" / "data"
+
+
+def _read_json(path: Path, default):
+    if not path.exists():
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _count_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # torch missing or a broken driver: no GPUs
+        return 0
+
+
+def load(root=None, env=None) -> Contract:
+    env = os.environ if env is None else env
+    root = root_dir(root, env)
+    cfg = config_dir(root)
+    hps = _read_json(cfg / "hyperparameters.json", {})
+    if "SM_HPS" in env:
+        hps = json.loads(env["SM_HPS"])
+    hps = {k: v if isinstance(v, str) else json.dumps(v) for k, v in hps.items()}
+    inputs = _read_json(cfg / "inputdataconfig.json", {})
+    resources = _read_json(cfg / "resourceconfig.json", {})
+
+    channels = {}
+    ddir = data_dir(root)
+    names = set(inputs) | ({p.name for p in ddir.iterdir() if p.is_dir()} if ddir.is_dir() else set())
+    for name in sorted(names):
+        channels[name] = ddir / name
+    for key, value in env.items():
+        if key.startswith("SM_CHANNEL_"):
+            channels[key[len("SM_CHANNEL_"):].lower()] = Path(value)
+
+    hosts = env.get("SM_HOSTS")
+    hosts = tuple(json.loads(hosts)) if hosts else tuple(resources.get("hosts") or ["algo-1"])
+    current = env.get("SM_CURRENT_HOST") or resources.get("current_host") or hosts[0]
+    gpus = env.get("SM_NUM_GPUS")
+    output_dir = root / "output"
+    return Contract(
+        root=root,
+        hyperparameters=hps,
+        input_data_config=inputs,
+        resource_config=resources,
+        channels=channels,
+        model_dir=Path(env.get("SM_MODEL_DIR") or root / "model"),
+        output_dir=output_dir,
+        output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR") or output_dir / "data"),
+        failure_file=output_dir / "failure",
+        checkpoint_dir=Path(env.get(CHECKPOINT_ENV) or root / "checkpoints"),
+        debughookconfig=_read_json(cfg / "debughookconfig.json", None),
+        hosts=hosts,
+        current_host=current,
+        num_gpus=int(gpus) if gpus is not None else _count_gpus(),
+    )
+
+
+def write_config(root, hyperparameters: dict, channels, hosts=("algo-1",), current_host=None) -> None:
+    """Write input/config/*.json as SageMaker does (hyperparameter values as strings)."""
+    cfg = config_dir(root)
+    cfg.mkdir(parents=True, exist_ok=True)
+    hps = {k: v if isinstance(v, str) else json.dumps(v) for k, v in hyperparameters.items()}
+    inputs = {
+        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+        for name in channels
+    }
+    resources = {
+        "current_host": current_host or hosts[0],
+        "hosts": list(hosts),
+        "network_interface_name": "eth0",
+    }
+    for name, content in (
+        ("hyperparameters.json", hps),
+        ("inputdataconfig.json", inputs),
+        ("resourceconfig.json", resources),
+    ):
+        (cfg / name).write_text(json.dumps(content, indent=2, sort_keys=True))
+
+
+def make_dirs(root) -> None:
+    """Create the folders of a job root (the runner's job dir, or a container's /opt/ml)."""
+    root = Path(root)
+    for sub in ("input/config", "input/data", "model", "output/data", "checkpoints"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+
+def failure_file(root=None) -> Path:
+    return root_dir(root) / "output" / "failure"
+
+
+def write_failure(path, reason: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(reason.strip() + "\n")

@@ -1,0 +1,134 @@
+"""Every training hyperparameter, defined once: name, type, default, meaning.
+
+SageMaker passes hyperparameters as strings; `parse` turns them into typed values and rejects
+unknown names and bad values with a message that names the problem.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+class HyperparameterError(ValueError):
+    pass
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type
+    default: object
+    help: str
+    choices: tuple = ()
+    min: float | None = None
+    max: float | None = None
+    min_inclusive: bool = True
+
+    def convert(self, raw):
+        if isinstance(raw, str):
+            text = raw.strip()
+            if self.type is bool:
+                value = _bool(text)
+            elif self.type is int:
+                value = int(text)
+            elif self.type is float:
+                value = float(text)
+            else:
+                value = text
+        elif self.type is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            value = float(raw)
+        elif isinstance(raw, self.type):
+            value = raw
+        else:
+            raise ValueError(f"expected {self.type.__name__}")
+        if self.type is float and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(map(str, self.choices))}")
+        if self.min is not None and (value < self.min or (value == self.min and not self.min_inclusive)):
+            raise ValueError(f"must be {'>=' if self.min_inclusive else '>'} {self.min}")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"must be <= {self.max}")
+        return value
+
+
+P = Param
+PARAMS = (
+    P("arch", str, "resnet50", "torchvision classification model name (torchvision.models.list_models)"),
+    P("weights", str, "DEFAULT", "torchvision weights enum name (DEFAULT, IMAGENET1K_V2, ...), none, or a path to a state_dict .pth"),
+    P("freeze", str, "none", "none | backbone (train the new head only) | until:<layer> (freeze layers before <layer>)"),
+    P("epochs", int, 10, "maximum number of epochs", min=1),
+    P("batch-size", int, 64, "images per step (per process when distributed)", min=1),
+    P("lr", float, 1e-3, "peak learning rate", min=0, min_inclusive=False),
+    P("optimizer", str, "adamw", "adamw | sgd", choices=("adamw", "sgd")),
+    P("momentum", float, 0.9, "SGD momentum", min=0, max=1),
+    P("weight-decay", float, 1e-4, "weight decay", min=0),
+    P("scheduler", str, "cosine", "cosine | onecycle | none", choices=("cosine", "onecycle", "none")),
+    P("warmup-epochs", int, 0, "linear warm-up epochs (cosine schedule)", min=0),
+    P("label-smoothing", float, 0.0, "cross-entropy label smoothing", min=0, max=0.99),
+    P("image-size", int, 224, "training/eval crop size in pixels", min=16),
+    P("resize-size", int, 0, "eval resize before the center crop (0 = image-size * 256/224)", min=0),
+    P("augment", bool, True, "RandomResizedCrop + horizontal flip for training (false: the eval transform)"),
+    P("amp", str, "auto", "auto (bf16 where supported, fp16+GradScaler on older GPUs, off on CPU) | bf16 | fp16 | off",
+      choices=("auto", "bf16", "fp16", "off")),
+    P("channels-last", bool, True, "use channels_last memory format"),
+    P("compile", bool, False, "torch.compile the model"),
+    P("workers", int, -1, "DataLoader workers (-1 = sized to the cores)", min=-1),
+    P("seed", int, 0, "random seed", min=0),
+    P("patience", int, 0, "early stopping: stop after this many epochs without valid_loss improvement (0 = off)", min=0),
+    P("strict-data", bool, False, "fail on unreadable images instead of skipping them"),
+    P("max-steps", int, 0, "stop each epoch after this many steps (0 = full epoch; for smoke tests)", min=0),
+    P("threads", int, 0, "torch intra-op threads on CPU (0 = physical cores available)", min=0),
+)
+SPEC = {p.name: p for p in PARAMS}
+
+
+def defaults() -> dict:
+    return {p.name: p.default for p in PARAMS}
+
+
+def parse(raw: dict) -> dict:
+    """Typed hyperparameters from SageMaker's string map; raise HyperparameterError on any problem."""
+    raw = {str(k).replace("_", "-"): v for k, v in (raw or {}).items()}
+    unknown = sorted(set(raw) - set(SPEC))
+    if unknown:
+        raise HyperparameterError(
+            f"unknown hyperparameter(s): {', '.join(unknown)}. Known: {', '.join(sorted(SPEC))}"
+        )
+    values = defaults()
+    errors = []
+    for name, text in raw.items():
+        try:
+            values[name] = SPEC[name].convert(text)
+        except ValueError as exc:
+            errors.append(f"{name}={text!r}: {exc}")
+    if errors:
+        raise HyperparameterError("invalid hyperparameter(s): " + "; ".join(errors))
+    freeze = values["freeze"]
+    if not (freeze in ("none", "backbone") or (freeze.startswith("until:") and len(freeze) > 6)):
+        raise HyperparameterError(f"freeze={freeze!r}: must be none, backbone or until:<layer>")
+    return values
+
+
+def to_strings(values: dict) -> dict:
+    """The SageMaker form: every value a string (booleans lower-case)."""
+    out = {}
+    for k, v in values.items():
+        out[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
+def markdown_table() -> str:
+    rows = ["| name | type | default | meaning |", "|---|---|---|---|"]
+    for p in PARAMS:
+        rows.append(f"| `{p.name}` | {p.type.__name__} | `{p.default}` | {p.help} |")
+    return "\n".join(rows)

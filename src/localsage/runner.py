@@ -1,0 +1,214 @@
+"""Create a job folder laid out as /opt/ml, run it with a backend, pack artifacts, record the job.
+
+Job records follow DescribeTrainingJob's field names and live in jobs/<name>/job.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tarfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import backends, contract, metrics
+from .hyperparameters import to_strings
+
+DEFAULT_JOBS_DIR = Path(os.environ.get("LOCALSAGE_JOBS_DIR", "jobs"))
+RECORD = "job.json"
+LOG = "train.log"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def job_name(prefix="localsage") -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H-%M-%S-%f")[:-3]
+    return f"{prefix}-{stamp}"
+
+
+def channels_for(data) -> dict:
+    """A data folder with train/ valid/ [test/] is one `training` channel (the dogImages layout);
+    a dict maps channel names to folders."""
+    if isinstance(data, dict):
+        return {name: Path(p).resolve() for name, p in data.items()}
+    data = Path(data).resolve()
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder not found: {data}")
+    return {contract.COMBINED_CHANNEL: data}
+
+
+def write_record(job_dir: Path, record: dict) -> None:
+    tmp = job_dir / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, job_dir / RECORD)
+
+
+def read_record(job_dir) -> dict:
+    return json.loads((Path(job_dir) / RECORD).read_text())
+
+
+def pack(src: Path, dest: Path) -> Path | None:
+    """Tar+gzip the contents of src (SageMaker's model.tar.gz / output.tar.gz have no top folder)."""
+    if not src.is_dir():
+        return None
+    tmp = dest.with_name(dest.name + ".tmp")
+    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+        for child in sorted(src.iterdir()):
+            tar.add(child, arcname=child.name)
+    os.replace(tmp, dest)
+    return dest
+
+
+def final_metrics(job_dir: Path) -> dict:
+    rows = metrics.read_jsonl(job_dir / "output" / "data" / "metrics.jsonl")
+    final = {}
+    for row in rows:
+        final.update(row)
+    return final
+
+
+def prepare(name, channels: dict, hyperparameters: dict, jobs_dir, instance_count=1) -> Path:
+    job_dir = (Path(jobs_dir) / name).resolve()
+    if job_dir.exists():
+        raise FileExistsError(f"job {name!r} already exists at {job_dir}")
+    contract.make_dirs(job_dir)
+    contract.write_config(job_dir, hyperparameters, list(channels))
+    for ch, src in channels.items():
+        os.symlink(src, contract.data_dir(job_dir) / ch, target_is_directory=True)
+    return job_dir
+
+
+def train(data, hyperparameters: dict | None = None, backend: str = "process", name: str | None = None,
+          jobs_dir=None, image: str | None = None, instance_count: int = 1, on_metrics=None,
+          env: dict | None = None, stop: threading.Event | None = None, echo: bool = True, tags: dict | None = None) -> dict:
+    """Run one training job to the end; returns its record.
+
+    on_metrics(values) is called for every metrics line in the job's log (every backend); when it
+    returns True the job is stopped (SIGTERM) and recorded as Stopped.
+    """
+    jobs_dir = Path(jobs_dir or DEFAULT_JOBS_DIR)
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    module = backends.get(backend)
+    name = name or job_name()
+    hps = to_strings(hyperparameters or {})
+    channels = channels_for(data)
+    job_dir = prepare(name, channels, hps, jobs_dir, instance_count)
+    spec = backends.JobSpec(name=name, dir=job_dir, channels=channels, hyperparameters=hps, image=image,
+                            instance_count=instance_count, env=dict(env or {}))
+    record = {
+        "TrainingJobName": name,
+        "TrainingJobStatus": "InProgress",
+        "SecondaryStatus": "Training",
+        "HyperParameters": hps,
+        "AlgorithmSpecification": {
+            "TrainingImage": image or "process:localsage.train",
+            "TrainingInputMode": "File",
+            "MetricDefinitions": metrics.METRIC_DEFINITIONS,
+        },
+        "InputDataConfig": [
+            {"ChannelName": ch, "DataSource": {"FileDataSource": {"FileUri": f"file://{src}"}}} for ch, src in channels.items()
+        ],
+        "OutputDataConfig": {"LocalPath": str(job_dir)},
+        "ResourceConfig": {"InstanceType": backend, "InstanceCount": instance_count},
+        "CreationTime": _now(),
+        "TrainingStartTime": _now(),
+        "Backend": backend,
+        "JobDir": str(job_dir),
+        "LogFile": str(job_dir / LOG),
+        "Tags": tags or {},
+    }
+    write_record(job_dir, record)
+
+    stop = stop or threading.Event()
+    stop_reason = []
+    log_file = open(job_dir / LOG, "a", buffering=1)
+
+    def on_line(line: str):
+        log_file.write(line + "\n")
+        if echo:
+            print(f"[{name}] {line}", flush=True)
+        values = metrics.parse_line(line)
+        if values and "epoch" in values and on_metrics is not None and not stop.is_set():
+            if on_metrics(values):
+                stop_reason.append("stopped by the caller after epoch %d" % values["epoch"])
+                stop.set()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def interrupt(signum, frame):
+            if not stop.is_set():
+                stop_reason.append("interrupted (Ctrl-C)")
+                print(f"[{name}] stopping: SIGTERM sent to the job", file=sys.stderr, flush=True)
+            stop.set()
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+    started = time.time()
+    try:
+        code = module.run(spec, on_line, stop)
+    except Exception as exc:  # a backend that cannot start the job: record it as failed
+        code = -1
+        on_line(f"backend {backend} failed: {type(exc).__name__}: {exc}")
+        contract.write_failure(job_dir / "output" / "failure", f"backend {backend} could not run the job: {exc}")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        log_file.close()
+    elapsed = time.time() - started
+
+    failure = job_dir / "output" / "failure"
+    if code == 0:
+        status, reason = "Completed", None
+    elif stop.is_set():
+        status, reason = "Stopped", (stop_reason[0] if stop_reason else "stopped")
+    else:
+        status = "Failed"
+        reason = failure.read_text().strip() if failure.exists() else f"the job exited with code {code} and wrote no failure reason"
+    final = final_metrics(job_dir)
+    artifacts = {}
+    if status == "Completed":
+        artifacts["model"] = str(pack(job_dir / "model", job_dir / "model.tar.gz"))
+    out = pack(job_dir / "output", job_dir / "output.tar.gz")
+    if out:
+        artifacts["output"] = str(out)
+    summary_file = job_dir / "output" / "data" / "summary.json"
+    record.update({
+        "TrainingJobStatus": status,
+        "SecondaryStatus": status,
+        "TrainingEndTime": _now(),
+        "TrainingTimeInSeconds": round(elapsed, 2),
+        "ExitCode": code,
+        "FinalMetricDataList": [{"MetricName": k, "Value": v} for k, v in final.items() if k != "epoch"],
+        "EpochsCompleted": final.get("epoch", 0),
+        "ModelArtifacts": {"S3ModelArtifacts": artifacts.get("model")},
+        "OutputArtifacts": artifacts.get("output"),
+        "Summary": json.loads(summary_file.read_text()) if summary_file.exists() else None,
+    })
+    if reason:
+        record["FailureReason" if status == "Failed" else "StopReason"] = reason
+    write_record(job_dir, record)
+    if echo:
+        print(f"[{name}] {status}" + (f": {reason}" if reason else "") + f" ({elapsed:.1f}s) -> {job_dir}", flush=True)
+    return record
+
+
+def list_jobs(jobs_dir=None) -> list:
+    jobs_dir = Path(jobs_dir or DEFAULT_JOBS_DIR)
+    records = []
+    for path in sorted(jobs_dir.glob(f"*/{RECORD}")):
+        try:
+            records.append(read_record(path.parent))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(records, key=lambda r: r.get("CreationTime", ""))
+
+
+def describe(name, jobs_dir=None) -> dict:
+    job_dir = Path(jobs_dir or DEFAULT_JOBS_DIR) / name
+    if not (job_dir / RECORD).exists():
+        raise FileNotFoundError(f"no job named {name!r} in {job_dir.parent}")
+    return read_record(job_dir)

@@ -1,0 +1,54 @@
+"""Shared, session-scoped fixtures: demo data and one trained job reused by many tests."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from localsage import runner
+from localsage.data import make_demo_data
+
+# A recipe that reaches >= 0.9 valid accuracy on the demo set in well under 2 minutes on 2 cores.
+FAST_HP = {
+    "arch": "resnet18", "weights": "none", "image-size": "64", "epochs": "6", "batch-size": "32",
+    "lr": "0.003", "workers": "1", "seed": "0",
+}
+# For tests that only need the plumbing, not accuracy.
+TINY_HP = {**FAST_HP, "image-size": "32", "epochs": "1", "max-steps": "2", "batch-size": "8"}
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir():
+    path = Path(os.environ.get("LOCALSAGE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    return make_demo_data(tmp_path_factory.mktemp("demo") / "demo", classes=6, per_class=60, size=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """Two classes, a few images: for plumbing tests."""
+    return make_demo_data(tmp_path_factory.mktemp("small") / "small", classes=2, per_class=10, size=40, seed=1)
+
+
+@pytest.fixture(scope="session")
+def jobs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jobs")
+
+
+@pytest.fixture(scope="session")
+def trained_job(demo_data, jobs_dir):
+    """One real training job on the demo data through the runner (process backend)."""
+    record = runner.train(demo_data, FAST_HP, name="trained-demo", jobs_dir=jobs_dir, echo=False)
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
+    return record
+
+
+def python_entry(*args):
+    return [sys.executable, "-m", *args]
