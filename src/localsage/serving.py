@@ -15,69 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
-MANIFEST = Path("MAR-INF") / "MANIFEST.json"
-HANDLER_FILE = "handler.py"
-MODEL_CONFIG_YAML = "model-config.yaml"
-# Dynamic batching and workers written into each model dir (TorchServe's own defaults are batch 1).
-BATCH_DEFAULTS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 60}
-
-
-def serve_dir() -> Path:
-    """Where serve/ (handler.py, config.properties, serve) lives: LOCALSAGE_SERVE_DIR, the source
-    checkout, or <prefix>/share/localsage/serve for an installed package."""
-    candidates = [os.environ.get("LOCALSAGE_SERVE_DIR"), Path(__file__).resolve().parents[2] / "serve",
-                  Path(sys.prefix) / "share" / "localsage" / "serve", "/opt/localsage/serve"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / HANDLER_FILE).is_file():
-            return Path(candidate)
-    raise FileNotFoundError("serve/handler.py not found; set LOCALSAGE_SERVE_DIR to the repository's serve/ folder")
-
-
-def make_torchserve_dir(model_dir, model_name: str = "model", version: str = "1.0", **batching) -> Path:
-    """Turn an exported model dir (model.pth, model_config.json, index_to_name.json) into a TorchServe
-    model directory in place: handler.py, model-config.yaml (batching, workers) and
-    MAR-INF/MANIFEST.json as `torch-model-archiver --archive-format no-archive` writes it."""
-    import yaml
-
-    model_dir = Path(model_dir)
-    for needed in ("model.pth", "model_config.json"):
-        if not (model_dir / needed).is_file():
-            raise FileNotFoundError(f"{model_dir / needed} missing: not an exported localsage model dir")
-    unknown = set(batching) - set(BATCH_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown batching settings {sorted(unknown)}; known: {sorted(BATCH_DEFAULTS)}")
-    shutil.copyfile(serve_dir() / HANDLER_FILE, model_dir / HANDLER_FILE)
-    config = {**BATCH_DEFAULTS, **batching, "handler": {"topk": 5}}
-    header = ("# TorchServe per-model settings. Handler settings (see handler.py DEFAULTS) go under\n"
-              "# `handler:`; LOCALSAGE_SERVE_<NAME> environment variables override them.\n")
-    (model_dir / MODEL_CONFIG_YAML).write_text(header + yaml.safe_dump(config, sort_keys=False))
-    manifest = {
-        "createdOn": datetime.now().strftime("%d/%m/%Y %H:%M:%S"),
-        "runtime": "python",
-        "model": {
-            "modelName": model_name,
-            "serializedFile": "model.pth",
-            "handler": HANDLER_FILE,
-            "modelVersion": version,
-            "configFile": MODEL_CONFIG_YAML,
-        },
-        "archiverVersion": _archiver_version(),
-    }
-    (model_dir / MANIFEST).parent.mkdir(exist_ok=True)
-    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return model_dir
-
-
-def _archiver_version() -> str:
-    try:
-        from model_archiver import __version__
-
-        return __version__
-    except ImportError:
-        return "0.12.0"
+from .export import (  # noqa: F401 - re-exported for callers of the serving API
+    HANDLER_FILE, MANIFEST, MODEL_CONFIG_YAML, make_torchserve_dir, serve_dir,
+)
 
 
 def _jobs_dir(jobs_dir):
