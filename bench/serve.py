@@ -177,7 +177,8 @@ def main(argv=None):
           f"(~{sum(map(len, images)) // len(images) // 1024} KB), concurrency {args.concurrency}, "
           f"<= {args.requests} requests / {args.duration:.0f} s per handler, {os.cpu_count()} CPUs", flush=True)
     server = serving.LocalServer({"ours": ours, "seed": seed}, port=args.port, management_port=args.port + 1,
-                                 metrics_port=args.port + 2, log_path=root / "torchserve.out")
+                                 metrics_port=args.port + 2, grpc_ports=(args.port + 3, args.port + 4),
+                                 log_path=root / "torchserve.out")
     results = {}
     try:
         server.start(wait_s=300)

@@ -286,11 +286,41 @@ def _content_type(context, idx, name):
     return ct.split(";")[0].strip().lower()
 
 
+def _header(context, idx, name):
+    """A request header, case-insensitively (TorchServe keeps the client's spelling)."""
+    if context is None:
+        return None
+    try:
+        props = context.get_all_request_header(idx) or {}
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    for key, value in props.items():
+        if isinstance(key, str) and key.lower() == name and isinstance(value, str):
+            return value
+    return None
+
+
+def _topk_from_headers(context, idx):
+    """X-Topk: N, or SageMaker's X-Amzn-SageMaker-Custom-Attributes: topk=N."""
+    value = _header(context, idx, "x-topk")
+    if value is not None:
+        return value
+    attrs = _header(context, idx, "x-amzn-sagemaker-custom-attributes") or ""
+    for part in re.split(r"[;,]", attrs):
+        key, _, val = part.partition("=")
+        if key.strip().lower() == "topk":
+            return val.strip()
+    return None
+
+
 def parse_request(item, idx, context, settings, num_classes):
-    """Return (list of image bytes, topk, is_list) for one request of the batch."""
+    """Return (list of image bytes, topk, is_list) for one request of the batch.
+    topk: JSON "topk" > form field or query parameter "topk" (/invocations) > X-Topk header."""
     if not isinstance(item, dict):
         raise RequestError(400, "EmptyBody", "request has no body")
     topk_field = item.get("topk")
+    if topk_field is None:
+        topk_field = _topk_from_headers(context, idx)
     fields = {k: v for k, v in item.items() if k != "topk" and k != "model_name"}
     if not fields:
         raise RequestError(400, "EmptyBody", "request body is empty")

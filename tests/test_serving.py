@@ -41,10 +41,16 @@ SERVE_SCRIPT = ROOT / "serve" / "serve"
 MAX_IMAGE_BYTES = 1_500_000  # the test server's handler byte limit (below TorchServe's 6.5 MB request limit)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """n distinct free loopback ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def load_handler_module():
@@ -96,9 +102,10 @@ def mar(served_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(served_model_dir, mar, tmp_path_factory):
     logs = tmp_path_factory.mktemp("tslogs")
+    port, management_port, metrics_port, grpc, grpc_management = free_ports(5)
     ts = serving.LocalServer(
-        {"demo": served_model_dir, "demo-mar": mar},
-        port=free_port(), management_port=free_port(), metrics_port=free_port(),
+        {"demo": served_model_dir, "demo-mar": mar}, port=port, management_port=management_port,
+        metrics_port=metrics_port, grpc_ports=(grpc, grpc_management),
         env={"LOCALSAGE_SERVE_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES)},
         log_path=logs / "torchserve.out",
     )
@@ -204,7 +211,7 @@ def test_preprocessing_matches_training_eval_transform(served_model_dir, test_im
     for path, _ in test_images[:5]:
         ours = clf._to_tensor([clf.preprocess_image(path.read_bytes())])
         img = data.open_rgb(str(path), cfg["resize_size"])
-        theirs = normalize(data.to_uint8_tensor(tf(img)).unsqueeze(0))
+        theirs = normalize(tf(img).unsqueeze(0))  # eval_transform ends with PILToTensor (uint8 CHW)
         assert ours.shape == theirs.shape == (1, 3, cfg["image_size"], cfg["image_size"])
         assert torch.equal(ours, theirs)
 
@@ -273,13 +280,22 @@ def test_multipart(predict_url, sample_jpeg, classes):
     check_predictions(r.json()["predictions"], classes, 2)
 
 
-def test_topk_query_and_max(predict_url, sample_jpeg, classes):
-    r = requests.post(predict_url, params={"topk": len(classes)}, data=sample_jpeg,
-                      headers={"Content-Type": "image/jpeg"}, timeout=60)
+def test_topk_header_query_and_max(server, predict_url, sample_jpeg, classes):
+    r = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg", "X-Topk": str(len(classes))},
+                      timeout=60)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     check_predictions(preds, classes, len(classes))
     assert abs(sum(p["probability"] for p in preds) - 1.0) < 1e-3
+    # SageMaker custom attributes header
+    r = requests.post(predict_url, data=sample_jpeg, timeout=60, headers={
+        "Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "trace=1;topk=2"})
+    check_predictions(r.json()["predictions"], classes, 2)
+    # /invocations passes query parameters through (/predictions/<model> does not)
+    r = requests.post(server.url + "/invocations", params={"model_name": "demo", "topk": 3}, data=sample_jpeg,
+                      headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 200, r.text
+    check_predictions(r.json()["predictions"], classes, 3)
 
 
 def test_exif_orientation_applied(predict_url, classes):
@@ -343,6 +359,10 @@ def _png_header_only(width, height):
     return b"\x89PNG\r\n\x1a\n" + chunk
 
 
+def _png(jpeg):
+    return encode(Image.open(io.BytesIO(jpeg)), "PNG")
+
+
 def _bomb_png():
     """10000 x 10000 (100 MP) in a few KB."""
     return encode(Image.new("1", (10000, 10000)), "PNG", optimize=True)
@@ -357,7 +377,7 @@ BAD = {
     "truncated png": (lambda j: dict(data=encode(Image.open(io.BytesIO(j)), "PNG")[:300],
                                      headers={"Content-Type": "image/png"}), 400, None),
     "header-only png": (lambda j: dict(data=_png_header_only(64, 64), headers={"Content-Type": "image/png"}),
-                        400, "InvalidImage"),
+                        400, None),
     "unsupported content type": (lambda j: dict(data=b"a,b\n1,2\n", headers={"Content-Type": "text/csv"}),
                                  415, "UnsupportedContentType"),
     "malformed json": (lambda j: dict(data=b'{"image": ', headers={"Content-Type": "application/json"}),
@@ -377,14 +397,14 @@ BAD = {
                                 413, None),
     "decompression bomb": (lambda j: dict(data=_bomb_png(), headers={"Content-Type": "image/png"}),
                            413, "ImageTooLarge"),
-    "huge dimensions header": (lambda j: dict(data=_png_header_only(60000, 60000), headers={"Content-Type": "image/png"}),
-                               413, "ImageTooLarge"),
+    "huge dimensions header": (lambda j: dict(data=_png_header_only(60000, 60000) + _png(j)[33:],
+                                              headers={"Content-Type": "image/png"}), 413, "ImageTooLarge"),
     "topk zero": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": 0}), 400, "InvalidTopK"),
     "topk too big": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": 7}), 400, "InvalidTopK"),
     "topk not int": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": "three"}), 400, "InvalidTopK"),
     "topk bool": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": True}), 400, "InvalidTopK"),
-    "topk query out of range": (lambda j: dict(data=j, params={"topk": "-1"}, headers={"Content-Type": "image/jpeg"}),
-                                400, "InvalidTopK"),
+    "topk header out of range": (lambda j: dict(data=j, headers={"Content-Type": "image/jpeg", "X-Topk": "-1"}),
+                                 400, "InvalidTopK"),
     "url input disabled": (lambda j: dict(json={"url": "https://example.com/dog.jpg"}), 403, "URLInputDisabled"),
 }
 
@@ -457,7 +477,7 @@ def _fuzz_payloads(jpeg, png, rng):
     """(data, content type) malformed inputs: random bytes, corrupted/truncated JPEG and PNG,
     huge dimensions in small files, broken JSON/base64."""
     out = []
-    for _ in range(40):
+    for _ in range(60):
         out.append((rng.randbytes(rng.randint(1, 4000)), rng.choice(["image/jpeg", "image/png", "application/octet-stream"])))
     for src, ctype in ((jpeg, "image/jpeg"), (png, "image/png")):
         for _ in range(40):
@@ -576,9 +596,12 @@ def _unix_get(sock_path, path):
 def test_sagemaker_serve_entrypoint(served_model_dir, tmp_path, sample_jpeg, classes):
     model = tmp_path / "opt-ml-model"
     shutil.copytree(served_model_dir, model)
-    port = free_port()
+    port, metrics_port, grpc = free_ports(3)
+    while grpc + 1 in (port, metrics_port):
+        (grpc,) = free_ports(1)
     env = {**os.environ, "LOCALSAGE_MODEL_DIR": str(model), "LOCALSAGE_BIND_HOST": "127.0.0.1",
-           "SAGEMAKER_BIND_TO_PORT": str(port), "LOCALSAGE_METRICS_PORT": str(free_port()),
+           "SAGEMAKER_BIND_TO_PORT": str(port), "LOCALSAGE_METRICS_PORT": str(metrics_port),
+           "LOCALSAGE_GRPC_PORT": str(grpc),
            "SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_TS_BATCH_SIZE": "4",
            "SAGEMAKER_TS_MAX_BATCH_DELAY": "20", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "30",
            "LOCALSAGE_SERVE_ALLOW_URLS": "true", "LOCALSAGE_SERVE_URL_ALLOWLIST": "127.0.0.1,localhost",
@@ -648,7 +671,7 @@ def _image(request):
 @pytest.mark.docker
 def test_container_serve(request, served_model_dir, sample_jpeg, classes):
     image = _image(request)
-    port = free_port()
+    (port,) = free_ports(1)
     name = f"localsage-serve-test-{os.getpid()}"
     subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
                     "-v", f"{served_model_dir.resolve()}:/opt/ml/model:ro", image, "serve"], check=True)

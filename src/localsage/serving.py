@@ -84,8 +84,8 @@ class LocalServer:
     """TorchServe as a child process group on loopback, with a private temp dir (TorchServe keeps
     its pid file and worker sockets in TMPDIR, so several servers can run side by side)."""
 
-    def __init__(self, models: dict, port=8080, management_port=8081, metrics_port=8082, host="127.0.0.1",
-                 env=None, log_path=None, extra_properties=None):
+    def __init__(self, models: dict, port=8080, management_port=8081, metrics_port=8082, grpc_ports=(7070, 7071),
+                 host="127.0.0.1", env=None, log_path=None, extra_properties=None):
         self.models = {name: Path(d) for name, d in models.items()}
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
@@ -95,6 +95,9 @@ class LocalServer:
             "inference_address": f"http://{host}:{port}",
             "management_address": f"http://127.0.0.1:{management_port}",
             "metrics_address": f"http://127.0.0.1:{metrics_port}",
+            # TorchServe always starts gRPC too; two servers must not share these ports
+            "grpc_inference_port": str(grpc_ports[0]),
+            "grpc_management_port": str(grpc_ports[1]),
         })
         props.update(extra_properties or {})
         self.management_url = props["management_address"]
@@ -183,7 +186,8 @@ def serve_job(job, jobs_dir=None, port=8080, name=None) -> int:
     """Foreground TorchServe on 127.0.0.1:<port> with one job's model; Ctrl-C stops it."""
     model_dir = job_model_dir(job, jobs_dir)
     name = name or _model_name(job)
-    server = LocalServer({name: model_dir}, port=port, management_port=port + 1, metrics_port=port + 2)
+    server = LocalServer({name: model_dir}, port=port, management_port=port + 1, metrics_port=port + 2,
+                         grpc_ports=(7070, 7071) if port == 8080 else (port + 3, port + 4))
     print(f"TorchServe: POST http://127.0.0.1:{port}/predictions/{name} (or /invocations), GET /ping; "
           f"metrics http://127.0.0.1:{port + 2}/metrics; Ctrl-C stops", flush=True)
     server.start(wait_s=0)
