@@ -109,6 +109,10 @@ def build_parser():
 
     p = sub.add_parser("hyperparameters", help="print the hyperparameter reference (markdown)")
     p.set_defaults(func=cmd_hyperparameters)
+
+    from . import serving
+
+    serving.add_parser(sub)  # predict, package, serve
     return parser
 
 

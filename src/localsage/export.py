@@ -3,11 +3,18 @@
     model/model.pth            state_dict of torchvision.models.get_model(arch, num_classes=N, weights=None)
     model/model_config.json    arch, num_classes, image_size, resize_size, mean, std, classes
     model/index_to_name.json   {"0": "Affenpinscher", ...}
+    model/handler.py           serve/handler.py (TorchServe handler; needs torchvision, not localsage)
+    model/model-config.yaml    TorchServe batching/workers + handler settings
+    model/MAR-INF/MANIFEST.json  as `torch-model-archiver --archive-format no-archive` writes it
+so `torchserve --models name=<dir>` and SageMaker's /opt/ml/model serve the directory unchanged.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -47,6 +54,7 @@ def save_model(model_dir, state_dict: dict, config: dict) -> Path:
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     index = {str(i): name for i, name in enumerate(config["classes"])}
     (model_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    make_torchserve_dir(model_dir)
     return model_dir
 
 
@@ -59,3 +67,62 @@ def load_model(model_dir):
     model = models.get_model(config["arch"], num_classes=config["num_classes"], weights=None)
     model.load_state_dict(torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return model.eval(), config
+
+
+# ------------------------------------------------------------------------------ TorchServe bits
+
+MANIFEST = Path("MAR-INF") / "MANIFEST.json"
+HANDLER_FILE = "handler.py"
+MODEL_CONFIG_YAML = "model-config.yaml"
+# Dynamic batching and workers for the exported model (TorchServe's own default is batch 1).
+BATCH_DEFAULTS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 60}
+
+
+def serve_dir() -> Path:
+    """Where serve/ (handler.py, config.properties, serve) lives: $LOCALSAGE_SERVE_DIR, the source
+    checkout, <prefix>/share/localsage/serve (installed package) or /opt/localsage/serve (image)."""
+    candidates = [os.environ.get("LOCALSAGE_SERVE_DIR"), Path(__file__).resolve().parents[2] / "serve",
+                  Path(sys.prefix) / "share" / "localsage" / "serve", "/opt/localsage/serve"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / HANDLER_FILE).is_file():
+            return Path(candidate)
+    raise FileNotFoundError("serve/handler.py not found (needed in every exported model dir); "
+                            "set LOCALSAGE_SERVE_DIR to the repository's serve/ folder")
+
+
+def _archiver_version() -> str:
+    try:
+        from model_archiver import __version__
+
+        return __version__
+    except ImportError:
+        return "0.12.0"
+
+
+def make_torchserve_dir(model_dir, model_name: str = "model", version: str = "1.0", **batching) -> Path:
+    """Make an exported model dir a TorchServe model directory in place: copy handler.py, write
+    model-config.yaml (batching, workers, handler settings) and MAR-INF/MANIFEST.json."""
+    import yaml
+
+    model_dir = Path(model_dir)
+    for needed in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (model_dir / needed).is_file():
+            raise FileNotFoundError(f"{model_dir / needed} missing: not an exported localsage model dir")
+    unknown = set(batching) - set(BATCH_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown batching settings {sorted(unknown)}; known: {sorted(BATCH_DEFAULTS)}")
+    shutil.copyfile(serve_dir() / HANDLER_FILE, model_dir / HANDLER_FILE)
+    config = {**BATCH_DEFAULTS, **batching, "handler": {"topk": 5}}
+    header = ("# TorchServe per-model settings. Handler settings (handler.py DEFAULTS) go under `handler:`;\n"
+              "# LOCALSAGE_SERVE_<NAME> environment variables override them. serve/serve applies SAGEMAKER_* on top.\n")
+    (model_dir / MODEL_CONFIG_YAML).write_text(header + yaml.safe_dump(config, sort_keys=False))
+    manifest = {
+        "createdOn": datetime.now().strftime("%d/%m/%Y %H:%M:%S"),
+        "runtime": "python",
+        "model": {"modelName": model_name, "serializedFile": WEIGHTS_FILE, "handler": HANDLER_FILE,
+                  "modelVersion": version, "configFile": MODEL_CONFIG_YAML},
+        "archiverVersion": _archiver_version(),
+    }
+    (model_dir / MANIFEST).parent.mkdir(exist_ok=True)
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return model_dir

@@ -1,0 +1,280 @@
+"""Serving: the TorchServe bits of the model directory, `.mar` packaging, the local TorchServe
+launcher (`localsage serve JOB`, `make serve JOB=...`) and the `localsage predict` client.
+
+The handler itself is serve/handler.py; it is copied into every exported model directory and
+never imports localsage.
+"""
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .export import (  # noqa: F401 - re-exported for callers of the serving API
+    HANDLER_FILE, MANIFEST, MODEL_CONFIG_YAML, make_torchserve_dir, serve_dir,
+)
+
+
+def _jobs_dir(jobs_dir):
+    return Path(jobs_dir or os.environ.get("LOCALSAGE_JOBS_DIR", "jobs"))
+
+
+def _model_name(job) -> str:
+    path = Path(str(job).rstrip("/"))
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
+def job_model_dir(job, jobs_dir=None) -> Path:
+    """A job name (<jobs_dir>/<name>/model) or a path to a model dir."""
+    path = Path(job)
+    if (path / MANIFEST).is_file() or (path / "model.pth").is_file():
+        return path
+    candidate = _jobs_dir(jobs_dir) / str(job) / "model"
+    if not candidate.is_dir():
+        raise FileNotFoundError(f"no model for job {job!r}: {candidate} does not exist")
+    if not (candidate / MANIFEST).is_file():
+        make_torchserve_dir(candidate)
+    return candidate
+
+
+def _bin(name: str) -> str:
+    sibling = Path(sys.executable).parent / name
+    return str(sibling) if sibling.exists() else (shutil.which(name) or name)
+
+
+def package(job, export_path="model-store", name=None, jobs_dir=None) -> Path:
+    """`localsage package JOB`: a .mar of the job's model dir (torch-model-archiver) in export_path."""
+    model_dir = job_model_dir(job, jobs_dir)
+    if not (model_dir / MANIFEST).is_file():
+        make_torchserve_dir(model_dir)
+    name = name or _model_name(job)
+    version = json.loads((model_dir / MANIFEST).read_text())["model"].get("modelVersion", "1.0")
+    extra = [str(model_dir / f) for f in ("model_config.json", "index_to_name.json") if (model_dir / f).is_file()]
+    Path(export_path).mkdir(parents=True, exist_ok=True)
+    cmd = [_bin("torch-model-archiver"), "--model-name", name, "--version", version,
+           "--serialized-file", str(model_dir / "model.pth"), "--handler", str(model_dir / HANDLER_FILE),
+           "--extra-files", ",".join(extra), "--config-file", str(model_dir / MODEL_CONFIG_YAML),
+           "--export-path", str(export_path), "--force"]
+    subprocess.run(cmd, check=True)
+    return Path(export_path) / f"{name}.mar"
+
+
+# ---------------------------------------------------------------------------------------------
+# local TorchServe
+
+
+def read_properties(path) -> dict:
+    props = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip()
+    return props
+
+
+class LocalServer:
+    """TorchServe as a child process group on loopback, with a private temp dir (TorchServe keeps
+    its pid file and worker sockets in TMPDIR, so several servers can run side by side)."""
+
+    def __init__(self, models: dict, port=8080, management_port=8081, metrics_port=8082, grpc_ports=(7070, 7071),
+                 host="127.0.0.1", env=None, log_path=None, extra_properties=None):
+        self.models = {name: Path(d) for name, d in models.items()}
+        self.host, self.port = host, port
+        self.url = f"http://{host}:{port}"
+        self.workdir = Path(tempfile.mkdtemp(prefix="localsage-ts-"))
+        props = read_properties(serve_dir() / "config.properties")
+        props.update({
+            "inference_address": f"http://{host}:{port}",
+            "management_address": f"http://127.0.0.1:{management_port}",
+            "metrics_address": f"http://127.0.0.1:{metrics_port}",
+            # TorchServe always starts gRPC too; two servers must not share these ports
+            "grpc_inference_port": str(grpc_ports[0]),
+            "grpc_management_port": str(grpc_ports[1]),
+        })
+        props.update(extra_properties or {})
+        self.management_url = props["management_address"]
+        self.metrics_url = props["metrics_address"]
+        self.config = self.workdir / "config.properties"
+        self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.workdir / "store").mkdir()
+        self.env = {**os.environ, **(env or {}), "TMPDIR": str(self.workdir), "TEMP": str(self.workdir),
+                    "LOG_LOCATION": str(self.workdir / "logs"), "METRICS_LOCATION": str(self.workdir / "logs")}
+        self.log_path = Path(log_path) if log_path else None  # None: inherit stdout/stderr
+        self.proc = None
+
+    def command(self):
+        specs = []
+        for name, d in self.models.items():  # a model dir in place, or a .mar copied into the store
+            specs.append(f"{name}={d.name if d.suffix == '.mar' else d.resolve()}")
+        return [_bin("torchserve"), "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(self.config),
+                "--model-store", str(self.workdir / "store"), "--models", *specs]
+
+    def start(self, wait_s=180.0):
+        for name, d in self.models.items():
+            if d.suffix == ".mar":
+                shutil.copyfile(d, self.workdir / "store" / d.name)
+            elif not (d / MANIFEST).is_file():
+                raise FileNotFoundError(f"{d} is not a TorchServe model dir (no {MANIFEST}); run make_torchserve_dir")
+        self._log = open(self.log_path, "ab") if self.log_path else None
+        self.proc = subprocess.Popen(self.command(), env=self.env, cwd=self.workdir, stdout=self._log,
+                                     stderr=subprocess.STDOUT if self._log else None, start_new_session=True)
+        if wait_s:
+            self.wait_healthy(wait_s)
+        return self
+
+    def wait_healthy(self, wait_s=180.0):
+        import requests
+
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if requests.get(self.url + "/ping", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"TorchServe not healthy after {wait_s} s; see {self.log_path}")
+
+    def worker_pids(self):
+        import psutil
+
+        if self.proc is None:
+            return []
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        return [p.pid for p in children if "model_service_worker" in " ".join(p.cmdline())]
+
+    def stop(self, grace_s=20.0):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            try:  # leftover workers, if any
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+            if self._log:
+                self._log.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve_job(job, jobs_dir=None, port=8080, name=None) -> int:
+    """Foreground TorchServe on 127.0.0.1:<port> with one job's model; Ctrl-C stops it."""
+    model_dir = job_model_dir(job, jobs_dir)
+    name = name or _model_name(job)
+    server = LocalServer({name: model_dir}, port=port, management_port=port + 1, metrics_port=port + 2,
+                         grpc_ports=(7070, 7071) if port == 8080 else (port + 3, port + 4))
+    print(f"TorchServe: POST http://127.0.0.1:{port}/predictions/{name} (or /invocations), GET /ping; "
+          f"metrics http://127.0.0.1:{port + 2}/metrics; Ctrl-C stops", flush=True)
+    server.start(wait_s=0)
+    try:
+        return server.proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# client
+
+
+def predict(endpoint: str, paths, model=None, topk=5, timeout=60.0) -> list:
+    """POST each image file; returns [(path, status, json)]."""
+    import requests
+
+    endpoint = endpoint.rstrip("/")
+    url = f"{endpoint}/predictions/{model}" if model else f"{endpoint}/invocations"
+    results = []
+    with requests.Session() as session:
+        for path in paths:
+            ctype = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+            body = Path(path).read_bytes()
+            resp = session.post(url, data=body, params={"topk": topk}, headers={"Content-Type": ctype},
+                                timeout=timeout)
+            try:
+                doc = resp.json()
+            except ValueError:
+                doc = {"message": resp.text[:200]}
+            results.append((str(path), resp.status_code, doc))
+    return results
+
+
+def format_table(results) -> str:
+    rows = [("IMAGE", "LABEL", "PROBABILITY", "NEXT")]
+    for path, status, doc in results:
+        if status != 200:
+            rows.append((path, f"error {status}", "", doc.get("message", "")))
+            continue
+        preds = doc["predictions"]
+        rest = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in preds[1:])
+        rows.append((path, preds[0]["label"], f"{preds[0]['probability']:.3f}", rest))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# cli
+
+
+def _cmd_predict(args):
+    results = predict(args.endpoint, args.images, model=args.model, topk=args.topk, timeout=args.timeout)
+    print(format_table(results))
+    return 0 if all(status == 200 for _, status, _ in results) else 1
+
+
+def _cmd_package(args):
+    print(package(args.job, args.export_path, args.name, args.jobs_dir))
+    return 0
+
+
+def _cmd_serve(args):
+    return serve_job(args.job, args.jobs_dir, args.port, args.name)
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("predict", help="send images to an endpoint and print the top labels")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--endpoint", default="http://127.0.0.1:8080", help="server root URL")
+    p.add_argument("--model", help="TorchServe model name (/predictions/<model>); default /invocations")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=_cmd_predict)
+
+    p = subparsers.add_parser("package", help="make a TorchServe .mar from a job's model dir")
+    p.add_argument("job", help="job name (jobs/<name>/model) or a model dir")
+    p.add_argument("--export-path", default="model-store")
+    p.add_argument("--name", help="model name (default: the job name)")
+    p.add_argument("--jobs-dir", help="default $LOCALSAGE_JOBS_DIR or jobs")
+    p.set_defaults(func=_cmd_package)
+
+    p = subparsers.add_parser("serve", help="TorchServe on 127.0.0.1 with a job's model (foreground)")
+    p.add_argument("job", help="job name (jobs/<name>/model) or a model dir")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--name", help="model name (default: the job name)")
+    p.add_argument("--jobs-dir", help="default $LOCALSAGE_JOBS_DIR or jobs")
+    p.set_defaults(func=_cmd_serve)

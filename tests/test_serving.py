@@ -1,0 +1,719 @@
+"""Serving: the real TorchServe, real HTTP on loopback, the trained demo model.
+
+One TorchServe per session serves the trained demo job's model dir (as exported) and the `.mar`
+that `localsage package` makes from it. `serve/serve` (the SageMaker `serve` entrypoint) is run
+as a host process against a copy of the model dir.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import concurrent.futures as cf
+import contextlib
+import http.client
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+from localsage import serving
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLER = ROOT / "serve" / "handler.py"
+SERVE_SCRIPT = ROOT / "serve" / "serve"
+MAX_IMAGE_BYTES = 1_500_000  # the test server's handler byte limit (below TorchServe's 6.5 MB request limit)
+
+
+def free_ports(n):
+    """n distinct free loopback ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def load_handler_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("localsage_test_handler", HANDLER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def encode(img, fmt="JPEG", **kw):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def model_dir(trained_job):
+    return Path(trained_job["JobDir"]) / "model"
+
+
+@pytest.fixture(scope="session")
+def served_model_dir(model_dir, tmp_path_factory):
+    """The exported model dir; made TorchServe-ready here only if export has not done it yet
+    (test_export_writes_torchserve_dir checks that export does)."""
+    if not (model_dir / serving.MANIFEST).is_file():
+        copy = tmp_path_factory.mktemp("tsdir") / "model"
+        shutil.copytree(model_dir, copy)
+        serving.make_torchserve_dir(copy)
+        return copy
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def classes(served_model_dir):
+    mapping = json.loads((served_model_dir / "index_to_name.json").read_text())
+    return [mapping[str(i)] for i in range(len(mapping))]
+
+
+@pytest.fixture(scope="session")
+def mar(served_model_dir, tmp_path_factory):
+    return serving.package(served_model_dir, tmp_path_factory.mktemp("store"), name="demo-mar")
+
+
+@pytest.fixture(scope="session")
+def server(served_model_dir, mar, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("tslogs")
+    port, management_port, metrics_port, grpc, grpc_management = free_ports(5)
+    ts = serving.LocalServer(
+        {"demo": served_model_dir, "demo-mar": mar}, port=port, management_port=management_port,
+        metrics_port=metrics_port, grpc_ports=(grpc, grpc_management),
+        env={"LOCALSAGE_SERVE_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES)},
+        log_path=logs / "torchserve.out",
+    )
+    ts.start(wait_s=240)
+    yield ts
+    ts.stop()
+    assert not [p for p in ts.worker_pids() if psutil.pid_exists(p)]
+
+
+@pytest.fixture(scope="session")
+def predict_url(server):
+    return server.url + "/predictions/demo"
+
+
+@pytest.fixture(scope="session")
+def test_images(demo_data):
+    """Held-out demo images: [(path, true class index)]."""
+    folders = sorted(p for p in (Path(demo_data) / "test").iterdir() if p.is_dir())
+    return [(f, i) for i, folder in enumerate(folders) for f in sorted(folder.glob("*.jpg"))]
+
+
+@pytest.fixture(scope="session")
+def sample_jpeg(test_images):
+    return test_images[0][0].read_bytes()
+
+
+def check_predictions(preds, classes, k):
+    assert isinstance(preds, list) and len(preds) == k
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True)
+    assert all(0.0 <= p <= 1.0 for p in probs) and sum(probs) <= 1.0 + 1e-4
+    for p in preds:
+        assert set(p) == {"label", "index", "probability"}
+        assert classes[p["index"]] == p["label"]
+    assert len({p["index"] for p in preds}) == k
+
+
+def assert_alive(predict_url, sample_jpeg):
+    r = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "predictions" in r.json()
+
+
+# ------------------------------------------------------------------------------- the artifact
+
+
+def test_export_writes_torchserve_dir(model_dir):
+    """The training job's model/ is a TorchServe model directory as exported (no extra step)."""
+    manifest = json.loads((model_dir / serving.MANIFEST).read_text())
+    assert manifest["runtime"] == "python"
+    assert manifest["model"]["handler"] == "handler.py"
+    assert manifest["model"]["serializedFile"] == "model.pth"
+    assert (model_dir / "handler.py").read_bytes() == HANDLER.read_bytes()
+    assert (model_dir / "model-config.yaml").is_file()
+
+
+def test_torchserve_dir_contents(served_model_dir):
+    import yaml
+
+    manifest = json.loads((served_model_dir / serving.MANIFEST).read_text())
+    assert set(manifest) >= {"createdOn", "runtime", "model", "archiverVersion"}
+    assert manifest["model"]["configFile"] == "model-config.yaml"
+    config = yaml.safe_load((served_model_dir / "model-config.yaml").read_text())
+    assert config["batchSize"] > 1 and config["maxBatchDelay"] > 0
+    for name in ("model.pth", "model_config.json", "index_to_name.json", "handler.py"):
+        assert (served_model_dir / name).is_file()
+
+
+def test_handler_does_not_import_localsage():
+    tree = ast.parse(HANDLER.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert "localsage" not in imported
+    assert imported <= {"base64", "binascii", "http", "io", "ipaddress", "json", "logging", "os", "re", "socket",
+                        "ssl", "time", "urllib", "numpy", "torch", "torchvision", "PIL", "ts"}
+
+
+def test_mar_package(mar):
+    import zipfile
+
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+    assert {"handler.py", "model.pth", "model_config.json", "index_to_name.json", "model-config.yaml"} <= names
+    assert manifest["model"]["modelName"] == "demo-mar"
+
+
+def test_preprocessing_matches_training_eval_transform(served_model_dir, test_images):
+    """The handler's pixels are exactly the training eval transform's (resize, crop, normalise)."""
+    import torch
+
+    from localsage import data
+
+    handler = load_handler_module()
+    clf = handler.Classifier(str(served_model_dir))
+    cfg = clf.cfg
+    normalize = data.Normalize(cfg["mean"], cfg["std"])
+    tf = data.eval_transform(cfg["image_size"], cfg["resize_size"])
+    for path, _ in test_images[:5]:
+        ours = clf._to_tensor([clf.preprocess_image(path.read_bytes())])
+        img = data.open_rgb(str(path), cfg["resize_size"])
+        theirs = normalize(tf(img).unsqueeze(0))  # eval_transform ends with PILToTensor (uint8 CHW)
+        assert ours.shape == theirs.shape == (1, 3, cfg["image_size"], cfg["image_size"])
+        assert torch.equal(ours, theirs)
+
+
+# --------------------------------------------------------------------------------- good inputs
+
+
+def _variants(jpeg):
+    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    return {
+        "jpeg": (encode(img), "image/jpeg"),
+        "png": (encode(img, "PNG"), "image/png"),
+        "grayscale": (encode(img.convert("L"), "PNG"), "image/png"),
+        "rgba": (encode(img.convert("RGBA"), "PNG"), "application/x-image"),
+        "palette": (encode(img.convert("P"), "GIF"), "image/gif"),
+        "cmyk": (encode(img.convert("CMYK"), "JPEG"), "application/octet-stream"),
+        "webp": (encode(img, "WEBP"), "image/webp"),
+        "big-jpeg": (encode(img.resize((2000, 1500))), "image/jpeg"),  # DCT draft path
+    }
+
+
+@pytest.mark.parametrize("variant", ["jpeg", "png", "grayscale", "rgba", "palette", "cmyk", "webp", "big-jpeg"])
+def test_raw_image_bodies(predict_url, sample_jpeg, classes, variant):
+    body, ctype = _variants(sample_jpeg)[variant]
+    r = requests.post(predict_url, data=body, headers={"Content-Type": ctype}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    check_predictions(r.json()["predictions"], classes, min(5, len(classes)))
+
+
+def test_put_without_content_type(predict_url, sample_jpeg, classes):
+    """`curl -T img.jpg URL` sends a PUT with no image content type."""
+    r = requests.put(predict_url, data=sample_jpeg, timeout=60)
+    assert r.status_code == 200, r.text
+    check_predictions(r.json()["predictions"], classes, 5)
+
+
+def test_base64_json(predict_url, sample_jpeg, classes):
+    b64 = base64.b64encode(sample_jpeg).decode()
+    r = requests.post(predict_url, json={"image": b64, "topk": 3}, timeout=60)
+    assert r.status_code == 200, r.text
+    check_predictions(r.json()["predictions"], classes, 3)
+    raw = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
+    assert [p["index"] for p in r.json()["predictions"]] == [p["index"] for p in raw["predictions"][:3]]
+    # data URL prefix and line-wrapped base64 are accepted too
+    wrapped = "data:image/jpeg;base64," + "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
+    r = requests.post(predict_url, json={"image": wrapped, "topk": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    check_predictions(r.json()["predictions"], classes, 1)
+
+
+def test_base64_json_images_list(predict_url, sample_jpeg, test_images, classes):
+    images = [base64.b64encode(p.read_bytes()).decode() for p, _ in test_images[:3]]
+    r = requests.post(predict_url, json={"images": images, "topk": 2}, timeout=60)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 3
+    for p in preds:
+        check_predictions(p, classes, 2)
+
+
+def test_multipart(predict_url, sample_jpeg, classes):
+    r = requests.post(predict_url, files={"data": ("dog.jpg", sample_jpeg, "image/jpeg")}, data={"topk": "2"},
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    check_predictions(r.json()["predictions"], classes, 2)
+
+
+def test_topk_header_query_and_max(server, predict_url, sample_jpeg, classes):
+    r = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg", "X-Topk": str(len(classes))},
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    check_predictions(preds, classes, len(classes))
+    assert abs(sum(p["probability"] for p in preds) - 1.0) < 1e-3
+    # SageMaker custom attributes header
+    r = requests.post(predict_url, data=sample_jpeg, timeout=60, headers={
+        "Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "trace=1;topk=2"})
+    check_predictions(r.json()["predictions"], classes, 2)
+    # /invocations passes query parameters through (/predictions/<model> does not)
+    r = requests.post(server.url + "/invocations", params={"model_name": "demo", "topk": 3}, data=sample_jpeg,
+                      headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 200, r.text
+    check_predictions(r.json()["predictions"], classes, 3)
+
+
+def test_exif_orientation_applied(predict_url, classes):
+    """An image stored rotated with EXIF orientation 6 predicts like the upright image."""
+    handler = load_handler_module()
+    upright = Image.new("RGB", (40, 20), (255, 0, 0))
+    upright.paste((0, 0, 255), (20, 0, 40, 20))  # left red, right blue
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes; EXIF 6 rotates it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    body = encode(stored, "JPEG", exif=exif, quality=95)
+    img = handler.open_image(body, handler.DEFAULTS, 20)
+    assert img.size == (40, 20)
+    left, right = img.getpixel((5, 10)), img.getpixel((35, 10))
+    assert left[0] > 200 > left[2] and right[2] > 200 > right[0]
+    assert requests.post(predict_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60).status_code == 200
+
+
+def test_accuracy_on_held_out_images_through_batching(predict_url, test_images, trained_job, server, classes):
+    """All held-out demo images, sent concurrently so TorchServe batches them: the served labels
+    reach the job's own test accuracy (same preprocessing), which is >= 0.9."""
+
+    def send(item):
+        path, _ = item
+        r = requests.post(predict_url, data=path.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()["predictions"][0]["index"]
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        predicted = list(pool.map(send, test_images))
+    correct = sum(p == t for p, (_, t) in zip(predicted, test_images))
+    accuracy = correct / len(test_images)
+    assert accuracy >= 0.9, accuracy
+    job_test_acc = trained_job["Summary"]["test_acc"]
+    assert abs(accuracy - job_test_acc) <= 1.0 / len(test_images) + 1e-9, (accuracy, job_test_acc)
+    assert max_logged_batch(server) > 1
+
+
+def max_logged_batch(server):
+    sizes = [0]
+    for path in (server.workdir / "logs").glob("*.log"):
+        for match in re.finditer(r"LocalsageBatchSize\.Count:(\d+)", path.read_text(errors="replace")):
+            sizes.append(int(match.group(1)))
+    return max(sizes)
+
+
+def test_mar_model_serves_same_predictions(server, sample_jpeg):
+    headers = {"Content-Type": "image/jpeg"}
+    a = requests.post(server.url + "/predictions/demo", data=sample_jpeg, headers=headers, timeout=60).json()
+    b = requests.post(server.url + "/predictions/demo-mar", data=sample_jpeg, headers=headers, timeout=60).json()
+    assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+
+
+def _png_header_only(width, height):
+    """A PNG signature + IHDR claiming width x height, with a valid CRC and no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk
+
+
+def _png(jpeg):
+    return encode(Image.open(io.BytesIO(jpeg)), "PNG")
+
+
+def _bomb_png():
+    """10000 x 10000 (100 MP) in a few KB."""
+    return encode(Image.new("1", (10000, 10000)), "PNG", optimize=True)
+
+
+BAD = {
+    # name: (requests kwargs builder(jpeg) , expected status, expected error type or None)
+    "empty body": (lambda j: dict(data=b"", headers={"Content-Type": "image/jpeg"}), 400, "EmptyBody"),
+    "non-image bytes": (lambda j: dict(data=b"hello, not an image" * 10, headers={"Content-Type": "image/jpeg"}),
+                        400, "NotAnImage"),
+    "truncated jpeg": (lambda j: dict(data=j[: len(j) // 2], headers={"Content-Type": "image/jpeg"}), 400, None),
+    "truncated png": (lambda j: dict(data=encode(Image.open(io.BytesIO(j)), "PNG")[:300],
+                                     headers={"Content-Type": "image/png"}), 400, None),
+    "header-only png": (lambda j: dict(data=_png_header_only(64, 64), headers={"Content-Type": "image/png"}),
+                        400, None),
+    "unsupported content type": (lambda j: dict(data=b"a,b\n1,2\n", headers={"Content-Type": "text/csv"}),
+                                 415, "UnsupportedContentType"),
+    "malformed json": (lambda j: dict(data=b'{"image": ', headers={"Content-Type": "application/json"}),
+                       400, "InvalidJSON"),
+    "json not an object": (lambda j: dict(json=[1, 2, 3]), 400, "InvalidJSON"),
+    "json without image": (lambda j: dict(json={"picture": "x"}), 400, "MissingImage"),
+    "malformed base64": (lambda j: dict(json={"image": "@@@not base64@@@"}), 400, "InvalidBase64"),
+    "base64 of non-image": (lambda j: dict(json={"image": base64.b64encode(b"text").decode()}), 400, "NotAnImage"),
+    "image not a string": (lambda j: dict(json={"image": 12345}), 400, "InvalidBase64"),
+    "empty images list": (lambda j: dict(json={"images": []}), 400, "InvalidJSON"),
+    "too many images": (lambda j: dict(json={"images": [base64.b64encode(j).decode()] * 17}), 413, "TooManyImages"),
+    "over byte limit": (lambda j: dict(data=j + os.urandom(MAX_IMAGE_BYTES), headers={"Content-Type": "image/jpeg"}),
+                        413, "ImageTooLarge"),
+    "over byte limit base64": (lambda j: dict(json={"image": base64.b64encode(os.urandom(MAX_IMAGE_BYTES + 10)).decode()}),
+                               413, "ImageTooLarge"),
+    "over request size limit": (lambda j: dict(data=os.urandom(7_000_000), headers={"Content-Type": "image/jpeg"}),
+                                413, None),
+    "decompression bomb": (lambda j: dict(data=_bomb_png(), headers={"Content-Type": "image/png"}),
+                           413, "ImageTooLarge"),
+    "huge dimensions header": (lambda j: dict(data=_png_header_only(60000, 60000) + _png(j)[33:],
+                                              headers={"Content-Type": "image/png"}), 413, "ImageTooLarge"),
+    "topk zero": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": 0}), 400, "InvalidTopK"),
+    "topk too big": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": 7}), 400, "InvalidTopK"),
+    "topk not int": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": "three"}), 400, "InvalidTopK"),
+    "topk bool": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": True}), 400, "InvalidTopK"),
+    "topk header out of range": (lambda j: dict(data=j, headers={"Content-Type": "image/jpeg", "X-Topk": "-1"}),
+                                 400, "InvalidTopK"),
+    "url input disabled": (lambda j: dict(json={"url": "https://example.com/dog.jpg"}), 403, "URLInputDisabled"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gets_4xx_and_server_keeps_serving(predict_url, sample_jpeg, classes, case):
+    assert len(classes) == 6  # the topk cases assume the 6-class demo model
+    build, status, kind = BAD[case]
+    r = requests.post(predict_url, timeout=60, **build(sample_jpeg))
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    if kind is not None:
+        body = r.json()
+        assert body["code"] == status and body["type"] == kind and body["message"], body
+    assert_alive(predict_url, sample_jpeg)
+
+
+def test_bad_item_fails_only_itself_in_a_batch(predict_url, sample_jpeg, server):
+    bodies = [sample_jpeg if i % 2 == 0 else sample_jpeg[: len(sample_jpeg) // 3] for i in range(24)]
+
+    def send(body):
+        r = requests.post(predict_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=120)
+        return r.status_code, r.json()
+
+    with cf.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, bodies))
+    for i, (status, body) in enumerate(results):
+        if i % 2 == 0:
+            assert status == 200 and "predictions" in body, body
+        else:
+            assert status == 400 and body["type"] == "InvalidImage", body
+    assert max_logged_batch(server) > 1
+
+
+def test_metrics_endpoint_has_handler_metrics(server, predict_url, sample_jpeg):
+    assert_alive(predict_url, sample_jpeg)
+    text = requests.get(server.metrics_url + "/metrics", timeout=10).text
+    for name in ("LocalsagePreprocessTime", "LocalsageInferenceTime", "LocalsageBatchSize", "ts_inference_requests_total"):
+        assert name in text, name
+
+
+def test_local_config_is_loopback_only_and_model_api_off(server):
+    props = serving.read_properties(ROOT / "serve" / "config.properties")
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:"), (key, props[key])
+    assert props["enable_model_api"] == "false"
+    assert int(props["max_request_size"]) >= 6_500_000
+    assert props["metrics_mode"] == "prometheus"
+    # the running server: registering a model through the management API is refused
+    r = requests.post(server.management_url + "/models", params={"url": "https://example.com/x.mar"}, timeout=10)
+    assert 400 <= r.status_code < 500, r.text
+
+
+def test_predict_cli_prints_a_table(server, test_images, classes, capsys):
+    parser = argparse.ArgumentParser()
+    serving.add_parser(parser.add_subparsers(dest="command"))
+    paths = [str(p) for p, _ in test_images[:2]]
+    args = parser.parse_args(["predict", "--endpoint", server.url, "--model", "demo", "--topk", "2", *paths])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["IMAGE", "LABEL", "PROBABILITY"]
+    assert len(out) == 3
+    for line, (path, truth) in zip(out[1:], test_images[:2]):
+        assert line.startswith(str(path)) and line.split()[1] in classes
+
+
+# ----------------------------------------------------------------------------------------- fuzz
+
+
+def _fuzz_payloads(jpeg, png, rng):
+    """(data, content type) malformed inputs: random bytes, corrupted/truncated JPEG and PNG,
+    huge dimensions in small files, broken JSON/base64."""
+    out = []
+    for _ in range(60):
+        out.append((rng.randbytes(rng.randint(1, 4000)), rng.choice(["image/jpeg", "image/png", "application/octet-stream"])))
+    for src, ctype in ((jpeg, "image/jpeg"), (png, "image/png")):
+        for _ in range(40):
+            b = bytearray(src)
+            for _ in range(rng.randint(1, 20)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            if rng.random() < 0.5:
+                b = b[: rng.randint(8, len(b))]
+            out.append((bytes(b), ctype))
+    for _ in range(20):  # JPEG SOF0 / PNG IHDR with huge dimensions
+        w, h = rng.randint(20000, 65535), rng.randint(20000, 65535)
+        b = bytearray(jpeg)
+        sof = b.find(b"\xff\xc0")
+        if sof > 0:
+            b[sof + 5: sof + 9] = struct.pack(">HH", h, w)
+        out.append((bytes(b), "image/jpeg"))
+        out.append((_png_header_only(w, h) + png[33:], "image/png"))
+    junk_json = [b"{", b"[]", b"null", b'{"image": null}', b'{"image": "===="}', b'{"images": "x"}',
+                 b'{"image": "' + base64.b64encode(rng.randbytes(500)) + b'"}', b'{"topk": 2}',
+                 b'{"image": "' + base64.b64encode(jpeg[:100]) + b'", "topk": 1e9}', b"\xff\xfe{"]
+    for i in range(30):
+        out.append((junk_json[i % len(junk_json)], "application/json"))
+    return out
+
+
+def test_fuzz_malformed_payloads(server, predict_url, sample_jpeg):
+    rng = random.Random(1234)
+    png = encode(Image.open(io.BytesIO(sample_jpeg)), "PNG")
+    payloads = _fuzz_payloads(sample_jpeg, png, rng)
+    assert len(payloads) >= 200
+    workers = server.worker_pids()
+    rss_before = sum(psutil.Process(p).memory_info().rss for p in workers)
+    deadline = time.monotonic() + 240
+
+    def send(item):
+        if time.monotonic() > deadline:
+            return None
+        data, ctype = item
+        return requests.post(predict_url, data=data, headers={"Content-Type": ctype}, timeout=60).status_code
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        statuses = [s for s in pool.map(send, payloads) if s is not None]
+    assert len(statuses) >= 200, "fuzz ran out of time"
+    assert all(s < 500 for s in statuses), sorted(set(statuses))
+    assert_alive(predict_url, sample_jpeg)
+    assert server.worker_pids() == workers  # no worker died and restarted
+    rss_after = sum(psutil.Process(p).memory_info().rss for p in workers)
+    assert rss_after <= 1.5 * rss_before, (rss_before, rss_after)
+
+
+# ------------------------------------------------------------------------------ URL validation
+
+
+def test_url_validation_rules():
+    h = load_handler_module()
+    allow = ["93.184.215.14", "localhost", "127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "fe80::1",
+             "0.0.0.0", "::ffff:127.0.0.1", "2130706433", "0x7f000001", "192.168.1.10", "100.64.0.1"]
+
+    def rejected(url, code=403, allowlist=allow):
+        with pytest.raises(h.RequestError) as e:
+            h.validate_url(url, allowlist)
+        assert e.value.code == code, (url, e.value.message)
+        return e.value.message
+
+    # a public address on the allow-list passes and is pinned (validation only: no traffic is sent)
+    assert h.validate_url("https://93.184.215.14/dog.jpg", allow) == ("https", "93.184.215.14", 443, "/dog.jpg",
+                                                                       "93.184.215.14")
+    assert h.validate_url("http://93.184.215.14:8000/a?b=1", allow)[2:4] == (8000, "/a?b=1")
+    for url in ("ftp://93.184.215.14/x.jpg", "file:///etc/passwd", "gopher://93.184.215.14/", "javascript:alert(1)"):
+        assert "http" in rejected(url)
+    assert "allow-list" in rejected("https://example.org/dog.jpg")
+    assert "credentials" in rejected("https://user:pw@93.184.215.14/x.jpg")
+    for url in ("http://localhost/x.jpg", "http://127.0.0.1/x.jpg", "http://10.0.0.1/x.jpg",
+                "http://169.254.169.254/latest/meta-data/", "http://[::1]/x.jpg", "http://[fe80::1]/x.jpg",
+                "http://0.0.0.0/x.jpg", "http://[::ffff:127.0.0.1]/x.jpg", "http://2130706433/x.jpg",
+                "http://0x7f000001/x.jpg", "http://192.168.1.10/x.jpg", "http://100.64.0.1/x.jpg"):
+        msg = rejected(url)
+        assert "non-public" in msg or "cannot resolve" in msg, (url, msg)
+    rejected("http://[::1/x.jpg", code=400)  # malformed
+    rejected("http://93.184.215.14:99999/x.jpg", code=400)  # bad port
+    rejected("https:///nohost", code=400)
+    rejected(123, code=400)
+    # allow-list matching: exact host or a ".domain" suffix, never a bare substring
+    assert h._host_allowed("img.example.com", [".example.com"])
+    assert not h._host_allowed("evilexample.com", [".example.com"])
+    assert not h._host_allowed("example.com.evil.net", ["example.com"])
+    assert h._host_allowed("Example.COM.", ["example.com"])
+
+
+def test_url_settings_from_env():
+    h = load_handler_module()
+    s = h.load_settings({"topk": 3}, {"LOCALSAGE_SERVE_ALLOW_URLS": "true",
+                                      "LOCALSAGE_SERVE_URL_ALLOWLIST": "a.com, .b.org",
+                                      "LOCALSAGE_SERVE_MAX_PIXELS": "1000"})
+    assert s["allow_urls"] is True and s["url_allowlist"] == ["a.com", ".b.org"]
+    assert s["max_pixels"] == 1000 and s["topk"] == 3
+    assert h.load_settings(None, {})["allow_urls"] is False
+
+
+# ------------------------------------------------------------------- SageMaker `serve` (host process)
+
+
+def _unix_get(sock_path, path):
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(sock_path)
+
+    conn = Conn("localhost")
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_sagemaker_serve_entrypoint(served_model_dir, tmp_path, sample_jpeg, classes):
+    model = tmp_path / "opt-ml-model"
+    shutil.copytree(served_model_dir, model)
+    port, metrics_port, grpc = free_ports(3)
+    while grpc + 1 in (port, metrics_port):
+        (grpc,) = free_ports(1)
+    env = {**os.environ, "LOCALSAGE_MODEL_DIR": str(model), "LOCALSAGE_BIND_HOST": "127.0.0.1",
+           "SAGEMAKER_BIND_TO_PORT": str(port), "LOCALSAGE_METRICS_PORT": str(metrics_port),
+           "LOCALSAGE_GRPC_PORT": str(grpc),
+           "SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_TS_BATCH_SIZE": "4",
+           "SAGEMAKER_TS_MAX_BATCH_DELAY": "20", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "30",
+           "LOCALSAGE_SERVE_ALLOW_URLS": "true", "LOCALSAGE_SERVE_URL_ALLOWLIST": "127.0.0.1,localhost",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    log = open(tmp_path / "serve.out", "wb")
+    proc = subprocess.Popen([sys.executable, str(SERVE_SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.out").read_text()[-3000:]
+            assert time.monotonic() < deadline, "serve never became healthy"
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + "/ping", timeout=2).status_code == 200:  # no token needed
+                    break
+            time.sleep(0.5)
+        r = requests.post(url + "/invocations", data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200, r.text
+        check_predictions(r.json()["predictions"], classes, 5)
+        r = requests.post(url + "/invocations", json={"image": base64.b64encode(sample_jpeg).decode(), "topk": 2},
+                          timeout=60)
+        assert r.status_code == 200, r.text
+        check_predictions(r.json()["predictions"], classes, 2)
+        # URL inputs enabled and loopback allow-listed: still refused after resolution (no request made)
+        r = requests.post(url + "/invocations", json={"url": f"http://127.0.0.1:{port}/ping"}, timeout=60)
+        assert r.status_code == 403 and "non-public" in r.json()["message"], r.text
+        # management is not on the network port; the SAGEMAKER_* settings reached TorchServe
+        assert requests.get(url + "/models", timeout=10).status_code in (400, 404, 405)
+        out = (tmp_path / "serve.out").read_text()
+        workdir = re.search(r"workdir (\S+)\)", out).group(1)
+        status, body = _unix_get(os.path.join(workdir, "management.sock"), "/models/model")
+        assert status == 200
+        desc = json.loads(body)[0]
+        assert (desc["batchSize"], desc["maxBatchDelay"], desc["minWorkers"], desc["responseTimeout"]) == (4, 20, 1, 30)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    assert code == 0, (tmp_path / "serve.out").read_text()[-3000:]
+    time.sleep(1)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not os.path.exists(workdir)
+
+
+def test_serve_entrypoint_rejects_non_torchserve_dir(tmp_path):
+    env = {**os.environ, "LOCALSAGE_MODEL_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "MANIFEST" in r.stderr
+
+
+# ------------------------------------------------------------------------- container (docker image)
+
+
+def _image(request):
+    try:
+        return request.getfixturevalue("image")
+    except pytest.FixtureLookupError:
+        pytest.skip("no `image` fixture (tests/conftest.py) yet")
+
+
+@pytest.mark.docker
+def test_container_serve(request, served_model_dir, sample_jpeg, classes):
+    image = _image(request)
+    (port,) = free_ports(1)
+    name = f"localsage-serve-test-{os.getpid()}"
+    subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+                    "-v", f"{served_model_dir.resolve()}:/opt/ml/model:ro", image, "serve"], check=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert time.monotonic() < deadline, subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout[-3000:]
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + "/ping", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        r = requests.post(url + "/invocations", data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200, r.text
+        check_predictions(r.json()["predictions"], classes, 5)
+        t0 = time.monotonic()
+        subprocess.run(["docker", "stop", "-t", "30", name], check=True, capture_output=True)
+        assert time.monotonic() - t0 < 20  # SIGTERM stopped it; no SIGKILL timeout
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+@pytest.mark.docker
+def test_sagemaker_sdk_local_mode_deploy(request, trained_job, sample_jpeg, classes, monkeypatch):
+    image = _image(request)
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.local import LocalSession
+    from sagemaker.model import Model
+    from sagemaker.serializers import IdentitySerializer
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    session = LocalSession()
+    session.config = {"local": {"local_code": True}}
+    tarball = Path(trained_job["JobDir"]) / "model.tar.gz"
+    with tarfile.open(tarball) as tar:
+        assert "MAR-INF/MANIFEST.json" in {n.lstrip("./") for n in tar.getnames()}
+    model = Model(image_uri=image, model_data=f"file://{tarball.resolve()}",
+                  role="arn:aws:iam::111111111111:role/localsage-dummy", sagemaker_session=session)
+    predictor = model.deploy(initial_instance_count=1, instance_type="local",
+                             serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
+    try:
+        result = predictor.predict(sample_jpeg)
+        check_predictions(result["predictions"], classes, 5)
+    finally:
+        predictor.delete_endpoint()
