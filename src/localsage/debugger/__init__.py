@@ -26,9 +26,9 @@ HYPERPARAMETERS = {
     "debug": True,
     "debug-train-interval": 10,
     "debug-eval-interval": 1,
-    "debug-tensor-interval": 100,
+    "debug-tensor-interval": 500,
     "debug-strict": True,
-    "rules": "all",
+    "rules": "default",
     "rules-at-end": False,
     "profiler": True,
 }

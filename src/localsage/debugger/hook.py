@@ -5,7 +5,7 @@ What is saved (out_dir = contract.tensors_dir = output/tensors, smdebug's SageMa
   CrossEntropyLoss_input_0 = logits, CrossEntropyLoss_input_1 = labels, used by ClassImbalance)
   every `debug-train-interval` TRAIN steps and every `debug-eval-interval` EVAL/PREDICT steps;
 - `weights`, `biases`, `gradients` and, when DeadRelu or PoorWeightInitialization is enabled,
-  `relu_activations` (`.*relu_input_.*`, `.*relu_output_.*`) every `debug-tensor-interval` TRAIN steps
+  `relu_activations` (`.*relu_input_.*`, `.*relu_output_.*`) every `debug-tensor-interval` TRAIN steps (default 500, SageMaker's save_interval: full tensors are large)
   (never in EVAL: nothing changes there).
 When SageMaker provides input/config/debughookconfig.json (contract.debughookconfig) that config wins:
 its save intervals and collections are used unchanged; only LocalPath is pinned to tensors_dir.
@@ -49,8 +49,10 @@ def _quiet_smdebug():
 def enabled_rules(hp) -> list[str]:
     from .rules import ALL_RULES
 
-    spec = str(hp.get("rules", "all")).strip()
-    if spec.lower() in ("", "all"):
+    spec = str(hp.get("rules", "default")).strip()
+    if spec.lower() in ("", "default"):
+        return [r for r in ALL_RULES if r not in ACTIVATION_RULES]
+    if spec.lower() == "all":
         return list(ALL_RULES)
     if spec.lower() == "none":
         return []
@@ -104,9 +106,9 @@ def create(model, loss_module, contract, hp):
             modes.GLOBAL: SaveConfigMode(save_interval=hp.get("debug-train-interval", 10)),
         })
         heavy = SaveConfig(mode_save_configs={
-            modes.TRAIN: SaveConfigMode(save_interval=hp.get("debug-tensor-interval", 100)),
+            modes.TRAIN: SaveConfigMode(save_interval=hp.get("debug-tensor-interval", 500)),
             modes.EVAL: never, modes.PREDICT: never,
-            modes.GLOBAL: SaveConfigMode(save_interval=hp.get("debug-tensor-interval", 100)),
+            modes.GLOBAL: SaveConfigMode(save_interval=hp.get("debug-tensor-interval", 500)),
         })
         collections = ["losses", "labels_predictions", "weights", "biases", "gradients"]
         activations = any(r in enabled_rules(hp) for r in ACTIVATION_RULES)
@@ -124,7 +126,7 @@ def create(model, loss_module, contract, hp):
         hook.get_collection("labels_predictions").save_config = light
         log.info("smdebug hook -> %s (train every %d, eval every %d, tensors every %d steps%s)", out_dir,
                  hp.get("debug-train-interval", 10), hp.get("debug-eval-interval", 1),
-                 hp.get("debug-tensor-interval", 100), ", with ReLU activations" if activations else "")
+                 hp.get("debug-tensor-interval", 500), ", with ReLU activations" if activations else "")
     hook.register_module(model)
     for loss in loss_module if isinstance(loss_module, (list, tuple)) else [loss_module]:
         hook.register_loss(loss)
