@@ -13,6 +13,7 @@ With debug=false and profiler=false it does nothing (hook None, timer disabled).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -84,3 +85,62 @@ class Session:
 
 def attach(contract, hp, model, loss_modules, workers=None, start=None, batch_size=None) -> Session:
     return Session(contract, hp, model, loss_modules, workers=workers, start=start, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------- CLI
+def job_dir(job, jobs_dir=None):
+    """A job name (in --jobs-dir / $LOCALSAGE_JOBS_DIR / jobs) or a path to a job or output folder."""
+    from pathlib import Path
+
+    from .. import runner
+
+    path = Path(job)
+    if path.is_dir():
+        return path
+    candidate = Path(jobs_dir or runner.DEFAULT_JOBS_DIR) / job
+    if candidate.is_dir():
+        return candidate
+    raise FileNotFoundError(f"no job {job!r} (looked for {path} and {candidate})")
+
+
+def cmd_debug(args):
+    from . import rules
+
+    verdicts = rules.run_rules(job_dir(args.job, args.jobs_dir), overrides=args.rule or [], only=args.only or None)
+    print(rules.table(verdicts))
+    if args.json:
+        print(json.dumps(verdicts, indent=2, default=str))
+    return 0
+
+
+def cmd_report(args):
+    from . import report
+
+    path = report.build(job_dir(args.job, args.jobs_dir))
+    print(path)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+    return 0
+
+
+def add_parser(subparsers):
+    """`localsage debug JOB [--rule Name:param=value]` and `localsage report JOB [--open]`."""
+    from .rules import ALL_RULES
+
+    p = subparsers.add_parser("debug", help="evaluate the Debugger/Profiler rules on a job (verdicts in output/rules)")
+    p.add_argument("job", help="job name or folder")
+    p.add_argument("--rule", action="append", metavar="NAME:PARAM=VALUE[,PARAM=VALUE]",
+                   help="override rule parameters (repeatable), e.g. Overfit:ratio_threshold=0.2")
+    p.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                   help=f"comma list of rules to run (default all: {', '.join(ALL_RULES)})")
+    p.add_argument("--json", action="store_true", help="also print the verdicts as JSON")
+    p.add_argument("--jobs-dir")
+    p.set_defaults(func=cmd_debug)
+
+    p = subparsers.add_parser("report", help="write the job's HTML debugger/profiler report (output/report/report.html)")
+    p.add_argument("job", help="job name or folder")
+    p.add_argument("--open", action="store_true", help="open it in the default browser")
+    p.add_argument("--jobs-dir")
+    p.set_defaults(func=cmd_report)
