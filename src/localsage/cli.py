@@ -109,6 +109,9 @@ def build_parser():
 
     p = sub.add_parser("hyperparameters", help="print the hyperparameter reference (markdown)")
     p.set_defaults(func=cmd_hyperparameters)
+
+    from . import debugger  # localsage debug JOB / localsage report JOB
+    debugger.add_parser(sub)
     return parser
 
 
