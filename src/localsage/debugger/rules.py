@@ -820,7 +820,7 @@ class StepOutlier(ProfilerRule):
 class Dataloader(ProfilerRule):
     """Fires when the data-loader workers are fewer than min_threshold % or more than max_threshold % of
     the cores. Local extension (AWS's report showed it, its rule did not check it): also fires when the
-    median share of a training step spent waiting for the next batch exceeds wait_threshold %."""
+    share of the training step time spent waiting for the next batch exceeds wait_threshold %."""
 
     DEFAULTS = {"min_threshold": 70.0, "max_threshold": 200.0, "wait_threshold": 50.0}
     DESCRIPTION = "Data loading is badly configured or dominates the step time."
@@ -846,10 +846,10 @@ class Dataloader(ProfilerRule):
                 problems.append(f"{job['workers']} workers for {job['cores']} cores ({pct:.0f}% > {self.params['max_threshold']}%)")
         if self.rows:
             self.datapoints += len(self.rows)
-            share = 100.0 * float(np.median([r.get("dataloader", 0.0) / r["total"] for r in self.rows]))
-            self.wait_share = share
+            share = 100.0 * sum(r.get("dataloader", 0.0) for r in self.rows) / sum(r["total"] for r in self.rows)
+            self.wait_share = round(share, 2)
             if share > self.params["wait_threshold"]:
-                problems.append(f"median {share:.0f}% of a step waits for data (> {self.params['wait_threshold']}%)")
+                problems.append(f"{share:.0f}% of the training step time waits for data (> {self.params['wait_threshold']}%)")
         if problems:
             self.note(i, "; ".join(problems))
         return bool(problems)
