@@ -205,9 +205,14 @@ class LossNotDecreasing(LocalRule):
 class Overfit(LocalRule):
     """After every evaluation pass (a run of consecutive EVAL steps), compare the mean EVAL loss of the
     pass with the mean TRAIN loss saved since the previous pass: fires when
-    (eval - train) / train > ratio_threshold for `patience` consecutive passes, from start_step on."""
+    (eval - train) / train > ratio_threshold for `patience` consecutive passes, from start_step on.
+    Local refinement (parameter only_when_not_improving, default true; false gives AWS's plain
+    condition): a pass counts only when its EVAL loss is no better than the best earlier pass. A gap
+    while validation loss still falls is an untrained model (e.g. BatchNorm running statistics after
+    the first epoch give a huge EVAL loss), not overfitting."""
 
-    DEFAULTS = {"start_step": 0, "patience": 1, "ratio_threshold": 0.1, "use_losses_collection": True}
+    DEFAULTS = {"start_step": 0, "patience": 1, "ratio_threshold": 0.1, "use_losses_collection": True,
+                "only_when_not_improving": True}
     DESCRIPTION = "Validation loss is much higher than training loss: the model is overfitting."
     RECOMMENDATION = "Add augmentation or regularisation (weight decay, dropout), more data, or stop earlier."
 
@@ -218,6 +223,7 @@ class Overfit(LocalRule):
         self.has_data = bool(_mode_losses(base_trial, modes.EVAL, self.names)) and bool(
             _mode_losses(base_trial, modes.TRAIN, self.names))
         self.train, self.eval, self.bad = [], [], 0
+        self.best_eval = math.inf
 
     def _loss(self, step):
         values = [v for v in (_scalar(self.base_trial, n, step) for n in self.names) if v is not None]
@@ -247,7 +253,10 @@ class Overfit(LocalRule):
         self.datapoints += 1
         tr, ev = _mean(self.train), _mean(self.eval)
         ratio = (ev - tr) / tr if tr > 0 else (math.inf if ev > tr else 0.0)
-        if ratio > float(self.params["ratio_threshold"]) or not math.isfinite(ev):
+        improving = ev < self.best_eval
+        self.best_eval = min(self.best_eval, ev)
+        if (ratio > float(self.params["ratio_threshold"]) or not math.isfinite(ev)) and not (
+                improving and self.params["only_when_not_improving"]):
             self.bad += 1
         else:
             self.bad = 0
