@@ -110,9 +110,10 @@ def build_parser():
     p = sub.add_parser("hyperparameters", help="print the hyperparameter reference (markdown)")
     p.set_defaults(func=cmd_hyperparameters)
 
-    from . import serving
+    from . import debugger, serving
 
     serving.add_parser(sub)  # predict, package, serve
+    debugger.add_parser(sub)  # debug JOB, report JOB
     return parser
 
 

@@ -88,6 +88,15 @@ PARAMS = (
     P("strict-data", bool, False, "fail on unreadable images instead of skipping them"),
     P("max-steps", int, 0, "stop each epoch after this many steps (0 = full epoch; for smoke tests)", min=0),
     P("threads", int, 0, "torch intra-op threads on CPU (0 = physical cores available)", min=0),
+    # debugger and profiler (localsage.debugger)
+    P("debug", bool, True, "record smdebug tensors in output/tensors (debughookconfig.json, when SageMaker provides it, wins)"),
+    P("debug-train-interval", int, 10, "save losses and labels/predictions every N TRAIN steps", min=1),
+    P("debug-eval-interval", int, 1, "save losses and labels/predictions every N EVAL (valid) and PREDICT (test) steps", min=1),
+    P("debug-tensor-interval", int, 500, "save weights, biases, gradients (and ReLU activations) every N TRAIN steps", min=1),
+    P("debug-strict", bool, True, "fail the job when smdebug wrote no tensors after the first saved step (false: log an error)"),
+    P("rules", str, "default", "rules enabled for the job: default (all but DeadRelu, PoorWeightInitialization), all, none, or a comma list; DeadRelu/PoorWeightInitialization also record ReLU activations (large)"),
+    P("rules-at-end", bool, False, "evaluate the enabled rules inside the job at its end (verdicts in output/rules)"),
+    P("profiler", bool, True, "sample CPU/memory/GPU every 0.5 s and time every step into output/profiler"),
 )
 SPEC = {p.name: p for p in PARAMS}
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import contract as contract_mod
-from . import data, distributed, export, metrics, model as model_mod
+from . import data, debugger, distributed, export, metrics, model as model_mod
 from .hyperparameters import HyperparameterError, parse
 
 log = logging.getLogger("localsage.train")
@@ -163,7 +163,7 @@ class Job:
             for split, ds in self.datasets.items()
         }
         self.criterion = nn.CrossEntropyLoss(label_smoothing=hp["label-smoothing"])
-        self.eval_criterion = nn.CrossEntropyLoss(reduction="sum")
+        self.eval_criterion = nn.CrossEntropyLoss()  # batch mean: smdebug saves it as the EVAL loss
         self.optimizer = make_optimizer(self.model, hp)
         steps = len(self.loaders["train"]) if not hp["max-steps"] else min(hp["max-steps"], len(self.loaders["train"]))
         self.scheduler = make_scheduler(self.optimizer, hp, steps)
@@ -182,6 +182,11 @@ class Job:
         self.start_epoch = 1
         self.best = {"valid_loss": float("inf"), "epoch": 0}
         self.bad_epochs = 0
+        if hp["compile"] and hp["debug"]:
+            log.warning("debug=true is not supported with compile=true: no smdebug tensors")
+        self.dbg = debugger.attach(contract, {**hp, "debug": hp["debug"] and not hp["compile"]}, self.model,
+                                   [self.criterion, self.eval_criterion], workers=workers, start=self.t0,
+                                   batch_size=hp["batch-size"])
         self.init_time = time.time() - self.t0
         log.info(
             "job ready in %.1fs: arch=%s classes=%d train=%d valid=%d test=%d device=%s amp=%s workers=%d",
@@ -243,15 +248,20 @@ class Job:
         total, correct, loss_sum, seen = 0, 0, 0.0, 0
         bar = progress(len(self.loaders["train"]), "train")
         t0 = time.time()
-        for images, labels in self.batches("train", self.hp["max-steps"]):
+        self.dbg.mode("train")
+        timer = self.dbg.timer
+        for images, labels in timer.wrap(self.batches("train", self.hp["max-steps"]), "train"):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits = self.step_model(images)
                 loss = self.criterion(logits, labels)
+            timer.mark("forward")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            timer.mark("backward")
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            timer.mark("optimizer")
             n = labels.numel()
             loss_sum += loss.item() * n
             correct += (logits.argmax(1) == labels).sum().item()
@@ -273,10 +283,13 @@ class Job:
         model = model or (self.model if self.world > 1 else self.step_model)
         model.eval()
         total, correct, loss_sum = 0, 0, 0.0
-        for images, labels in self.batches(split):
+        mode = "eval" if split == "valid" else "predict"
+        self.dbg.mode(mode)
+        for images, labels in self.dbg.timer.wrap(self.batches(split), mode):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits = model(images)
-            loss_sum += self.eval_criterion(logits.float(), labels).item()
+            loss_sum += self.eval_criterion(logits.float(), labels).item() * labels.numel()
+            self.dbg.timer.mark("forward")
             correct += (logits.argmax(1) == labels).sum().item()
             total += labels.numel()
         loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], self.device)
@@ -401,15 +414,18 @@ def failure_reason(exc: BaseException) -> str:
 
 def run(contract) -> int:
     job = Job(contract)
+    ok = False
     try:
         stopped = job.fit()
         if stopped:
             log.info("stopped: checkpoint written to %s", contract.checkpoint_dir / CHECKPOINT)
             return STOPPED_EXIT
         job.finish()
-        return 0
+        ok = True
     finally:
+        job.dbg.close(run_rules=None if ok else False)  # flush + verify tensors, stop the sampler
         distributed.cleanup()
+    return 0
 
 
 def main(argv=None) -> int:

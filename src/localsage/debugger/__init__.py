@@ -1,0 +1,146 @@
+"""Debugger and profiler: smdebug tensors, a system sampler and step timer, SageMaker's rules run
+locally, and an HTML report.
+
+The training loop uses one object:
+
+    dbg = debugger.attach(contract, hp, model, [criterion, eval_criterion], workers=n, start=t0)
+    dbg.mode("train")                                   # / "eval" / "predict"  (smdebug modes)
+    for images, labels in dbg.timer.wrap(batches, "train"):
+        ...; dbg.timer.mark("forward"); ...; dbg.timer.mark("backward"); ...; dbg.timer.mark("optimizer")
+    dbg.close()                                         # flush + verify tensors, stop sampler, rules-at-end
+
+With debug=false and profiler=false it does nothing (hook None, timer disabled).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from . import hook as hook_mod
+from . import sampler as sampler_mod
+
+log = logging.getLogger("localsage.debugger")
+
+# Hyperparameters this package reads (defined once in localsage/hyperparameters.py).
+HYPERPARAMETERS = {
+    "debug": True,
+    "debug-train-interval": 10,
+    "debug-eval-interval": 1,
+    "debug-tensor-interval": 500,
+    "debug-strict": True,
+    "rules": "default",
+    "rules-at-end": False,
+    "profiler": True,
+}
+
+
+class Session:
+    def __init__(self, contract, hp, model, loss_modules, workers=None, start=None, batch_size=None):
+        hp = {**HYPERPARAMETERS, **{k: v for k, v in hp.items() if k in HYPERPARAMETERS}}
+        self.contract, self.hp = contract, hp
+        self.hook = hook_mod.create(model, loss_modules, contract, hp)
+        profiling = bool(hp["profiler"])
+        sync = None
+        try:
+            import torch
+
+            param = next(model.parameters(), None)
+            if profiling and param is not None and param.is_cuda:
+                sync = torch.cuda.synchronize
+        except Exception:
+            pass
+        self.timer = sampler_mod.StepTimer(contract.profiler_dir, sync=sync, enabled=profiling)
+        self.sampler = None
+        if profiling:
+            self.sampler = sampler_mod.SystemSampler(contract.profiler_dir)
+            self.sampler.start()
+            sampler_mod.write_job_info(
+                contract.profiler_dir, start=start or time.time(), cores=sampler_mod.cores(),
+                gpus=len(self.sampler.handles), workers=workers, batch_size=batch_size)
+
+    def mode(self, name: str):
+        hook_mod.set_mode(self.hook, name)
+
+    def close(self, run_rules=None):
+        """Flush and verify tensors, stop the sampler, and (rules-at-end) write rule verdicts."""
+        try:
+            hook_mod.close(self.hook)
+        finally:
+            self.timer.close()
+            if self.sampler is not None:
+                self.sampler.stop()
+                sampler_mod.write_job_info(
+                    self.contract.profiler_dir, first_step=self.timer.first_step_time, end=time.time(),
+                    sampler_cpu_s=round(self.sampler.cpu_seconds, 4),
+                    sampler_wall_s=round(self.sampler.wall_seconds, 3), samples=self.sampler.samples)
+        if run_rules if run_rules is not None else self.hp["rules-at-end"]:
+            from . import rules
+
+            only = hook_mod.enabled_rules(self.hp)
+            verdicts = rules.run_rules(self.contract.output_dir, only=only)
+            fired = [v["rule"] for v in verdicts if v["triggered"]]
+            log.info("rules evaluated in the job: %d, issues found by: %s", len(verdicts), ", ".join(fired) or "none")
+
+
+def attach(contract, hp, model, loss_modules, workers=None, start=None, batch_size=None) -> Session:
+    return Session(contract, hp, model, loss_modules, workers=workers, start=start, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------- CLI
+def job_dir(job, jobs_dir=None):
+    """A job name (in --jobs-dir / $LOCALSAGE_JOBS_DIR / jobs) or a path to a job or output folder."""
+    from pathlib import Path
+
+    from .. import runner
+
+    path = Path(job)
+    if path.is_dir():
+        return path
+    candidate = Path(jobs_dir or runner.DEFAULT_JOBS_DIR) / job
+    if candidate.is_dir():
+        return candidate
+    raise FileNotFoundError(f"no job {job!r} (looked for {path} and {candidate})")
+
+
+def cmd_debug(args):
+    from . import rules
+
+    verdicts = rules.run_rules(job_dir(args.job, args.jobs_dir), overrides=args.rule or [], only=args.only or None)
+    print(rules.table(verdicts))
+    if args.json:
+        print(json.dumps(verdicts, indent=2, default=str))
+    return 0
+
+
+def cmd_report(args):
+    from . import report
+
+    path = report.build(job_dir(args.job, args.jobs_dir))
+    print(path)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+    return 0
+
+
+def add_parser(subparsers):
+    """`localsage debug JOB [--rule Name:param=value]` and `localsage report JOB [--open]`."""
+    from .rules import ALL_RULES
+
+    p = subparsers.add_parser("debug", help="evaluate the Debugger/Profiler rules on a job (verdicts in output/rules)")
+    p.add_argument("job", help="job name or folder")
+    p.add_argument("--rule", action="append", metavar="NAME:PARAM=VALUE[,PARAM=VALUE]",
+                   help="override rule parameters (repeatable), e.g. Overfit:ratio_threshold=0.2")
+    p.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                   help=f"comma list of rules to run (default all: {', '.join(ALL_RULES)})")
+    p.add_argument("--json", action="store_true", help="also print the verdicts as JSON")
+    p.add_argument("--jobs-dir")
+    p.set_defaults(func=cmd_debug)
+
+    p = subparsers.add_parser("report", help="write the job's HTML debugger/profiler report (output/report/report.html)")
+    p.add_argument("job", help="job name or folder")
+    p.add_argument("--open", action="store_true", help="open it in the default browser")
+    p.add_argument("--jobs-dir")
+    p.set_defaults(func=cmd_report)

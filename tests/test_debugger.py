@@ -1,0 +1,313 @@
+"""Debugger and profiler: planted faults must make the matching rule fire, healthy runs must not.
+
+Real training jobs (runner, process backend) where train.py can plant the fault through
+hyperparameters or data; a small loop over the same debugger API where the fault needs code
+(gradients scaled to ~0, a sleeping __getitem__, a broken tensor folder).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import FAST_HP
+from localsage import debugger, runner
+from localsage.contract import Contract
+from localsage.data import make_demo_data
+from localsage.debugger import hook as hook_mod
+from localsage.debugger import report, rules, sampler
+
+SMALL_JOB_HP = {"arch": "resnet18", "weights": "none", "image-size": "32", "batch-size": "4", "workers": "0",
+                "seed": "0", "debug-train-interval": "1", "debug-tensor-interval": "2"}
+
+
+def verdicts_by_rule(verdicts):
+    return {v["rule"]: v for v in verdicts}
+
+
+def job(data, jobs_dir, name, **hp):
+    record = runner.train(data, {**SMALL_JOB_HP, **hp}, name=name, jobs_dir=jobs_dir, echo=False)
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
+    return Path(record["JobDir"])
+
+
+def contract_for(root: Path, debughookconfig=None) -> Contract:
+    return Contract(root=root, output_dir=root / "output", output_data_dir=root / "output" / "data",
+                    debughookconfig=debughookconfig)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).mean((2, 3)))
+
+
+def tiny_loop(root, loader, epochs=2, grad_scale=None, hp=None, workers=0, eval_batches=1):
+    """A training loop using the debugger API the way train.py does."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    if grad_scale is not None:  # planted before the hook, so smdebug saves the scaled gradients
+        for p in net.parameters():
+            p.register_hook(lambda g, s=grad_scale: g * s)
+    crit, ecrit = nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
+    dbg = debugger.attach(contract_for(root), {"debug-train-interval": 1, "debug-tensor-interval": 1, **(hp or {})},
+                          net, [crit, ecrit], workers=workers)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(epochs):
+        dbg.mode("train")
+        for x, y in dbg.timer.wrap(loader, "train"):
+            loss = crit(net(x), y)
+            dbg.timer.mark("forward")
+            opt.zero_grad()
+            loss.backward()
+            dbg.timer.mark("backward")
+            opt.step()
+            dbg.timer.mark("optimizer")
+        dbg.mode("eval")
+        with torch.no_grad():
+            for i, (x, y) in enumerate(dbg.timer.wrap(loader, "eval")):
+                if i >= eval_batches:
+                    break
+                ecrit(net(x), y)
+    dbg.close()
+    return root / "output"
+
+
+def random_batches(n=6, batch=8, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, 16, 16, generator=g), torch.randint(0, classes, (batch,), generator=g)) for _ in range(n)]
+
+
+@pytest.fixture
+def smdebug_agent_reset():
+    """smdebug's error agent is process-global: a test that makes it disable saving must re-enable it."""
+    from smdebug.core.utils import error_handling_agent
+
+    yield error_handling_agent
+    error_handling_agent.disable_smdebug = False
+
+
+# ---------------------------------------------------------------- real jobs
+
+def test_healthy_run_raises_no_false_alarms_and_keeps_tensors(trained_job):
+    job_dir = Path(trained_job["JobDir"])
+    tensors = job_dir / "output" / "tensors"
+    assert hook_mod.written_steps(tensors), "debug is on by default: tensors must exist"
+    verdicts = verdicts_by_rule(rules.run_rules(job_dir))
+    for name in ("LossNotDecreasing", "ExplodingTensor", "VanishingGradient", "Overfit"):
+        v = verdicts[name]
+        assert v["datapoints"] > 0, f"{name} saw no data: {v}"
+        assert not v["triggered"], f"{name} fired on a healthy run: {v['details']}"
+    for name in rules.ALL_RULES:  # every verdict is on disk with the documented fields
+        saved = json.loads((job_dir / "output" / "rules" / f"{name}.json").read_text())
+        assert {"rule", "triggered", "datapoints", "violations", "parameters", "recommendation"} <= set(saved)
+    with tarfile.open(job_dir / "output.tar.gz") as tar:
+        assert any(n.startswith("tensors/index/") for n in tar.getnames())
+
+
+def test_huge_learning_rate_explodes(small_data, jobs_dir):
+    job_dir = job(small_data, jobs_dir, "dbg-lr50", lr="50", optimizer="sgd", epochs="2")
+    v = verdicts_by_rule(rules.run_rules(job_dir, only=["ExplodingTensor", "LossNotDecreasing"]))
+    assert v["ExplodingTensor"]["triggered"] or v["LossNotDecreasing"]["triggered"], v
+
+
+def test_tiny_data_many_epochs_overfits(tmp_path, jobs_dir):
+    data = make_demo_data(tmp_path / "tiny", classes=2, per_class=8, size=40, seed=3)
+    job_dir = job(data, jobs_dir, "dbg-overfit", augment="false", epochs="20", lr="0.01", **{"batch-size": "16"})
+    v = verdicts_by_rule(rules.run_rules(job_dir, only=["Overfit", "ClassImbalance"]))
+    assert v["Overfit"]["triggered"], v["Overfit"]
+    assert v["Overfit"]["datapoints"] == 20  # one per evaluation pass
+    # the same data with a threshold no loss gap reaches: the override is honoured, nothing fires
+    loose = rules.run_rules(job_dir, overrides=["Overfit:ratio_threshold=1e12"], only=["Overfit"], write=False)[0]
+    assert not loose["triggered"] and loose["parameters"]["ratio_threshold"] == 1e12
+    # balanced data: ClassImbalance must not report a count imbalance
+    assert not any("samples, class" in d for d in v["ClassImbalance"]["details"]), v["ClassImbalance"]
+
+
+def test_imbalanced_data_fires_class_imbalance(tmp_path, jobs_dir):
+    data = make_demo_data(tmp_path / "imb", classes=2, per_class=3, size=40, seed=4, imbalance=20)
+    job_dir = job(data, jobs_dir, "dbg-imbalance", epochs="1", **{"batch-size": "8", "debug-tensor-interval": "1000"})
+    v = verdicts_by_rule(rules.run_rules(job_dir, only=["ClassImbalance"]))["ClassImbalance"]
+    assert v["triggered"], v
+    counts = v["counts"]
+    assert counts[0] > 10 * counts[1], counts
+
+
+def test_report_renders_in_headless_chromium(trained_job, artifacts_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        if os.environ.get("LOCALSAGE_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium is required (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    job_dir = Path(trained_job["JobDir"])
+    path = report.build(job_dir)
+    text = path.read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text, "the report must open offline"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = path.resolve().as_uri()
+    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [l for l in dom.stderr.splitlines() if ":CONSOLE" in l]
+    assert not console, console
+    assert re.search(r'<img id="plot-loss"[^>]*src="data:image/png;base64,', dom.stdout), "loss plot missing"
+    table = re.search(r'<table id="rules-table">(.*?)</table>', dom.stdout, re.S)
+    assert table, "rules table missing"
+    for name in rules.ALL_RULES:
+        assert f"<td>{name}</td>" in table.group(1)
+    for m in re.finditer(r'src="data:image/png;base64,([^"]+)"', dom.stdout):  # every image decodes
+        from PIL import Image
+
+        Image.open(io.BytesIO(base64.b64decode(m.group(1)))).verify()
+    shot = artifacts_dir / "debugger-report.png"
+    shot.unlink(missing_ok=True)
+    run = subprocess.run([chromium, *flags, "--window-size=1200,4000", f"--screenshot={shot}", url],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000, run.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- planted faults in a small loop
+
+def test_vanishing_gradients_fire_and_normal_gradients_do_not(tmp_path):
+    data = random_batches()
+    fine = tiny_loop(tmp_path / "fine", data)
+    vanished = tiny_loop(tmp_path / "vanished", data, grad_scale=1e-12)
+    ok = rules.run_rules(fine, only=["VanishingGradient"])[0]
+    bad = rules.run_rules(vanished, only=["VanishingGradient"])[0]
+    assert ok["datapoints"] > 0 and not ok["triggered"], ok
+    assert bad["triggered"] and bad["violations"] >= 10, bad
+
+
+class SlowDataset(torch.utils.data.Dataset):
+    def __init__(self, n=24, delay=0.25):
+        self.n, self.delay = n, delay
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(3, 16, 16, generator=g), i % 3
+
+
+def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
+    workers = sampler.cores()  # a sane worker count: only the waiting can make Dataloader fire
+    loader = torch.utils.data.DataLoader(SlowDataset(), batch_size=4, num_workers=workers)
+    out = tiny_loop(tmp_path / "slow", loader, epochs=1, workers=workers)
+    v = rules.run_rules(out, only=["Dataloader", "StepOutlier", "OverallSystemUsage"])
+    dl = verdicts_by_rule(v)["Dataloader"]
+    assert dl["triggered"] and any("waits for data" in d for d in dl["details"]), dl
+    assert dl["wait_share"] > 50
+    steps = [s for s in sampler.read_jsonl(out / "profiler" / sampler.STEPS) if s["mode"] == "train"]
+    assert len(steps) == 6
+    assert sum(s["dataloader"] for s in steps) > 0.5 * sum(s["total"] for s in steps)
+    # the report shows it: the dataloader row of the breakdown holds the largest share
+    html = report.build(out).read_text()
+    rows = re.findall(r"<tr><td>(\w+)</td><td>[\d.]+</td><td>([\d.]+) %</td>", html.split('id="step-breakdown"')[1].split("</table>")[0])
+    shares = {k: float(s) for k, s in rows}
+    assert max(shares, key=shares.get) == "dataloader", shares
+    # the sampler ran alongside: per-core CPU rows and its own CPU time
+    system = sampler.read_jsonl(out / "profiler" / sampler.SYSTEM)
+    assert system and len(system[0]["cpu"]) == os.cpu_count()
+    info = json.loads((out / "profiler" / sampler.JOB).read_text())
+    assert info["workers"] == workers and info["sampler_cpu_s"] >= 0 and info["first_step"] >= info["start"]
+
+
+def test_a_healthy_loop_does_not_fire_dataloader(tmp_path):
+    out = tiny_loop(tmp_path / "fast", random_batches(), epochs=1, workers=sampler.cores())
+    v = rules.run_rules(out, only=["Dataloader"])[0]
+    assert not v["triggered"], v
+
+
+def test_debughookconfig_wins(tmp_path):
+    root = tmp_path / "sm"
+    cfg = {"LocalPath": "/opt/ml/output/tensors", "HookParameters": {"save_interval": "3"},
+           "CollectionConfigurations": [{"CollectionName": "losses"}]}
+    net, crit = TinyNet(), nn.CrossEntropyLoss()
+    hook = hook_mod.create(net, crit, contract_for(root, cfg), {"debug": True, "debug-train-interval": 1})
+    hook_mod.set_mode(hook, "train")
+    for x, y in random_batches(n=7):
+        crit(net(x), y).backward()
+    hook_mod.close(hook)
+    assert hook_mod.written_steps(root / "output" / "tensors") == [0, 3, 6]
+
+
+def test_forced_smdebug_write_failure_is_reported(tmp_path, smdebug_agent_reset, caplog):
+    """smdebug swallows write errors with its default (losses-only) configuration, as a SageMaker
+    debughookconfig.json gives: the verifier must turn that into an error."""
+    cfg = {"HookParameters": {"save_interval": "1"}, "CollectionConfigurations": [{"CollectionName": "losses"}]}
+    for strict in (True, False):
+        smdebug_agent_reset.disable_smdebug = False
+        root = tmp_path / f"broken-{strict}"
+        net, crit = TinyNet(), nn.CrossEntropyLoss()
+        hook = hook_mod.create(net, crit, contract_for(root, cfg), {"debug": True, "debug-strict": strict})
+        tensors = root / "output" / "tensors"
+        shutil.rmtree(tensors, ignore_errors=True)
+        tensors.parent.mkdir(parents=True, exist_ok=True)
+        tensors.write_text("a file where smdebug wants its folder\n")  # every write under it fails
+        hook_mod.set_mode(hook, "train")
+        batches = random_batches(n=3)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="localsage.debugger"):
+            if strict:
+                with pytest.raises(hook_mod.DebuggerWriteError, match="disabled itself|no tensors"):
+                    for x, y in batches:
+                        crit(net(x), y).backward()
+            else:
+                for x, y in batches:
+                    crit(net(x), y).backward()
+                assert any("debug-strict=false" in r.getMessage() for r in caplog.records)
+        assert smdebug_agent_reset.disable_smdebug, "the fault was not planted: smdebug kept saving"
+        __import__("atexit").unregister(hook._cleanup)  # its exit-time flush would fail on the same file
+
+
+def test_tensors_written_by_a_debug_loop(tmp_path):
+    out = tiny_loop(tmp_path / "t", random_batches(n=3), epochs=1)
+    from smdebug.trials import create_trial
+
+    trial = create_trial(str(out / "tensors"))
+    names = set(trial.tensor_names())
+    assert {hook_mod.LOSS_NAME, hook_mod.LABELS_NAME, hook_mod.LOGITS_NAME} <= names
+    assert any(n.startswith("gradient/") for n in names) and any(n.endswith("weight") for n in names)
+
+
+def test_rule_overrides_are_typed_and_checked():
+    assert rules.parse_overrides(["Overfit:ratio_threshold=0.2,patience=3", "ExplodingTensor:only_nan=true"]) == {
+        "Overfit": {"ratio_threshold": 0.2, "patience": 3}, "ExplodingTensor": {"only_nan": True}}
+    with pytest.raises(ValueError, match="bad parameter"):
+        rules.parse_overrides(["Overfit:nope=1"])
+    with pytest.raises(ValueError, match="unknown rule"):
+        rules.parse_overrides(["Nope:x=1"])
+
+
+def test_debug_and_report_commands(tmp_path, capsys):
+    from localsage.cli import main
+
+    out = tiny_loop(tmp_path / "cli", random_batches(n=3), epochs=2)
+    assert main(["debug", str(out.parent), "--rule", "Overfit:ratio_threshold=0.5", "--only", "Overfit,AllZero"]) == 0
+    printed = capsys.readouterr().out
+    assert "Overfit" in printed and "AllZero" in printed and "LossNotDecreasing" not in printed
+    assert json.loads((out / "rules" / "Overfit.json").read_text())["parameters"]["ratio_threshold"] == 0.5
+    assert main(["report", str(out.parent)]) == 0
+    assert (out / "report" / "report.html").exists() and (out / "report" / "loss.png").exists()
+    assert main(["debug", str(out.parent), "--rule", "Overfit:bogus=1"]) == 2
