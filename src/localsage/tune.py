@@ -182,9 +182,11 @@ class Tuning:
         return Path(self.settings["jobs_dir"]) / f"tune-{self.study}"
 
     def stored(self) -> dict:
-        return {"data": str(self.data), "space": {n: _dim_yaml(d) for n, d in self.space.items()},
-                "fixed": hyperparameters.to_strings(self.fixed), "objective": self.objective,
-                "enqueue": self.enqueue, "trials": self.trials}
+        """The config in YAML form, kept in the study: --resume needs nothing else."""
+        keep = ("data", "trials", "objective", "sampler", "pruner", "seed", "prune_startup_trials", "prune_warmup_steps")
+        return {**{k: self.settings[k] for k in keep}, "data": str(Path(self.data).resolve()) if self.data else None,
+                "space": {n: _dim_yaml(d) for n, d in self.space.items()},
+                "fixed": hyperparameters.to_strings(self.fixed), "enqueue": self.enqueue}
 
 
 def _dim_yaml(dim: Dim) -> dict:
@@ -407,11 +409,10 @@ class Study:
         self.gpus = visible_gpus(t.gpus) if t.backend in ("process", "docker") else []
 
     # one trial = one job
-    def run_trial(self, trial, slot: int):
+    def run_trial(self, trial, params: dict, slot: int):
         from optuna.trial import TrialState
 
         t = self.t
-        params = {name: dim.suggest(trial) for name, dim in t.space.items()}
         env, extra = slot_env(slot, t.parallel, self.gpus, t.fixed, os.cpu_count() or 1)
         hp = {**t.fixed, **params, **extra}
         name = runner.job_name(f"{t.study}-t{trial.number:03d}")
@@ -467,15 +468,19 @@ class Study:
             used = sum(counted(tr) for tr in self.study.get_trials(deepcopy=False))
             if used >= self.t.trials or self.halt.is_set():
                 return None
-            return self.study.ask()
+            trial = self.study.ask()
+            # sampled under the lock: the sampler's random draws go to trials in trial order
+            params = {name: dim.suggest(trial) for name, dim in self.t.space.items()}
+            return trial, params
 
     def worker(self, slot: int):
         while not self.halt.is_set():
-            trial = self.next_trial()
-            if trial is None:
+            asked = self.next_trial()
+            if asked is None:
                 return
+            trial, params = asked
             try:
-                state = self.run_trial(trial, slot)
+                state = self.run_trial(trial, params, slot)
             except BaseException as exc:  # never leave a trial RUNNING because of the tuner's own error
                 from optuna.trial import TrialState
 
@@ -596,23 +601,20 @@ def run(t: Tuning, resume=False, echo=True, log=print) -> dict:
     return report(t, study, log)
 
 
-def settings_for_resume(t: Tuning) -> Tuning:
-    """--resume: the study's stored data/space/fixed/objective, the command line's budget and workers."""
+def stored_config(study_name: str, storage=None, jobs_dir=None) -> dict:
+    """--resume: the config a study was started with (YAML form), read from the study itself."""
     import optuna
 
+    t = build({}, {"study": study_name, "storage": storage}, jobs_dir)
+    if not t.storage and not (t.study_dir / "journal.log").exists():
+        raise TuneError(f"no study {study_name!r} to resume in {t.study_dir}")
     try:
-        stored = optuna.load_study(study_name=t.study, storage=make_storage(t)).user_attrs.get("config")
+        stored = optuna.load_study(study_name=study_name, storage=make_storage(t)).user_attrs.get("config")
     except KeyError:
-        raise TuneError(f"no study {t.study!r} in {t.storage or t.study_dir / 'journal.log'} to resume") from None
+        raise TuneError(f"no study {study_name!r} in {t.storage or t.study_dir} to resume") from None
     if not stored:
-        raise TuneError(f"study {t.study!r} has no stored localsage settings")
-    raw = {"space": stored["space"], "fixed": stored["fixed"], "enqueue": stored.get("enqueue") or []}
-    overrides = {**t.settings, "data": stored["data"], "objective": stored["objective"]}
-    if t.settings.get("_trials_given") is None:
-        overrides["trials"] = stored.get("trials", t.trials)
-    overrides.pop("_trials_given", None)
-    overrides.pop("jobs_dir", None)
-    return build(raw, overrides, t.jobs_dir)
+        raise TuneError(f"study {study_name!r} was not started by localsage tune: no stored settings")
+    return stored
 
 
 # ---------------------------------------------------------------- SageMaker HPO
@@ -710,7 +712,10 @@ def add_parser(subparsers):
 
 
 def cmd_tune(args):
-    raw = load_yaml(args.config) if args.config else {}
+    if args.resume:
+        raw = stored_config(args.study or SETTINGS["study"], args.storage, args.jobs_dir)
+    else:
+        raw = load_yaml(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in ("data", "trials", "parallel", "storage", "study", "sampler", "pruner",
                                                "objective", "seed", "backend", "image", "gpus")}
     if args.no_prune:
@@ -733,8 +738,5 @@ def cmd_tune(args):
         return 0
     if args.dry_run:
         raise TuneError("--dry-run applies to --backend sagemaker")
-    if args.resume:
-        t.settings["_trials_given"] = args.trials
-        t = settings_for_resume(t)
     result = run(t, resume=args.resume, echo=not args.quiet)
     return 0 if "best_trial" in result else 1
