@@ -224,7 +224,7 @@ def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path,
 
 def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, small_data):
     jobs = tmp_path / "jobs"
-    config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 3}, trials=4,
+    config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 3}, trials=4, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
     proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "kill", "--jobs-dir", jobs),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -255,6 +255,8 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
     complete = {tr.number: tr.user_attrs["job_name"] for tr in trials if tr.state.name == "COMPLETE"}
     assert len(complete) == 4  # the budget, the stale trial not counted
     assert all(complete[n] == job for n, job in before.items())  # completed trials kept, not rerun
+    params = [tr.params["lr"] for tr in trials]
+    assert len(set(params)) == len(params)  # the resumed tuner did not replay the first one's random draws
     trial_jobs = [r for r in runner.list_jobs(jobs) if r["Tags"].get("tune-study") == "kill"]
     assert len(trial_jobs) == len(trials) == 5  # one job per trial: nothing ran twice
 
@@ -297,7 +299,7 @@ def postgres():
 
 
 def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres):
-    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED, trials=5,
+    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED, trials=5, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
     procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--storage", postgres, "--study", "pg",
                                        "--jobs-dir", tmp_path / f"machine{i}"),
@@ -307,6 +309,7 @@ def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres
     trials = optuna.load_study(study_name="pg", storage=postgres).get_trials()
     assert sorted(tr.number for tr in trials) == list(range(5))  # no collision, total = the budget
     assert all(tr.state.name == "COMPLETE" for tr in trials)
+    assert len({tr.params["lr"] for tr in trials}) == 5  # the second tuner drew its own params
     per_machine = [len([r for r in runner.list_jobs(tmp_path / f"machine{i}")]) for i in range(2)]
     assert sum(per_machine) == 5 and min(per_machine) >= 1, per_machine  # both tuners ran trials of the one study
     jobs_of = {tr.user_attrs["job_name"] for tr in trials}

@@ -37,7 +37,7 @@ DEFAULT_SPACE = {
 SETTINGS = {  # name: default; each can come from the YAML file or the command line (the command line wins)
     "data": None, "study": "tune", "storage": None, "trials": 10, "parallel": 1, "objective": "valid_loss",
     "sampler": "tpe", "pruner": "median", "seed": 0, "backend": "process", "image": None,
-    "prune_startup_trials": 2, "prune_warmup_steps": 1, "gpus": None,
+    "prune_startup_trials": 2, "prune_warmup_steps": 0, "gpus": None,
 }
 STORED = ("space", "fixed", "objective", "enqueue")  # must agree between workers of one study
 BEST_FILE = "best_hyperparameters.json"
@@ -388,22 +388,26 @@ class Study:
 
         self.t, self.echo, self.log = t, echo, log
         self.direction = t.direction
-        self.study = optuna.create_study(study_name=t.study, storage=make_storage(t), sampler=make_sampler(t),
-                                         pruner=make_pruner(t), direction=self.direction, load_if_exists=True)
-        stored = self.study.user_attrs.get("config")
-        if stored is None:
-            self.study.set_user_attr("config", t.stored())
-            for params in t.enqueue:
-                self.study.enqueue_trial(params, skip_if_exists=True)
-        else:
+        self._local = threading.Lock()
+        with creation_lock(t, self._local):
+            self.study = optuna.create_study(study_name=t.study, storage=make_storage(t), sampler=make_sampler(t),
+                                             pruner=make_pruner(t), direction=self.direction, load_if_exists=True)
+            stored = self.study.user_attrs.get("config")
+            if stored is None:
+                self.study.set_user_attr("config", t.stored())
+                for params in t.enqueue:
+                    self.study.enqueue_trial(params, skip_if_exists=True)
+        if stored is not None:
             mine = t.stored()
             differ = [k for k in STORED if stored.get(k) != mine.get(k)]
             if differ:
                 raise TuneError(f"study {t.study!r} exists with a different {', '.join(differ)}; use another --study "
                                 f"name or the same settings (--resume alone reuses the stored ones)")
+            # the seed makes a new study reproducible; a worker joining or resuming it must not replay the
+            # creator's random draws (it would repeat the same params), so it draws its own
+            self.study.sampler.reseed_rng()
         if resume:
             fail_stale(self.study, log)
-        self._local = threading.Lock()
         self.halt = threading.Event()
         self.running = set()  # stop events of the running jobs
         self.gpus = visible_gpus(t.gpus) if t.backend in ("process", "docker") else []
@@ -421,13 +425,15 @@ class Study:
                            ("worker", {"host": socket.gethostname(), "pid": os.getpid()})):
             trial.set_user_attr(key, value)
         pruned = []
+        last_epoch = int(hyperparameters.parse(hyperparameters.to_strings(hp))["epochs"])
 
         def on_metrics(values):
             value = values.get(t.objective)
             if value is None:
                 return False
             trial.report(value, values["epoch"])
-            if trial.should_prune():
+            # after the last epoch there is nothing left to save: the trial completes
+            if values["epoch"] < last_epoch and trial.should_prune():
                 pruned.append(values["epoch"])
                 return True
             return False
