@@ -360,12 +360,14 @@ def fail_stale(study, log=print) -> list:
     failed = []
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker") or {}
-        if worker.get("host") != host or _alive(int(worker.get("pid", 0))):
-            if worker.get("host") != host:
-                log(f"trial {trial.number} runs on {worker.get('host')}; left alone")
+        worker = trial.user_attrs.get("worker")
+        if worker and worker.get("host") != host:
+            log(f"trial {trial.number} runs on {worker.get('host')}; left alone")
             continue
-        reason = f"stale: the tuner (pid {worker.get('pid')} on {host}) stopped while trial {trial.number} ran"
+        if worker and _alive(int(worker["pid"])):
+            continue
+        who = f"pid {worker['pid']} on {host}" if worker else "unknown"
+        reason = f"stale: the tuner ({who}) stopped while trial {trial.number} ran"
         study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
         study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", reason)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
