@@ -143,6 +143,7 @@ def test_sagemaker_tuner_request_matches_the_space(tmp_path, capsys):
 
 # ---------------------------------------------------------------- local studies of real jobs
 
+@pytest.mark.slow
 def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_data, capsys):
     jobs = tmp_path / "jobs"
     fixed = {k: v for k, v in FAST_HP.items() if k not in ("lr", "batch-size")}
@@ -174,7 +175,9 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
     assert best == tune.hyperparameters.to_strings({**fixed, **study.best_trial.params})
     assert f"best trial {study.best_trial.number}: valid_loss=" in out
     table = (folder / "trials.csv").read_text().splitlines()
-    assert table[0].startswith("number,state,value,param:lr,param:batch-size,epochs_run,duration_s,job") and len(table) == 7
+    header = table[0].split(",")
+    assert header[:3] == ["number", "state", "value"] and len(table) == 7
+    assert {"param:lr", "param:batch-size", "epochs_run", "duration_s", "job", "failure_reason"} <= set(header)
     page = (folder / "plots.html").read_text()
     for title in ("Optimization history", "Intermediate values", "Parallel coordinates", "Parameter importances"):
         assert title in page
@@ -224,7 +227,7 @@ def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path,
 
 def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, small_data):
     jobs = tmp_path / "jobs"
-    config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 3}, trials=4, pruner="none",
+    config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 3}, trials=3, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
     proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "kill", "--jobs-dir", jobs),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -253,12 +256,12 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
     assert stale.state.name == "FAIL" and stale.user_attrs["interrupted"] is True
     assert runner.describe(stale.user_attrs["job_name"], jobs)["TrainingJobStatus"] == "Failed"
     complete = {tr.number: tr.user_attrs["job_name"] for tr in trials if tr.state.name == "COMPLETE"}
-    assert len(complete) == 4  # the budget, the stale trial not counted
+    assert len(complete) == 3  # the budget, the stale trial not counted
     assert all(complete[n] == job for n, job in before.items())  # completed trials kept, not rerun
     params = [tr.params["lr"] for tr in trials]
     assert len(set(params)) == len(params)  # the resumed tuner did not replay the first one's random draws
     trial_jobs = [r for r in runner.list_jobs(jobs) if r["Tags"].get("tune-study") == "kill"]
-    assert len(trial_jobs) == len(trials) == 5  # one job per trial: nothing ran twice
+    assert len(trial_jobs) == len(trials) == 4  # one job per trial: nothing ran twice
 
 
 # ---------------------------------------------------------------- many workers on one PostgreSQL database
@@ -299,7 +302,7 @@ def postgres():
 
 
 def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres):
-    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED, trials=5, pruner="none",
+    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED, trials=4, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
     procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--storage", postgres, "--study", "pg",
                                        "--jobs-dir", tmp_path / f"machine{i}"),
@@ -307,10 +310,10 @@ def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     trials = optuna.load_study(study_name="pg", storage=postgres).get_trials()
-    assert sorted(tr.number for tr in trials) == list(range(5))  # no collision, total = the budget
+    assert sorted(tr.number for tr in trials) == list(range(4))  # no collision, total = the budget
     assert all(tr.state.name == "COMPLETE" for tr in trials)
-    assert len({tr.params["lr"] for tr in trials}) == 5  # the second tuner drew its own params
+    assert len({tr.params["lr"] for tr in trials}) == 4  # the second tuner drew its own params
     per_machine = [len([r for r in runner.list_jobs(tmp_path / f"machine{i}")]) for i in range(2)]
-    assert sum(per_machine) == 5 and min(per_machine) >= 1, per_machine  # both tuners ran trials of the one study
+    assert sum(per_machine) == 4 and min(per_machine) >= 1, per_machine  # both tuners ran trials of the one study
     jobs_of = {tr.user_attrs["job_name"] for tr in trials}
     assert jobs_of == {r["TrainingJobName"] for i in range(2) for r in runner.list_jobs(tmp_path / f"machine{i}")}

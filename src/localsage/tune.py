@@ -183,7 +183,7 @@ class Tuning:
 
     def stored(self) -> dict:
         """The config in YAML form, kept in the study: --resume needs nothing else."""
-        keep = ("data", "trials", "objective", "sampler", "pruner", "seed", "prune_startup_trials", "prune_warmup_steps")
+        keep = ("trials", "objective", "sampler", "pruner", "seed", "prune_startup_trials", "prune_warmup_steps")
         return {**{k: self.settings[k] for k in keep}, "data": str(Path(self.data).resolve()) if self.data else None,
                 "space": {n: _dim_yaml(d) for n, d in self.space.items()},
                 "fixed": hyperparameters.to_strings(self.fixed), "enqueue": self.enqueue}
@@ -237,9 +237,9 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
         raise TuneError(f"sampler must be one of {', '.join(SAMPLERS)}, got {settings['sampler']!r}")
     if settings["pruner"] not in PRUNERS:
         raise TuneError(f"pruner must be one of {', '.join(PRUNERS)}, got {settings['pruner']!r}")
-    for key in ("trials", "parallel"):
-        if not isinstance(settings[key], int) or settings[key] < 1:
-            raise TuneError(f"{key} must be a whole number >= 1, got {settings[key]!r}")
+    for key, least in (("trials", 1), ("parallel", 1), ("prune_startup_trials", 0), ("prune_warmup_steps", 0)):
+        if not isinstance(settings[key], int) or settings[key] < least:
+            raise TuneError(f"{key} must be a whole number >= {least}, got {settings[key]!r}")
     if not str(settings["study"]).replace("-", "").replace("_", "").isalnum():
         raise TuneError(f"study name {settings['study']!r}: use letters, digits, - and _")
     return Tuning(settings, space, fixed, list(enqueue))
