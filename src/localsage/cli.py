@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .tune import add_parser as add_tune_parser
+
 
 def parse_hp(pairs, hp_file=None) -> dict:
     values = {}
@@ -106,6 +108,8 @@ def build_parser():
 
     p = sub.add_parser("metric-definitions", help="print the SageMaker metric_definitions regexes")
     p.set_defaults(func=cmd_metric_definitions)
+
+    add_tune_parser(sub)
 
     p = sub.add_parser("hyperparameters", help="print the hyperparameter reference (markdown)")
     p.set_defaults(func=cmd_hyperparameters)

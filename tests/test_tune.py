@@ -1,0 +1,319 @@
+"""Tuning: the search space, Optuna studies whose trials are real training jobs, SageMaker HPO offline."""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from glob import glob
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from conftest import FAST_HP, TINY_HP
+from localsage import metrics, runner, tune
+from localsage.cli import main as cli_main
+
+TINY_FIXED = {k: v for k, v in TINY_HP.items() if k not in ("lr", "batch-size")}
+
+
+def write_config(path: Path, **config) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def load(study, jobs_dir=None, storage=None):
+    t = tune.build({}, {"study": study, "storage": storage}, jobs_dir=jobs_dir)
+    return optuna.load_study(study_name=study, storage=tune.make_storage(t))
+
+
+def tune_cmd(*args):
+    return [sys.executable, "-m", "localsage", "tune", "--quiet", *map(str, args)]
+
+
+# ---------------------------------------------------------------- the space: one definition, validated
+
+def test_default_space_compiles_to_optuna_and_sagemaker():
+    t = tune.build({}, {"data": "d"})
+    lr, bs = t.space["lr"], t.space["batch-size"]
+    assert lr.distribution() == optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)
+    assert bs.distribution() == optuna.distributions.CategoricalDistribution([32, 64, 128, 256])
+    assert lr.sagemaker().as_tuning_range("lr") == {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1",
+                                                   "ScalingType": "Logarithmic"}
+    assert bs.sagemaker().as_tuning_range("batch-size") == {"Name": "batch-size", "Values": ["32", "64", "128", "256"]}
+    t = tune.build({"space": {"warmup-epochs": {"type": "int", "min": 0, "max": 3},
+                              "weight-decay": {"type": "float", "min": 0, "max": 0.01}}}, {})
+    assert t.space["warmup-epochs"].distribution() == optuna.distributions.IntDistribution(0, 3)
+    assert t.space["warmup-epochs"].sagemaker().as_tuning_range("warmup-epochs")["ScalingType"] == "Linear"
+    assert t.space["weight-decay"].grid() == [0.0, 0.0025, 0.005, 0.0075, 0.01]
+    assert tune.build({}, {}).space["lr"].grid() == pytest.approx([1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5, 1e-1])
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"space": {"lr": {"type": "float", "min": 0.1, "max": 0.01}}}, "min (0.1) must be less than max (0.01)"),
+    ({"space": {"lr": {"type": "float", "min": 0.0, "max": 0.1, "scale": "log"}}}, "log scale needs min > 0"),
+    ({"space": {"learning-rate": {"type": "float", "min": 0.01, "max": 0.1}}}, "unknown hyperparameter 'learning-rate'"),
+    ({"space": {"batch-size": {"type": "float", "min": 8, "max": 64}}}, "batch-size is a int hyperparameter"),
+    ({"space": {"optimizer": {"values": ["adamw", "adam"]}}}, "optimizer value 'adam'"),
+    ({"space": {"lr": {"type": "float", "min": -1, "max": 0.1}}}, "lr min -1.0 is not a valid lr"),
+    ({"fixed": {"epochs": 0}}, "fixed hyperparameters: invalid hyperparameter(s): epochs='0'"),
+    ({"fixed": {"lr": 0.01}}, "lr both fixed and searched"),
+    ({"sampler": "annealing"}, "sampler must be one of"),
+    ({"spaces": {}}, "unknown key(s) spaces"),
+])
+def test_invalid_space_is_a_clear_error_before_any_trial(tmp_path, small_data, capsys, config, needle):
+    with pytest.raises(tune.TuneError) as err:
+        tune.build(config, {"data": str(small_data)})
+    assert needle in str(err.value)
+    jobs = tmp_path / "jobs"
+    code = cli_main(["tune", "--config", str(write_config(tmp_path / "bad.yaml", **config)), "--data", str(small_data),
+                     "--jobs-dir", str(jobs), "--trials", "2"])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert not jobs.exists() or not any(jobs.iterdir())  # no trial, no job, no study
+
+
+def test_samplers_pruners_and_worker_resources():
+    for name in tune.SAMPLERS:
+        t = tune.build({"sampler": name}, {})
+        study = optuna.create_study(sampler=tune.make_sampler(t))
+        trial = study.ask()
+        params = {n: d.suggest(trial) for n, d in t.space.items()}
+        assert 1e-3 <= params["lr"] <= 1e-1 and params["batch-size"] in (32, 64, 128, 256)
+    assert isinstance(tune.make_pruner(tune.build({}, {})), optuna.pruners.MedianPruner)
+    assert isinstance(tune.make_pruner(tune.build({"pruner": "hyperband"}, {})), optuna.pruners.HyperbandPruner)
+    assert isinstance(tune.make_pruner(tune.build({}, {"pruner": "none"})), optuna.pruners.NopPruner)
+    # a GPU per parallel trial, round robin; without GPUs an equal share of the CPU threads
+    assert tune.slot_env(1, 2, ["0", "1"], {}, 8) == ({"CUDA_VISIBLE_DEVICES": "1"}, {})
+    assert tune.slot_env(2, 3, ["0", "1"], {}, 8) == ({"CUDA_VISIBLE_DEVICES": "0"}, {})
+    assert tune.slot_env(0, 2, [], {}, 8) == ({}, {"threads": 4})
+    assert tune.slot_env(0, 4, [], {}, 2) == ({}, {"threads": 1})
+    assert tune.slot_env(0, 2, [], {"threads": 3}, 8) == ({}, {})
+
+
+# ---------------------------------------------------------------- SageMaker HPO, offline
+
+def test_sagemaker_tuner_request_matches_the_space(tmp_path, capsys):
+    config = {"space": {**tune.DEFAULT_SPACE, "warmup-epochs": {"type": "int", "min": 0, "max": 2}},
+              "fixed": {"epochs": 8, "arch": "resnet50"}, "trials": 20, "parallel": 3, "objective": "valid_acc"}
+    t = tune.build(config, {})
+    request = tune.dry_run_request(t, image="123.dkr.ecr.eu-west-1.amazonaws.com/localsage:1", s3_data="s3://b/dogs")
+    tune.validate_request(request)  # botocore's validation against the SageMaker service model
+    cfg = request["HyperParameterTuningJobConfig"]
+    assert cfg["Strategy"] == "Bayesian" and cfg["TrainingJobEarlyStoppingType"] == "Auto"
+    assert cfg["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 20, "MaxParallelTrainingJobs": 3}
+    assert cfg["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "valid_acc"}
+    ranges = cfg["ParameterRanges"]
+    assert ranges["ContinuousParameterRanges"] == [{"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1",
+                                                    "ScalingType": "Logarithmic"}]
+    assert ranges["CategoricalParameterRanges"] == [{"Name": "batch-size", "Values": ["32", "64", "128", "256"]}]
+    assert ranges["IntegerParameterRanges"] == [{"Name": "warmup-epochs", "MinValue": "0", "MaxValue": "2",
+                                                 "ScalingType": "Linear"}]
+    job = request["TrainingJobDefinition"]
+    assert job["StaticHyperParameters"] == {"epochs": "8", "arch": "resnet50"}
+    assert job["AlgorithmSpecification"]["TrainingImage"] == "123.dkr.ecr.eu-west-1.amazonaws.com/localsage:1"
+    assert job["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://b/dogs"
+    # the metric regexes SageMaker gets read the lines the training job prints
+    line = metrics.format_line({"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "valid_loss": 0.25,
+                                "valid_acc": 0.9375, "epoch_time": 3.5, "images_per_sec": 120.0})
+    found = {d["Name"]: re.search(d["Regex"], line) for d in job["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert float(found["valid_acc"].group(1)) == 0.9375 and float(found["valid_loss"].group(1)) == 0.25
+    # the validation is real: a range without its minimum, a budget given as text are rejected
+    broken = json.loads(json.dumps(request))
+    del broken["HyperParameterTuningJobConfig"]["ParameterRanges"]["ContinuousParameterRanges"][0]["MinValue"]
+    broken["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"] = "20"
+    with pytest.raises(Exception, match=r"(?s)MaxNumberOfTrainingJobs.*type.*Missing required.*MinValue"):
+        tune.validate_request(broken)
+    # the command line prints the same request; --no-prune turns SageMaker's early stopping off
+    config_file = write_config(tmp_path / "tune.yaml", **config)
+    assert cli_main(["tune", "--backend", "sagemaker", "--dry-run", "--config", str(config_file), "--no-prune"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["HyperParameterTuningJobConfig"]["ParameterRanges"] == ranges
+    assert printed["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] == "Off"
+
+
+# ---------------------------------------------------------------- local studies of real jobs
+
+@pytest.mark.slow
+def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_data, capsys):
+    jobs = tmp_path / "jobs"
+    fixed = {k: v for k, v in FAST_HP.items() if k not in ("lr", "batch-size")}
+    config = write_config(tmp_path / "tune.yaml", fixed=fixed, space={
+        "lr": {"type": "float", "min": 0.002, "max": 0.006, "scale": "log"},
+        "batch-size": {"type": "categorical", "values": [16, 32]}})
+    code = cli_main(["tune", "--config", str(config), "--data", str(demo_data), "--trials", "6", "--parallel", "2",
+                     "--study", "six", "--jobs-dir", str(jobs), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    study = load("six", jobs)
+    trials = study.get_trials()
+    assert sorted(tr.number for tr in trials) == list(range(6))
+    assert {tr.state.name for tr in trials} <= {"COMPLETE", "PRUNED"}
+    # every trial is a job in the registry, tagged with its trial number, with its CPU-thread share
+    records = {r["TrainingJobName"]: r for r in runner.list_jobs(jobs)}
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    for tr in trials:
+        record = records[tr.user_attrs["job_name"]]
+        assert record["Tags"] == {"tune-study": "six", "tune-trial": str(tr.number)}
+        assert record["HyperParameters"]["lr"] == str(tr.params["lr"]) and record["HyperParameters"]["threads"] == threads
+        assert record["TrainingJobStatus"] == ("Completed" if tr.state.name == "COMPLETE" else "Stopped")
+    # two workers: some jobs ran at the same time
+    spans = sorted((r["TrainingStartTime"], r["TrainingEndTime"]) for r in records.values())
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+    # results
+    folder = jobs / "tune-six"
+    best = json.loads((folder / "best_hyperparameters.json").read_text())
+    assert best == tune.hyperparameters.to_strings({**fixed, **study.best_trial.params})
+    assert f"best trial {study.best_trial.number}: valid_loss=" in out
+    table = (folder / "trials.csv").read_text().splitlines()
+    header = table[0].split(",")
+    assert header[:3] == ["number", "state", "value"] and len(table) == 7
+    assert {"param:lr", "param:batch-size", "epochs_run", "duration_s", "job", "failure_reason"} <= set(header)
+    page = (folder / "plots.html").read_text()
+    for title in ("Optimization history", "Intermediate values", "Parallel coordinates", "Parameter importances"):
+        assert title in page
+    assert not re.search(r"<script[^>]+src=", page)  # plotly.js inline: opens offline
+    # the best hyperparameters file is directly usable by training
+    assert cli_main(["train", "--data", str(demo_data), "--hp-file", str(folder / "best_hyperparameters.json"),
+                     "--jobs-dir", str(jobs), "--name", "best"]) == 0
+    final = {m["MetricName"]: m["Value"] for m in runner.describe("best", jobs)["FinalMetricDataList"]}
+    assert final["valid_acc"] >= 0.9, final
+
+
+def test_pruning_stops_bad_learning_rates_early(tmp_path, small_data):
+    jobs = tmp_path / "jobs"
+    epochs = 4
+    config = {"fixed": {**TINY_FIXED, "epochs": epochs, "max-steps": 0, "batch-size": 8},
+              "space": {"lr": {"type": "float", "min": 1e-3, "max": 10.0, "scale": "log"}},
+              "enqueue": [{"lr": 0.003}, {"lr": 5.0}, {"lr": 8.0}],
+              "trials": 3, "prune_startup_trials": 1, "prune_warmup_steps": 0}
+    t = tune.build(config, {"data": str(small_data), "study": "prune"}, jobs_dir=jobs)
+    result = tune.run(t, echo=False)
+    assert result["best_params"] == {"lr": 0.003}
+    pruned = [tr for tr in load("prune", jobs).get_trials() if tr.state.name == "PRUNED"]
+    assert pruned, "no trial pruned"
+    for tr in pruned:
+        assert tr.params["lr"] >= 5.0
+        record = runner.describe(tr.user_attrs["job_name"], jobs)
+        assert record["TrainingJobStatus"] == "Stopped" and "stopped by the caller" in record["StopReason"]
+        assert record["EpochsCompleted"] < epochs and tr.user_attrs["epochs_run"] == record["EpochsCompleted"]
+        assert max(tr.intermediate_values) <= record["EpochsCompleted"] + 1
+
+
+def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path, small_data):
+    jobs = tmp_path / "jobs"
+    config = {"fixed": TINY_FIXED, "space": {"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"},
+                                             "freeze": {"values": ["none", "until:nolayer"]}},
+              "enqueue": [{"lr": 0.003, "freeze": "until:nolayer"}, {"lr": 0.003, "freeze": "none"}], "trials": 2}
+    result = tune.run(tune.build(config, {"data": str(small_data), "study": "crash"}, jobs_dir=jobs), echo=False)
+    failed, done = load("crash", jobs).get_trials()
+    assert failed.state.name == "FAIL" and done.state.name == "COMPLETE"
+    record = runner.describe(failed.user_attrs["job_name"], jobs)
+    assert record["TrainingJobStatus"] == "Failed"
+    assert "no top-level layer 'nolayer'" in failed.user_attrs["failure_reason"]
+    assert failed.user_attrs["failure_reason"] == record["FailureReason"]
+    assert result["best_trial"] == 1 and result["trials"] == {"COMPLETE": 1, "FAIL": 1}
+    assert json.loads((jobs / "tune-crash" / "best_hyperparameters.json").read_text())["freeze"] == "none"
+
+
+def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, small_data):
+    jobs = tmp_path / "jobs"
+    config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 3}, trials=3, pruner="none",
+                          space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
+    proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "kill", "--jobs-dir", jobs),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = jobs / "tune-kill" / "journal.log"
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        time.sleep(1)
+        states = [tr.state.name for tr in load("kill", jobs).get_trials()] if journal.exists() else []
+        if "COMPLETE" in states and "RUNNING" in states:
+            break
+    else:
+        proc.kill()
+        pytest.fail("the tuner never had a completed and a running trial")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {tr.number: tr.user_attrs["job_name"] for tr in load("kill", jobs).get_trials() if tr.state.name == "COMPLETE"}
+    running = [tr.number for tr in load("kill", jobs).get_trials() if tr.state.name == "RUNNING"]
+    assert len(running) == 1
+
+    resumed = subprocess.run(tune_cmd("--resume", "--study", "kill", "--jobs-dir", jobs), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"trial {running[0]}: stale" in resumed.stdout
+    trials = load("kill", jobs).get_trials()
+    stale = trials[running[0]]
+    assert stale.state.name == "FAIL" and stale.user_attrs["interrupted"] is True
+    assert runner.describe(stale.user_attrs["job_name"], jobs)["TrainingJobStatus"] == "Failed"
+    complete = {tr.number: tr.user_attrs["job_name"] for tr in trials if tr.state.name == "COMPLETE"}
+    assert len(complete) == 3  # the budget, the stale trial not counted
+    assert all(complete[n] == job for n, job in before.items())  # completed trials kept, not rerun
+    params = [tr.params["lr"] for tr in trials]
+    assert len(set(params)) == len(params)  # the resumed tuner did not replay the first one's random draws
+    trial_jobs = [r for r in runner.list_jobs(jobs) if r["Tags"].get("tune-study") == "kill"]
+    assert len(trial_jobs) == len(trials) == 4  # one job per trial: nothing ran twice
+
+
+# ---------------------------------------------------------------- many workers on one PostgreSQL database
+
+def _postgres_bin():
+    found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else (Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL cluster on a loopback port, run by a non-root user when the tests run as root."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("LOCALSAGE_CI"):
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="localsage-pg-"))
+    os.chmod(base, 0o755)
+    user = {}
+    if os.geteuid() == 0:
+        account = next(pwd.getpwnam(n) for n in ("postgres", "nobody") if n in {p.pw_name for p in pwd.getpwall()})
+        os.chown(base, account.pw_uid, account.pw_gid)
+        user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([bindir / "initdb", "-D", base / "data", "-U", "tune", "--auth=trust"], check=True,
+                   capture_output=True, cwd=base, **user)
+    subprocess.run([bindir / "pg_ctl", "-D", base / "data", "-l", base / "log", "-w", "start", "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1"], check=True, capture_output=True, cwd=base, **user)
+    try:
+        yield f"postgresql://tune@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([bindir / "pg_ctl", "-D", base / "data", "-m", "immediate", "stop"], capture_output=True,
+                       cwd=base, **user)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres):
+    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED, trials=4, pruner="none",
+                          space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
+    procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--storage", postgres, "--study", "pg",
+                                       "--jobs-dir", tmp_path / f"machine{i}"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    trials = optuna.load_study(study_name="pg", storage=postgres).get_trials()
+    assert sorted(tr.number for tr in trials) == list(range(4))  # no collision, total = the budget
+    assert all(tr.state.name == "COMPLETE" for tr in trials)
+    assert len({tr.params["lr"] for tr in trials}) == 4  # the second tuner drew its own params
+    per_machine = [len([r for r in runner.list_jobs(tmp_path / f"machine{i}")]) for i in range(2)]
+    assert sum(per_machine) == 4 and min(per_machine) >= 1, per_machine  # both tuners ran trials of the one study
+    jobs_of = {tr.user_attrs["job_name"] for tr in trials}
+    assert jobs_of == {r["TrainingJobName"] for i in range(2) for r in runner.list_jobs(tmp_path / f"machine{i}")}
