@@ -67,9 +67,47 @@ def aws_session(region: str | None = None):
     return session
 
 
-def sagemaker_session(boto_session, sagemaker_client=None):
-    import sagemaker
+@contextlib.contextmanager
+def _env_defaults(**values):
+    """Set environment variables that are not set, for the duration of the block."""
+    added = [k for k in values if k not in os.environ]
+    os.environ.update({k: values[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
+
+def _import_sdk(region: str):
+    """Import the sagemaker SDK once, cheaply and offline-safe.
+
+    - Its import builds a default (JumpStart) session and client that we never use; without a region
+      or credentials in the environment botocore would ask the EC2 instance metadata service for them
+      (slow retries off EC2), so the import runs with our region and the metadata service off.
+    - It validates the SDK-defaults dict against its JSON schema on every config lookup (~0.4 s each,
+      ~20 per fit); the dict we pass (SDK_CONFIG, telemetry off) is validated once, others as before.
+    """
+    if "sagemaker" not in sys.modules:
+        with _env_defaults(AWS_DEFAULT_REGION=os.environ.get("AWS_REGION") or region, AWS_EC2_METADATA_DISABLED="true"):
+            import sagemaker  # noqa: F401
+    import sagemaker.utils
+
+    validate = sagemaker.utils.validate_sagemaker_config
+    if not getattr(validate, "_localsage", False):
+        validate(SDK_CONFIG)
+
+        def validate_once(config=None):
+            if config is not SDK_CONFIG:
+                validate(config)
+
+        validate_once._localsage = True
+        sagemaker.utils.validate_sagemaker_config = validate_once
+    return sagemaker
+
+
+def sagemaker_session(boto_session, sagemaker_client=None):
+    sagemaker = _import_sdk(boto_session.region_name)
     return sagemaker.Session(boto_session=boto_session, sagemaker_client=sagemaker_client,
                              sagemaker_config=SDK_CONFIG)
 
@@ -154,7 +192,17 @@ def dry_run(region: str | None = None):
 
     boto_session.events.register("before-call", answer)
     client = boto_session.client("sagemaker")
-    yield sagemaker_session(boto_session, client), calls
+    sdk_logger = logging.getLogger("sagemaker")
+    level = sdk_logger.level
+    sdk_logger.setLevel(logging.WARNING)  # no "Creating training-job ..." for what is not created
+    try:
+        # The SDK also makes clients of its own from boto3's default session (e.g. Estimator's
+        # TensorBoardApp); without credentials in the environment botocore would ask the EC2
+        # metadata service for some. A dry run contacts nothing.
+        with _env_defaults(AWS_EC2_METADATA_DISABLED="true"):
+            yield sagemaker_session(boto_session, client), calls
+    finally:
+        sdk_logger.setLevel(level)
 
 
 def print_requests(calls, stream=None) -> None:
@@ -441,21 +489,21 @@ def deploy(opts: DeployOptions, boto_session=None, wait=True):
     return _deploy(opts, sm_session, image, role_arn(opts.role, boto_session), wait=wait)
 
 
-def predictor(endpoint_name: str, region: str | None = None, boto_session=None):
+def predictor(endpoint_name: str, region: str | None = None, sm_session=None):
+    """A Predictor that sends image bytes (image/jpeg by default) and reads JSON."""
     from sagemaker.predictor import Predictor
 
-    boto_session = boto_session or aws_session(region)
+    sm_session = sm_session or sagemaker_session(aws_session(region))
     serializer, deserializer = _serializers()
-    return Predictor(endpoint_name, sagemaker_session=sagemaker_session(boto_session),
-                     serializer=serializer, deserializer=deserializer)
+    return Predictor(endpoint_name, sagemaker_session=sm_session, serializer=serializer, deserializer=deserializer)
 
 
 def predict_endpoint(endpoint_name: str, paths, topk: int | None = None, region: str | None = None,
-                     boto_session=None) -> list:
+                     sm_session=None) -> list:
     """Send image files to a SageMaker endpoint: [(path, status, json)] like serving.predict."""
     import botocore.exceptions
 
-    pred = predictor(endpoint_name, region, boto_session)
+    pred = predictor(endpoint_name, region, sm_session)
     results = []
     for path in paths:
         body = Path(path).read_bytes()

@@ -41,7 +41,8 @@ class LogTail:
             pages = self.client.get_paginator("filter_log_events").paginate(
                 logGroupName=cloud.TRAINING_LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/", startTime=self.start)
             for page in pages:
-                events.extend(e for e in page["events"] if e["eventId"] not in self.seen)
+                events.extend(e for e in page["events"] if e["eventId"] not in self.seen
+                              and e["logStreamName"].startswith(f"{self.job_name}/"))
         except self.client.exceptions.ResourceNotFoundException:  # no log group before the first job starts
             return []
         lines = []
