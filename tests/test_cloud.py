@@ -446,3 +446,18 @@ def test_predict_endpoint_sends_image_bytes_and_reads_json(tmp_path):
         results = cloud.predict_endpoint("dogs-ep", [image, image], sm_session=sm_session)
     assert results[0] == (str(image), 200, answer)
     assert results[1] == (str(image), 400, {"message": "not an image"})
+
+
+def test_jobs_describe_refreshes_a_sagemaker_job(aws, tmp_path, capsys):
+    """A job whose local runner went away (record still InProgress) shows SageMaker's status."""
+    name = "dogs-refresh"
+    call = cloud.training_request(DATA, {"epochs": "1"}, options(), name)["request"]
+    aws.client("sagemaker").create_training_job(**call)  # moto: the job is Completed at once
+    job_dir = tmp_path / name
+    job_dir.mkdir()
+    runner.write_record(job_dir, {"TrainingJobName": name, "TrainingJobStatus": "InProgress", "Backend": "sagemaker"})
+    (job_dir / "backend.json").write_text(json.dumps({"TrainingJobArn": "arn:x", "SageMaker": {"Region": REGION}}))
+    assert runner.describe(name, tmp_path)["TrainingJobArn"] == "arn:x"
+    assert cli.main(["jobs", "describe", name, "--jobs-dir", str(tmp_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["SageMaker"]["TrainingJobStatus"] == shown["TrainingJobStatus"] == "Completed"

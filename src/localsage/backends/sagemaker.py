@@ -133,11 +133,17 @@ def refresh(record: dict) -> dict:
     info = record.get("SageMaker") or {}
     if record.get("TrainingJobStatus") in FINAL and info.get("TrainingJobStatus") in FINAL:
         return record
-    boto_session = cloud.aws_session(info.get("Region"))
-    described = boto_session.client("sagemaker").describe_training_job(TrainingJobName=record["TrainingJobName"])
+    try:
+        boto_session = cloud.aws_session(info.get("Region"))
+        described = boto_session.client("sagemaker").describe_training_job(TrainingJobName=record["TrainingJobName"])
+    except Exception as exc:  # no credentials or network: show the stored record and why it is not fresh
+        return {**record, "SageMaker": {**info, "RefreshError": str(exc)}}
     info = {**info, "TrainingJobStatus": described["TrainingJobStatus"],
             "SecondaryStatus": described.get("SecondaryStatus"),
             "BillableTimeInSeconds": described.get("BillableTimeInSeconds")}
     if described.get("FailureReason"):
         info["FailureReason"] = described["FailureReason"]
-    return {**record, "SageMaker": info}
+    record = {**record, "SageMaker": info}
+    if record.get("TrainingJobStatus") == "InProgress":  # the local runner is gone; SageMaker knows
+        record["TrainingJobStatus"] = described["TrainingJobStatus"]
+    return record
