@@ -461,3 +461,48 @@ def test_jobs_describe_refreshes_a_sagemaker_job(aws, tmp_path, capsys):
     assert cli.main(["jobs", "describe", name, "--jobs-dir", str(tmp_path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["SageMaker"]["TrainingJobStatus"] == shown["TrainingJobStatus"] == "Completed"
+
+
+def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
+    """moto has no StopTrainingJob and completes jobs at once: DescribeTrainingJob and StopTrainingJob
+    are answered by the test (after botocore's validation); creation, logs and S3 stay moto's."""
+    from botocore.awsrequest import AWSResponse
+
+    name = "dogs-stop"
+    after_stop = iter(["Stopping", "Stopped"])
+    stops, described = [], []
+    real = cloud.aws_session
+
+    def describe(params, model, **_):
+        described.append(1)
+        if stops:
+            status = next(after_stop, "Stopped")
+        else:  # running until stopped (a job nobody stops fails the test instead of hanging it)
+            status = "InProgress" if len(described) < 200 else "Failed"
+        return AWSResponse(None, 200, {}, None), {
+            "TrainingJobName": name, "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:123456789012:training-job/{name}",
+            "TrainingJobStatus": status, "SecondaryStatus": status}
+
+    def stop(params, model, **_):
+        stops.append(json.loads(params["body"]))
+        return AWSResponse(None, 200, {}, None), {}
+
+    def session(region=None):
+        s = real(region)
+        s.events.register("before-call.sagemaker.DescribeTrainingJob", describe)
+        s.events.register("before-call.sagemaker.StopTrainingJob", stop)
+        return s
+
+    monkeypatch.setattr(cloud, "aws_session", session)
+    logs = aws.client("logs")
+    logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
+    logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
+    logs.put_log_events(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000",
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "epoch=1; valid_loss=9.0;"}])
+    record = runner.train(DATA, {"epochs": 5}, backend="sagemaker", name=name, jobs_dir=tmp_path,
+                          on_metrics=lambda m: m["valid_loss"] > 5, echo=False,
+                          backend_options=options(poll_seconds=0.01).to_dict())
+    assert stops == [{"TrainingJobName": name}]
+    assert record["TrainingJobStatus"] == "Stopped"
+    assert "epoch 1" in record["StopReason"]
+    assert record["SageMaker"]["TrainingJobStatus"] == "Stopped"
