@@ -506,3 +506,19 @@ def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
     assert record["TrainingJobStatus"] == "Stopped"
     assert "epoch 1" in record["StopReason"]
     assert record["SageMaker"]["TrainingJobStatus"] == "Stopped"
+
+
+def test_missing_role_is_a_clear_error_before_anything(aws, tmp_path, capsys):
+    jobs = tmp_path / "jobs"
+    assert cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--yes", "--jobs-dir", str(jobs)]) == 2
+    assert cli.main(["deploy", "s3://dogs-bucket/model.tar.gz", "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("no SageMaker execution role") == 2
+    assert not jobs.exists()
+    sm = aws.client("sagemaker")
+    assert sm.list_training_jobs()["TrainingJobSummaries"] == [] and sm.list_models()["Models"] == []
+
+
+def test_local_data_is_refused_for_the_cloud(capsys):
+    assert cli.main(["train", "--backend", "sagemaker", "--data", "data/demo", "--dry-run"]) == 2
+    assert "s3://" in capsys.readouterr().err

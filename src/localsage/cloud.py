@@ -120,15 +120,19 @@ def ecr_image_uri(account: str, region: str, repository: str = DEFAULT_REPOSITOR
     return f"{account}.dkr.ecr.{region}.amazonaws.com/{repository}:{tag}"
 
 
+def require_role(role: str | None) -> str:
+    role = role or os.environ.get(ROLE_ENV)
+    if not role:
+        raise CloudError(f"no SageMaker execution role: pass --role ARN or set {ROLE_ENV} "
+                         "(see docs/cloud.md for the permissions it needs); nothing was created")
+    return role
+
+
 def role_arn(role: str | None, boto_session=None, account: str | None = None) -> str:
     """The execution role as an ARN. A bare role name is looked up in IAM; in a dry run (no
     boto_session) it is spelled out with the account placeholder, and a missing role is a placeholder."""
-    role = role or os.environ.get(ROLE_ENV)
-    if not role and boto_session is None:
-        role = "SageMakerExecutionRole"
-    if not role:
-        raise CloudError(f"no SageMaker execution role: pass --role ARN or set {ROLE_ENV} "
-                         "(see docs/cloud.md for the permissions it needs)")
+    role = role or os.environ.get(ROLE_ENV) or (None if boto_session else "SageMakerExecutionRole")
+    role = require_role(role)
     if role.startswith("arn:"):
         return role
     if boto_session is None:
@@ -618,6 +622,7 @@ def cmd_train(args) -> int:
         print_requests([training_request(args.data, hps, opts, name, args.instance_count)])
         return 0
     aws_session(opts.region)
+    require_role(opts.role)
     confirm(training_summary(args.data, opts, args.instance_count), args.yes)
     record = runner.train(args.data, hps, backend="sagemaker", name=name, jobs_dir=args.jobs_dir,
                           image=opts.image, instance_count=args.instance_count, backend_options=opts.to_dict())
@@ -674,6 +679,7 @@ def cmd_deploy(args) -> int:
         print_requests(deploy_requests(options(_model_data(args))))
         return 0
     aws_session(args.region)
+    require_role(args.role)
     confirm([f"This creates a SageMaker real-time endpoint {name}: {args.instance_count} x {args.instance_type}, "
              f"model {args.model}",
              f"  billed per instance-hour until you run: localsage endpoint delete {name}"], args.yes)
