@@ -204,6 +204,8 @@ def test_sagemaker_backend_runs_a_job_and_records_it(aws, sent, tmp_path):
     assert record["TrainingJobArn"] == arn
     assert record["SageMaker"]["S3ModelArtifacts"] == f"{OUTPUT}/{name}/output/model.tar.gz"
     assert record["InputDataConfig"][0]["DataSource"] == {"S3DataSource": {"S3Uri": DATA}}
+    assert record["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert record["ResourceConfig"] == {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1}
     assert seen and seen[0]["epoch"] == 1 and seen[0]["valid_acc"] == 0.95
     assert {m["MetricName"]: m["Value"] for m in record["FinalMetricDataList"]}["valid_acc"] == 0.95
     job_dir = tmp_path / name

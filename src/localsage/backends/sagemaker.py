@@ -24,7 +24,16 @@ BACKEND_FILE = "backend.json"  # runner.BACKEND_INFO: merged into the job record
 def save(job_dir: Path, info: dict) -> None:
     """What the runner merges into the job record (written as soon as the ARN is known)."""
     tmp = Path(job_dir) / f".{BACKEND_FILE}.tmp"
-    tmp.write_text(json.dumps({"TrainingJobArn": info.get("TrainingJobArn"), "SageMaker": info}, indent=2, default=str))
+    from ..metrics import METRIC_DEFINITIONS
+
+    fields = {
+        "TrainingJobArn": info.get("TrainingJobArn"),
+        "AlgorithmSpecification": {"TrainingImage": info.get("TrainingImage"), "TrainingInputMode": "File",
+                                   "MetricDefinitions": METRIC_DEFINITIONS},
+        "ResourceConfig": {"InstanceType": info.get("InstanceType"), "InstanceCount": info.get("InstanceCount")},
+        "SageMaker": info,
+    }
+    tmp.write_text(json.dumps(fields, indent=2, default=str))
     os.replace(tmp, Path(job_dir) / BACKEND_FILE)
 
 
