@@ -32,6 +32,10 @@ def cmd_demo_data(args):
 def cmd_train(args):
     from . import runner
 
+    if args.backend == "sagemaker":
+        from . import cloud
+
+        return cloud.guard(cloud.cmd_train)(args)
     record = runner.train(args.data, parse_hp(args.hp, args.hp_file), backend=args.backend, name=args.name,
                           jobs_dir=args.jobs_dir, image=args.image, instance_count=args.instance_count)
     return 0 if record["TrainingJobStatus"] == "Completed" else 1
@@ -45,7 +49,7 @@ def cmd_jobs(args):
     from . import runner
 
     if args.action == "describe":
-        print(json.dumps(runner.describe(args.name, args.jobs_dir), indent=2))
+        print(json.dumps(runner.describe(args.name, args.jobs_dir, refresh=True), indent=2, default=str))
         return 0
     rows = []
     for r in runner.list_jobs(args.jobs_dir):
@@ -98,6 +102,9 @@ def build_parser():
     p.add_argument("--jobs-dir")
     p.add_argument("--image", help="container image (docker and SageMaker backends)")
     p.add_argument("--instance-count", type=int, default=1)
+    from . import cloud
+
+    cloud.add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("jobs", help="list or describe training jobs")
@@ -105,6 +112,8 @@ def build_parser():
     p.add_argument("name", nargs="?")
     p.add_argument("--jobs-dir")
     p.set_defaults(func=cmd_jobs)
+
+    cloud.add_parser(sub)
 
     p = sub.add_parser("metric-definitions", help="print the SageMaker metric_definitions regexes")
     p.set_defaults(func=cmd_metric_definitions)

@@ -20,6 +20,7 @@ from .hyperparameters import to_strings
 DEFAULT_JOBS_DIR = Path(os.environ.get("LOCALSAGE_JOBS_DIR", "jobs"))
 RECORD = "job.json"
 LOG = "train.log"
+BACKEND_INFO = "backend.json"
 
 
 def _now() -> str:
@@ -35,11 +36,22 @@ def channels_for(data) -> dict:
     """A data folder with train/ valid/ [test/] is one `training` channel (the dogImages layout);
     a dict maps channel names to folders."""
     if isinstance(data, dict):
-        return {name: Path(p).resolve() for name, p in data.items()}
+        return {name: _source(p) for name, p in data.items()}
+    if is_remote(data):
+        return {contract.COMBINED_CHANNEL: str(data)}
     data = Path(data).resolve()
     if not data.is_dir():
         raise FileNotFoundError(f"data folder not found: {data}")
     return {contract.COMBINED_CHANNEL: data}
+
+
+def is_remote(source) -> bool:
+    """An S3 URI (channels of the sagemaker backend) rather than a local folder."""
+    return str(source).startswith("s3://")
+
+
+def _source(source):
+    return str(source) if is_remote(source) else Path(source).resolve()
 
 
 def write_record(job_dir: Path, record: dict) -> None:
@@ -79,13 +91,16 @@ def prepare(name, channels: dict, hyperparameters: dict, jobs_dir, instance_coun
     contract.make_dirs(job_dir)
     contract.write_config(job_dir, hyperparameters, list(channels))
     for ch, src in channels.items():
+        if is_remote(src):
+            continue
         os.symlink(src, contract.data_dir(job_dir) / ch, target_is_directory=True)
     return job_dir
 
 
 def train(data, hyperparameters: dict | None = None, backend: str = "process", name: str | None = None,
           jobs_dir=None, image: str | None = None, instance_count: int = 1, on_metrics=None,
-          env: dict | None = None, stop: threading.Event | None = None, echo: bool = True, tags: dict | None = None) -> dict:
+          env: dict | None = None, stop: threading.Event | None = None, echo: bool = True, tags: dict | None = None,
+          backend_options: dict | None = None) -> dict:
     """Run one training job to the end; returns its record.
 
     on_metrics(values) is called for every metrics line in the job's log (every backend); when it
@@ -99,7 +114,7 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     channels = channels_for(data)
     job_dir = prepare(name, channels, hps, jobs_dir, instance_count)
     spec = backends.JobSpec(name=name, dir=job_dir, channels=channels, hyperparameters=hps, image=image,
-                            instance_count=instance_count, env=dict(env or {}))
+                            instance_count=instance_count, env=dict(env or {}), options=dict(backend_options or {}))
     record = {
         "TrainingJobName": name,
         "TrainingJobStatus": "InProgress",
@@ -111,7 +126,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
             "MetricDefinitions": metrics.METRIC_DEFINITIONS,
         },
         "InputDataConfig": [
-            {"ChannelName": ch, "DataSource": {"FileDataSource": {"FileUri": f"file://{src}"}}} for ch, src in channels.items()
+            {"ChannelName": ch, "DataSource": {"S3DataSource": {"S3Uri": src}} if is_remote(src)
+             else {"FileDataSource": {"FileUri": f"file://{src}"}}} for ch, src in channels.items()
         ],
         "OutputDataConfig": {"LocalPath": str(job_dir)},
         "ResourceConfig": {"InstanceType": backend, "InstanceCount": instance_count},
@@ -205,10 +221,19 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     })
     if reason:
         record["FailureReason" if status == "Failed" else "StopReason"] = reason
+    record.update(backend_info(job_dir))
     write_record(job_dir, record)
     if echo:
         print(f"[{name}] {status}" + (f": {reason}" if reason else "") + f" ({elapsed:.1f}s) -> {job_dir}", flush=True)
     return record
+
+
+def backend_info(job_dir) -> dict:
+    """Fields a backend left for the record in <job>/backend.json (e.g. the SageMaker job ARN)."""
+    try:
+        return json.loads((Path(job_dir) / BACKEND_INFO).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def list_jobs(jobs_dir=None) -> list:
@@ -222,8 +247,13 @@ def list_jobs(jobs_dir=None) -> list:
     return sorted(records, key=lambda r: r.get("CreationTime", ""))
 
 
-def describe(name, jobs_dir=None) -> dict:
+def describe(name, jobs_dir=None, refresh=False) -> dict:
     job_dir = Path(jobs_dir or DEFAULT_JOBS_DIR) / name
     if not (job_dir / RECORD).exists():
         raise FileNotFoundError(f"no job named {name!r} in {job_dir.parent}")
-    return read_record(job_dir)
+    record = {**read_record(job_dir), **backend_info(job_dir)}
+    if refresh and record.get("Backend") == "sagemaker" and record.get("TrainingJobArn"):
+        from .backends.sagemaker import refresh as refresh_remote
+
+        record = refresh_remote(record)
+    return record

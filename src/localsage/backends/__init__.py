@@ -23,6 +23,7 @@ class JobSpec:
     image: str | None = None
     instance_count: int = 1
     env: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # backend-specific settings (e.g. cloud.TrainingOptions for sagemaker)
 
 
 def get(name: str):

@@ -1,0 +1,526 @@
+"""The cloud half, offline: real boto3 / sagemaker SDK / docker SDK against moto's mocked AWS, and
+dry runs answered locally. No test reaches AWS: sockets to anything but the local docker engine
+are refused, and the only credentials are moto's dummies set here."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import tarfile
+import time
+
+import boto3
+import moto
+import pytest
+from botocore.stub import Stubber
+
+from localsage import cli, cloud, runner
+from localsage.metrics import METRIC_DEFINITIONS
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/localsage:abc123"
+DATA = "s3://dogs-bucket/dogImages"
+OUTPUT = "s3://dogs-bucket/localsage/jobs"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No network: only AF_UNIX sockets (the docker engine) may connect; no real AWS config is read."""
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family != socket.AF_UNIX:
+            raise OSError(f"test tried to reach the network: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_WEB_IDENTITY_TOKEN_FILE", cloud.ROLE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("LOCALSAGE_JOBS_DIR", str(tmp_path / "jobs"))
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """Dummy credentials and a region, with moto answering every AWS call."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with moto.mock_aws():
+        yield boto3.Session(region_name=REGION)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Every request our code sends through cloud.aws_session(): [(operation, api params)] (moto still answers)."""
+    calls = []
+    real = cloud.aws_session
+
+    def spying(region=None):
+        session = real(region)
+        session.events.register("provide-client-params",
+                                lambda params, model, **_: calls.append((model.name, dict(params))))
+        return session
+
+    monkeypatch.setattr(cloud, "aws_session", spying)
+    return calls
+
+
+def options(**kw):
+    return cloud.TrainingOptions(output_path=OUTPUT, role=ROLE, image=IMAGE, region=REGION, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# training requests
+
+
+def test_training_request_is_exact_and_needs_no_credentials():
+    call = cloud.training_request(DATA, {"lr": 0.01, "batch-size": 64, "augment": False, "arch": "resnet50"},
+                                  options(instance_type="ml.p3.8xlarge", spot=True, max_run=3600),
+                                  "dogs-1", instance_count=2)
+    assert call["operation"] == "CreateTrainingJob"
+    req = call["request"]
+    assert req["TrainingJobName"] == "dogs-1"
+    assert req["AlgorithmSpecification"] == {"TrainingImage": IMAGE, "TrainingInputMode": "File",
+                                             "MetricDefinitions": METRIC_DEFINITIONS}
+    assert req["HyperParameters"] == {"lr": "0.01", "batch-size": "64", "augment": "false", "arch": "resnet50"}
+    assert req["ResourceConfig"] == {"InstanceType": "ml.p3.8xlarge", "InstanceCount": 2, "VolumeSizeInGB": 30}
+    assert req["InputDataConfig"] == [{"ChannelName": "training", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": DATA, "S3DataDistributionType": "FullyReplicated"}}}]
+    assert req["OutputDataConfig"] == {"S3OutputPath": OUTPUT}
+    assert req["CheckpointConfig"] == {"S3Uri": f"{OUTPUT}/dogs-1/checkpoints"}
+    assert req["EnableManagedSpotTraining"] is True
+    assert req["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    assert req["RoleArn"] == ROLE
+    assert req["DebugHookConfig"]["S3OutputPath"] == f"{OUTPUT}/dogs-1/debug-output"
+    assert {c["CollectionName"] for c in req["DebugHookConfig"]["CollectionConfigurations"]} == {"losses", "metrics"}
+
+
+def test_metric_regexes_match_the_training_log_format():
+    from localsage.metrics import format_line
+    import re
+
+    line = format_line({"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "valid_loss": 0.25, "valid_acc": 0.9,
+                        "epoch_time": 3.0, "images_per_sec": 100.0})
+    req = cloud.training_request(DATA, {}, options(), "dogs-2")["request"]
+    found = {d["Name"]: float(re.search(d["Regex"], line).group(1))
+             for d in req["AlgorithmSpecification"]["MetricDefinitions"] if re.search(d["Regex"], line)}
+    assert found["valid_loss"] == 0.25 and found["valid_acc"] == 0.9 and found["train_loss"] == 0.5
+
+
+def test_spot_wait_shorter_than_run_is_refused():
+    with pytest.raises(cloud.CloudError, match="max-wait"):
+        cloud.training_request(DATA, {}, options(spot=True, max_run=7200, max_wait=3600), "dogs-3")
+
+
+def test_cli_train_dry_run_prints_the_request_without_credentials(capsys, tmp_path):
+    code = cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--hp", "epochs=3", "--hp", "lr=0.003",
+                     "--instance-type", "ml.g4dn.xlarge", "--spot", "--name", "dogs-cli", "--dry-run",
+                     "--jobs-dir", str(tmp_path / "jobs")])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    req = doc["request"]
+    assert doc["operation"] == "CreateTrainingJob"
+    assert req["HyperParameters"] == {"epochs": "3", "lr": "0.003"}
+    assert req["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+    # no credentials: the account is a visible placeholder; output goes next to the data
+    assert req["AlgorithmSpecification"]["TrainingImage"] == "ACCOUNT_ID.dkr.ecr.us-east-1.amazonaws.com/localsage:latest"
+    assert req["CheckpointConfig"]["S3Uri"] == "s3://dogs-bucket/localsage/jobs/dogs-cli/checkpoints"
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_cli_train_rejects_bad_hyperparameters_before_anything(capsys):
+    assert cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--hp", "lr=-1", "--dry-run"]) == 2
+    assert "lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["credentials", "region"])
+def test_missing_credentials_or_region_is_a_clear_error(monkeypatch, capsys, tmp_path, missing):
+    if missing == "credentials":
+        monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    jobs = tmp_path / "jobs"
+    commands = [
+        ["train", "--backend", "sagemaker", "--data", DATA, "--role", ROLE, "--yes", "--jobs-dir", str(jobs)],
+        ["deploy", "s3://dogs-bucket/model.tar.gz", "--role", ROLE, "--yes"],
+        ["push", "--image", "localsage:latest"],
+        ["upload-data", str(tmp_path), "s3://dogs-bucket/x"],
+        ["endpoint", "list"],
+        ["endpoint", "delete", "some-endpoint"],
+    ]
+    for argv in commands:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"no AWS {missing}" in err and "nothing was created" in err, (argv, err)
+    assert not jobs.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the sagemaker backend through the runner (moto)
+
+
+def _tar_gz(files: dict) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_sagemaker_backend_runs_a_job_and_records_it(aws, sent, tmp_path):
+    name = "dogs-moto"
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="dogs-bucket")
+    # what SageMaker leaves behind for a completed job
+    s3.put_object(Bucket="dogs-bucket", Key=f"localsage/jobs/{name}/output/model.tar.gz",
+                  Body=_tar_gz({"model_config.json": b'{"arch": "resnet18"}', "index_to_name.json": b'{"0": "a"}'}))
+    s3.put_object(Bucket="dogs-bucket", Key=f"localsage/jobs/{name}/output/output.tar.gz",
+                  Body=_tar_gz({"metrics.jsonl": b'{"epoch": 1, "valid_acc": 0.95, "valid_loss": 0.2}\n'}))
+    logs = aws.client("logs")
+    logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
+    logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
+    now = int(time.time() * 1000)
+    logs.put_log_events(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000",
+                        logEvents=[{"timestamp": now, "message": "starting"},
+                                   {"timestamp": now + 1, "message": "epoch=1; train_loss=0.5; valid_loss=0.2; valid_acc=0.95;"}])
+    seen = []
+    opts = options(poll_seconds=0.01)
+    record = runner.train(DATA, {"epochs": 1, "lr": 0.01}, backend="sagemaker", name=name, jobs_dir=tmp_path,
+                          instance_count=1, on_metrics=lambda m: seen.append(m) and False,
+                          backend_options=opts.to_dict(), echo=False)
+
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
+    arn = aws.client("sagemaker").describe_training_job(TrainingJobName=name)["TrainingJobArn"]
+    assert record["TrainingJobArn"] == arn
+    assert record["SageMaker"]["S3ModelArtifacts"] == f"{OUTPUT}/{name}/output/model.tar.gz"
+    assert record["InputDataConfig"][0]["DataSource"] == {"S3DataSource": {"S3Uri": DATA}}
+    assert record["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert record["ResourceConfig"] == {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1}
+    assert seen and seen[0]["epoch"] == 1 and seen[0]["valid_acc"] == 0.95
+    assert {m["MetricName"]: m["Value"] for m in record["FinalMetricDataList"]}["valid_acc"] == 0.95
+    job_dir = tmp_path / name
+    assert json.loads((job_dir / "model" / "model_config.json").read_text()) == {"arch": "resnet18"}
+    with tarfile.open(job_dir / "model.tar.gz") as tar:
+        assert "index_to_name.json" in tar.getnames()
+    assert "starting" in (job_dir / "train.log").read_text()
+
+    # the request actually sent is the one a dry run prints
+    created = [params for op, params in sent if op == "CreateTrainingJob"]
+    assert len(created) == 1
+    dry = cloud.training_request(DATA, {"epochs": "1", "lr": "0.01"}, opts, name)["request"]
+    assert created[0] == dry
+    assert runner.describe(name, tmp_path)["TrainingJobArn"] == arn
+
+
+def test_train_without_yes_creates_nothing(aws, tmp_path, capsys):
+    jobs = tmp_path / "jobs"
+    code = cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--role", ROLE, "--image", IMAGE,
+                     "--jobs-dir", str(jobs)])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "1 x ml.g4dn.xlarge" in captured.out and "--yes" in captured.err
+    assert aws.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+    assert not jobs.exists()
+
+
+def test_log_tail_reads_each_line_once_and_names_hosts(aws):
+    logs = aws.client("logs")
+    logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
+    for host in ("algo-1", "algo-2"):
+        logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"job-a/{host}-1700000000")
+    logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName="job-ab/algo-1-1700000000")
+    put = lambda stream, ts, msg: logs.put_log_events(  # noqa: E731
+        logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=stream, logEvents=[{"timestamp": ts, "message": msg}])
+    now = int(time.time() * 1000)
+    put("job-a/algo-1-1700000000", now, "rank 0")
+    put("job-a/algo-2-1700000000", now + 1, "rank 1")
+    put("job-ab/algo-1-1700000000", now + 2, "another job")
+    from localsage.backends.sagemaker import LogTail
+
+    tail = LogTail(logs, "job-a", hosts=2)
+    assert tail.poll() == ["[algo-1] rank 0", "[algo-2] rank 1"]
+    assert tail.poll() == []
+    put("job-a/algo-1-1700000000", now + 3, "epoch=1;")
+    assert tail.poll() == ["[algo-1] epoch=1;"]
+
+
+def test_log_tail_before_the_log_group_exists(aws):
+    from localsage.backends.sagemaker import LogTail
+
+    assert LogTail(aws.client("logs"), "job-x").poll() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# ECR push
+
+
+class RecordingDocker:
+    """Stands in for docker.DockerClient where no registry can be reached (ECR): records the calls."""
+
+    def __init__(self, push_events=None):
+        self.calls = []
+        outer = self
+
+        class Image:
+            def tag(self, repository, tag):
+                outer.calls.append(("tag", repository, tag))
+                return True
+
+        class Images:
+            def get(self, name):
+                outer.calls.append(("get", name))
+                return Image()
+
+        class Api:
+            def push(self, repository, tag, stream, decode, auth_config):
+                outer.calls.append(("push", repository, tag, auth_config))
+                return iter(push_events or [{"status": "Pushing", "id": "abc"}, {"status": "Pushed", "id": "abc"}])
+
+        self.images, self.api = Images(), Api()
+
+    def login(self, username, password, registry):
+        self.calls.append(("login", username, password, registry))
+
+
+def test_push_creates_the_repository_logs_in_tags_and_pushes(aws):
+    ecr = aws.client("ecr")
+    docker = RecordingDocker()
+    refs = cloud.push("localsage:latest", "localsage", ["abc123", "latest"], client=docker, boto_session=aws,
+                      out=lambda *_: None)
+    uri = ecr.describe_repositories(repositoryNames=["localsage"])["repositories"][0]["repositoryUri"]
+    assert refs == [f"{uri}:abc123", f"{uri}:latest"]
+    token = ecr.get_authorization_token()["authorizationData"][0]
+    user, password = base64.b64decode(token["authorizationToken"]).decode().split(":", 1)
+    auth = {"username": user, "password": password}
+    assert docker.calls == [
+        ("get", "localsage:latest"),
+        ("login", user, password, token["proxyEndpoint"]),
+        ("tag", uri, "abc123"), ("push", uri, "abc123", auth),
+        ("tag", uri, "latest"), ("push", uri, "latest", auth),
+    ]
+    # a second push reuses the repository
+    cloud.push("localsage:latest", "localsage", ["latest"], client=RecordingDocker(), boto_session=aws, out=lambda *_: None)
+    assert len(ecr.describe_repositories()["repositories"]) == 1
+
+
+def test_push_error_in_the_stream_is_raised(aws):
+    docker = RecordingDocker(push_events=[{"error": "denied: not authorized"}])
+    with pytest.raises(cloud.CloudError, match="denied"):
+        cloud.push("localsage:latest", client=docker, boto_session=aws, out=lambda *_: None)
+
+
+def test_push_without_docker_engine_creates_nothing(aws, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(cloud.CloudError, match="docker engine"):
+        cloud.push("localsage:latest", region=REGION)
+    assert aws.client("ecr").describe_repositories()["repositories"] == []
+
+
+def test_push_of_a_missing_image_creates_nothing(aws):
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception:
+        pytest.skip("no docker engine")
+    with pytest.raises(cloud.CloudError, match="make image"):
+        cloud.push("localsage-no-such-image:never", client=client, region=REGION)
+    assert aws.client("ecr").describe_repositories()["repositories"] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 data
+
+
+def test_upload_data_copies_the_tree(aws, tmp_path, capsys):
+    for rel in ("train/001.Cat/a.jpg", "valid/001.Cat/b.jpg", "test/002.Dog/c.jpg", ".DS_Store"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    aws.client("s3").create_bucket(Bucket="dogs-bucket")
+    assert cli.main(["upload-data", str(tmp_path), "s3://dogs-bucket/dogImages/"]) == 0
+    keys = sorted(o["Key"] for o in aws.client("s3").list_objects_v2(Bucket="dogs-bucket")["Contents"])
+    assert keys == ["dogImages/test/002.Dog/c.jpg", "dogImages/train/001.Cat/a.jpg", "dogImages/valid/001.Cat/b.jpg"]
+    assert "3 files" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# endpoints
+
+
+def test_deploy_requests_are_exact():
+    opts = cloud.DeployOptions(model_data="s3://dogs-bucket/jobs/j/output/model.tar.gz", endpoint_name="dogs-ep",
+                               role=ROLE, image=IMAGE, region=REGION, env={"SAGEMAKER_TS_BATCH_SIZE": 16})
+    calls = cloud.deploy_requests(opts)
+    assert [c["operation"] for c in calls] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
+    model, config, endpoint = (c["request"] for c in calls)
+    assert model == {"ModelName": "dogs-ep", "ExecutionRoleArn": ROLE, "PrimaryContainer": {
+        "Image": IMAGE, "ModelDataUrl": "s3://dogs-bucket/jobs/j/output/model.tar.gz",
+        "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_TS_BATCH_SIZE": "16",
+                        "SAGEMAKER_TS_MAX_BATCH_DELAY": "5", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "60"}}}
+    assert config["EndpointConfigName"] == "dogs-ep"
+    assert config["ProductionVariants"] == [{"VariantName": "AllTraffic", "ModelName": "dogs-ep",
+                                             "InitialInstanceCount": 1, "InstanceType": "ml.g4dn.xlarge",
+                                             "InitialVariantWeight": 1}]
+    assert endpoint["EndpointName"] == "dogs-ep" and endpoint["EndpointConfigName"] == "dogs-ep"
+
+
+def test_cli_deploy_dry_run_of_a_local_job_uploads_nothing(capsys, tmp_path, trained_job_like):
+    code = cli.main(["deploy", trained_job_like, "--jobs-dir", str(tmp_path / "jobs"), "--dry-run",
+                     "--output-path", "s3://dogs-bucket/models", "--batch-size", "4"])
+    assert code == 0
+    calls = json.loads(capsys.readouterr().out)
+    model = calls[0]["request"]
+    assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://dogs-bucket/models/{trained_job_like}/model.tar.gz"
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_TS_BATCH_SIZE"] == "4"
+    assert calls[1]["request"]["ProductionVariants"][0]["InstanceType"] == "ml.g4dn.xlarge"
+
+
+@pytest.fixture
+def trained_job_like(tmp_path):
+    """A completed local job record with a model.tar.gz (what the runner leaves), without training."""
+    job_dir = tmp_path / "jobs" / "local-job"
+    job_dir.mkdir(parents=True)
+    (job_dir / "model.tar.gz").write_bytes(_tar_gz({"model.pth": b"weights"}))
+    runner.write_record(job_dir, {"TrainingJobName": "local-job", "TrainingJobStatus": "Completed",
+                                  "ModelArtifacts": {"S3ModelArtifacts": str(job_dir / "model.tar.gz")}})
+    return "local-job"
+
+
+def test_deploy_needs_yes(aws, capsys):
+    assert cli.main(["deploy", "s3://dogs-bucket/model.tar.gz", "--role", ROLE, "--image", IMAGE]) == 2
+    captured = capsys.readouterr()
+    assert "billed per instance-hour" in captured.out and "--yes" in captured.err
+    assert aws.client("sagemaker").list_endpoints()["Endpoints"] == []
+    assert aws.client("sagemaker").list_models()["Models"] == []
+
+
+def test_deploy_list_delete_with_moto(aws, tmp_path, capsys, trained_job_like):
+    aws.client("s3").create_bucket(Bucket="dogs-bucket")
+    code = cli.main(["deploy", trained_job_like, "--jobs-dir", str(tmp_path / "jobs"), "--endpoint-name", "dogs-ep",
+                     "--output-path", "s3://dogs-bucket/models", "--role", ROLE, "--image", IMAGE, "--yes", "--no-wait"])
+    assert code == 0, capsys.readouterr()
+    sm = aws.client("sagemaker")
+    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(EndpointName="dogs-ep")["EndpointConfigName"])
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.g4dn.xlarge"
+    model = sm.describe_model(ModelName="dogs-ep")["PrimaryContainer"]
+    assert model["ModelDataUrl"] == f"s3://dogs-bucket/models/{trained_job_like}/model.tar.gz"
+    assert aws.client("s3").get_object(Bucket="dogs-bucket", Key=f"models/{trained_job_like}/model.tar.gz")["Body"].read()
+    capsys.readouterr()
+
+    assert cli.main(["endpoint", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "dogs-ep" in out and "ml.g4dn.xlarge" in out
+
+    assert cli.main(["endpoint", "delete", "dogs-ep"]) == 0
+    assert sm.list_endpoints()["Endpoints"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sm.list_models()["Models"] == []
+
+
+def test_predict_endpoint_sends_image_bytes_and_reads_json(tmp_path):
+    import sagemaker
+
+    image = tmp_path / "dog.jpg"
+    image.write_bytes(b"\xff\xd8\xff\xe0 fake jpeg")
+    session = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+    runtime = session.client("sagemaker-runtime")
+    answer = {"predictions": [{"label": "Labrador_retriever", "index": 95, "probability": 0.93}]}
+    with Stubber(runtime) as stub:
+        stub.add_response("invoke_endpoint",
+                          {"Body": io.BytesIO(json.dumps(answer).encode()), "ContentType": "application/json"},
+                          {"EndpointName": "dogs-ep", "Body": image.read_bytes(), "ContentType": "image/jpeg",
+                           "Accept": "application/json"})
+        stub.add_client_error("invoke_endpoint", service_error_code="ModelError", http_status_code=424,
+                              service_message="Received client error (400) from primary",
+                              response_meta={}, modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": "not an image"})
+        sm_session = sagemaker.Session(boto_session=session, sagemaker_runtime_client=runtime,
+                                       sagemaker_config=cloud.SDK_CONFIG)
+        results = cloud.predict_endpoint("dogs-ep", [image, image], sm_session=sm_session)
+    assert results[0] == (str(image), 200, answer)
+    assert results[1] == (str(image), 400, {"message": "not an image"})
+
+
+def test_jobs_describe_refreshes_a_sagemaker_job(aws, tmp_path, capsys):
+    """A job whose local runner went away (record still InProgress) shows SageMaker's status."""
+    name = "dogs-refresh"
+    call = cloud.training_request(DATA, {"epochs": "1"}, options(), name)["request"]
+    aws.client("sagemaker").create_training_job(**call)  # moto: the job is Completed at once
+    job_dir = tmp_path / name
+    job_dir.mkdir()
+    runner.write_record(job_dir, {"TrainingJobName": name, "TrainingJobStatus": "InProgress", "Backend": "sagemaker"})
+    (job_dir / "backend.json").write_text(json.dumps({"TrainingJobArn": "arn:x", "SageMaker": {"Region": REGION}}))
+    assert runner.describe(name, tmp_path)["TrainingJobArn"] == "arn:x"
+    assert cli.main(["jobs", "describe", name, "--jobs-dir", str(tmp_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["SageMaker"]["TrainingJobStatus"] == shown["TrainingJobStatus"] == "Completed"
+
+
+def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
+    """moto has no StopTrainingJob and completes jobs at once: DescribeTrainingJob and StopTrainingJob
+    are answered by the test (after botocore's validation); creation, logs and S3 stay moto's."""
+    from botocore.awsrequest import AWSResponse
+
+    name = "dogs-stop"
+    after_stop = iter(["Stopping", "Stopped"])
+    stops, described = [], []
+    real = cloud.aws_session
+
+    def describe(params, model, **_):
+        described.append(1)
+        if stops:
+            status = next(after_stop, "Stopped")
+        else:  # running until stopped (a job nobody stops fails the test instead of hanging it)
+            status = "InProgress" if len(described) < 200 else "Failed"
+        return AWSResponse(None, 200, {}, None), {
+            "TrainingJobName": name, "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:123456789012:training-job/{name}",
+            "TrainingJobStatus": status, "SecondaryStatus": status}
+
+    def stop(params, model, **_):
+        stops.append(json.loads(params["body"]))
+        return AWSResponse(None, 200, {}, None), {}
+
+    def session(region=None):
+        s = real(region)
+        s.events.register("before-call.sagemaker.DescribeTrainingJob", describe)
+        s.events.register("before-call.sagemaker.StopTrainingJob", stop)
+        return s
+
+    monkeypatch.setattr(cloud, "aws_session", session)
+    logs = aws.client("logs")
+    logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
+    logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
+    logs.put_log_events(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000",
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "epoch=1; valid_loss=9.0;"}])
+    record = runner.train(DATA, {"epochs": 5}, backend="sagemaker", name=name, jobs_dir=tmp_path,
+                          on_metrics=lambda m: m["valid_loss"] > 5, echo=False,
+                          backend_options=options(poll_seconds=0.01).to_dict())
+    assert stops == [{"TrainingJobName": name}]
+    assert record["TrainingJobStatus"] == "Stopped"
+    assert "epoch 1" in record["StopReason"]
+    assert record["SageMaker"]["TrainingJobStatus"] == "Stopped"
+
+
+def test_missing_role_is_a_clear_error_before_anything(aws, tmp_path, capsys):
+    jobs = tmp_path / "jobs"
+    assert cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--yes", "--jobs-dir", str(jobs)]) == 2
+    assert cli.main(["deploy", "s3://dogs-bucket/model.tar.gz", "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("no SageMaker execution role") == 2
+    assert not jobs.exists()
+    sm = aws.client("sagemaker")
+    assert sm.list_training_jobs()["TrainingJobSummaries"] == [] and sm.list_models()["Models"] == []
+
+
+def test_local_data_is_refused_for_the_cloud(capsys):
+    assert cli.main(["train", "--backend", "sagemaker", "--data", "data/demo", "--dry-run"]) == 2
+    assert "s3://" in capsys.readouterr().err
