@@ -33,12 +33,14 @@ $(DATA)/train:
 
 demo-data: install $(DATA)/train ## generate the demo ImageFolder set in DATA (default data/demo)
 
-train-local: install ## train on DATA with BACKEND (process|docker|sagemaker-local); HP="lr=0.01 epochs=3", HP_FILE=best.json
+train-local: install $(if $(filter data/demo,$(DATA)),$(DATA)/train) ## train on DATA with BACKEND (process|docker|sagemaker-local); HP="lr=0.01 epochs=3", HP_FILE=best.json
 	$(BIN)/localsage train --backend $(BACKEND) --data $(DATA) --jobs-dir $(JOBS) \
 		$(if $(HP_FILE),--hp-file $(HP_FILE)) $(foreach kv,$(HP),--hp $(kv)) $(if $(IMAGE),--image $(IMAGE))
 
 bench: install ## run the benchmarks in bench/
 	$(BIN)/python bench/train_pipeline.py
+
+include .ci/docker.mk .ci/serve.mk .ci/tune.mk .ci/cloud.mk
 
 clean: ## remove jobs and generated data (not the venv)
 	rm -rf $(JOBS) data/demo test-artifacts
