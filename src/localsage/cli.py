@@ -123,10 +123,11 @@ def build_parser():
     p = sub.add_parser("hyperparameters", help="print the hyperparameter reference (markdown)")
     p.set_defaults(func=cmd_hyperparameters)
 
-    from . import debugger, serving
+    from . import debugger, demo, serving
 
     serving.add_parser(sub)  # predict, package, serve
     debugger.add_parser(sub)  # debug JOB, report JOB
+    demo.add_parser(sub)  # the whole loop
     return parser
 
 
