@@ -143,7 +143,7 @@ def test_tiny_data_many_epochs_overfits(tmp_path, jobs_dir):
 
 
 def test_imbalanced_data_fires_class_imbalance(tmp_path, jobs_dir):
-    data = make_demo_data(tmp_path / "imb", classes=2, per_class=3, size=40, seed=4, imbalance=20)
+    data = make_demo_data(tmp_path / "imb", classes=2, per_class=6, size=40, seed=4, imbalance=20)
     job_dir = job(data, jobs_dir, "dbg-imbalance", epochs="1", rules="ClassImbalance,Dataloader",
                   **{"batch-size": "8", "debug-tensor-interval": "1000", "rules-at-end": "true"})
     # rules-at-end: the job itself wrote the verdicts of its enabled rules, and packed them
