@@ -205,7 +205,7 @@ def test_vanishing_gradients_fire_and_normal_gradients_do_not(tmp_path):
 
 
 class SlowDataset(torch.utils.data.Dataset):
-    def __init__(self, n=24, delay=0.25):
+    def __init__(self, n=24, delay=0.4):
         self.n, self.delay = n, delay
 
     def __len__(self):
@@ -220,7 +220,7 @@ class SlowDataset(torch.utils.data.Dataset):
 def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
     workers = sampler.cores()  # a sane worker count: only the waiting can make Dataloader fire
     loader = torch.utils.data.DataLoader(SlowDataset(), batch_size=4, num_workers=workers)
-    out = tiny_loop(tmp_path / "slow", loader, epochs=1, workers=workers)
+    out = tiny_loop(tmp_path / "slow", loader, epochs=1, workers=workers, hp={"debug-tensor-interval": 1000})
     v = rules.run_rules(out, only=["Dataloader", "StepOutlier", "OverallSystemUsage"])
     dl = verdicts_by_rule(v)["Dataloader"]
     assert dl["triggered"] and any("waits for data" in d for d in dl["details"]), dl
