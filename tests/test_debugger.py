@@ -318,3 +318,10 @@ def test_debug_and_report_commands(tmp_path, capsys):
     assert main(["report", str(out.parent)]) == 0
     assert (out / "report" / "report.html").exists() and (out / "report" / "loss.png").exists()
     assert main(["debug", str(out.parent), "--rule", "Overfit:bogus=1"]) == 2
+
+
+def test_debug_and_profiler_off_write_nothing(tmp_path):
+    out = tiny_loop(tmp_path / "off", random_batches(n=2), epochs=1, hp={"debug": False, "profiler": False})
+    assert not (out / "tensors").exists() and not (out / "profiler").exists()
+    v = verdicts_by_rule(rules.run_rules(out, only=["VanishingGradient", "Dataloader"]))
+    assert v["VanishingGradient"]["status"] == "NoData" and v["Dataloader"]["status"] == "NoData"
