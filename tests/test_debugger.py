@@ -143,8 +143,15 @@ def test_tiny_data_many_epochs_overfits(tmp_path, jobs_dir):
 
 
 def test_imbalanced_data_fires_class_imbalance(tmp_path, jobs_dir):
-    data = make_demo_data(tmp_path / "imb", classes=2, per_class=3, size=40, seed=4, imbalance=20)
-    job_dir = job(data, jobs_dir, "dbg-imbalance", epochs="1", **{"batch-size": "8", "debug-tensor-interval": "1000"})
+    data = make_demo_data(tmp_path / "imb", classes=2, per_class=6, size=40, seed=4, imbalance=20)
+    job_dir = job(data, jobs_dir, "dbg-imbalance", epochs="1", rules="ClassImbalance,Dataloader",
+                  **{"batch-size": "8", "debug-tensor-interval": "1000", "rules-at-end": "true"})
+    # rules-at-end: the job itself wrote the verdicts of its enabled rules, and packed them
+    in_job = json.loads((job_dir / "output" / "rules" / "ClassImbalance.json").read_text())
+    assert in_job["triggered"], in_job
+    assert sorted(p.name for p in (job_dir / "output" / "rules").glob("*.json")) == ["ClassImbalance.json", "Dataloader.json"]
+    with tarfile.open(job_dir / "output.tar.gz") as tar:
+        assert "rules/ClassImbalance.json" in tar.getnames()
     v = verdicts_by_rule(rules.run_rules(job_dir, only=["ClassImbalance"]))["ClassImbalance"]
     assert v["triggered"], v
     counts = v["counts"]
@@ -198,7 +205,7 @@ def test_vanishing_gradients_fire_and_normal_gradients_do_not(tmp_path):
 
 
 class SlowDataset(torch.utils.data.Dataset):
-    def __init__(self, n=24, delay=0.25):
+    def __init__(self, n=24, delay=0.4):
         self.n, self.delay = n, delay
 
     def __len__(self):
@@ -213,7 +220,7 @@ class SlowDataset(torch.utils.data.Dataset):
 def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
     workers = sampler.cores()  # a sane worker count: only the waiting can make Dataloader fire
     loader = torch.utils.data.DataLoader(SlowDataset(), batch_size=4, num_workers=workers)
-    out = tiny_loop(tmp_path / "slow", loader, epochs=1, workers=workers)
+    out = tiny_loop(tmp_path / "slow", loader, epochs=1, workers=workers, hp={"debug-tensor-interval": 1000})
     v = rules.run_rules(out, only=["Dataloader", "StepOutlier", "OverallSystemUsage"])
     dl = verdicts_by_rule(v)["Dataloader"]
     assert dl["triggered"] and any("waits for data" in d for d in dl["details"]), dl
@@ -311,3 +318,10 @@ def test_debug_and_report_commands(tmp_path, capsys):
     assert main(["report", str(out.parent)]) == 0
     assert (out / "report" / "report.html").exists() and (out / "report" / "loss.png").exists()
     assert main(["debug", str(out.parent), "--rule", "Overfit:bogus=1"]) == 2
+
+
+def test_debug_and_profiler_off_write_nothing(tmp_path):
+    out = tiny_loop(tmp_path / "off", random_batches(n=2), epochs=1, hp={"debug": False, "profiler": False})
+    assert not (out / "tensors").exists() and not (out / "profiler").exists()
+    v = verdicts_by_rule(rules.run_rules(out, only=["VanishingGradient", "Dataloader"]))
+    assert v["VanishingGradient"]["status"] == "NoData" and v["Dataloader"]["status"] == "NoData"

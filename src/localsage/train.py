@@ -423,7 +423,7 @@ def run(contract) -> int:
         job.finish()
         ok = True
     finally:
-        job.dbg.close(run_rules=None if ok else False)  # flush + verify tensors, stop the sampler
+        job.dbg.close(failed=not ok)  # flush + verify tensors, stop the sampler, rules-at-end
         distributed.cleanup()
     return 0
 

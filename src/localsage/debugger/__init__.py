@@ -62,10 +62,17 @@ class Session:
     def mode(self, name: str):
         hook_mod.set_mode(self.hook, name)
 
-    def close(self, run_rules=None):
-        """Flush and verify tensors, stop the sampler, and (rules-at-end) write rule verdicts."""
+    def close(self, run_rules=None, failed=False):
+        """Flush and verify tensors, stop the sampler, and (rules-at-end) write rule verdicts.
+
+        failed: the job is already failing or stopping: problems here are logged, not raised, and
+        no rules run."""
         try:
             hook_mod.close(self.hook)
+        except Exception as exc:
+            if not failed:
+                raise
+            log.error("debugger: closing the smdebug hook failed: %s", exc)
         finally:
             self.timer.close()
             if self.sampler is not None:
@@ -74,7 +81,7 @@ class Session:
                     self.contract.profiler_dir, first_step=self.timer.first_step_time, end=time.time(),
                     sampler_cpu_s=round(self.sampler.cpu_seconds, 4),
                     sampler_wall_s=round(self.sampler.wall_seconds, 3), samples=self.sampler.samples)
-        if run_rules if run_rules is not None else self.hp["rules-at-end"]:
+        if not failed and (run_rules if run_rules is not None else self.hp["rules-at-end"]):
             from . import rules
 
             only = hook_mod.enabled_rules(self.hp)

@@ -157,6 +157,9 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
         for mode, vals in losses.items():
             ax.plot(list(vals), list(vals.values()), marker=".", label=mode)
         ax.set_xlabel("step (per mode)"); ax.set_ylabel("loss"); ax.legend(); ax.grid(alpha=.3)
+        finite = [v for vals in losses.values() for v in vals.values() if np.isfinite(v) and v > 0]
+        if finite and max(finite) / min(finite) > 100:
+            ax.set_yscale("log")
         ax.set_title("CrossEntropyLoss_output_0")
         page.figure(fig, "loss", "loss TRAIN vs EVAL")
     else:

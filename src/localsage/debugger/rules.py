@@ -954,7 +954,7 @@ def evaluate(rule) -> dict:
             fired.append(end - 1 if end else 0)
             rule.messages.append(("end: " if rule.KIND == "debugger" else "") + extra)
     triggered = bool(fired)
-    status = "IssuesFound" if triggered else ("NoIssuesFound" if rule.has_data else "NoData")
+    status = "IssuesFound" if triggered else ("NoIssuesFound" if rule.has_data and rule.datapoints else "NoData")
     verdict = {
         "rule": rule.rule_name, "kind": rule.KIND, "status": status, "triggered": triggered,
         "violations": len(fired), "datapoints": rule.datapoints, "trigger_steps": fired[:MAX_TRIGGER_STEPS],

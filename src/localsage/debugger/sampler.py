@@ -11,6 +11,7 @@ Files in contract.profiler_dir (output/profiler/):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -32,7 +33,17 @@ def _nvml():
         if pynvml.nvmlDeviceGetCount() == 0:
             return None
         return pynvml
-    except Exception:  # no package, no driver, no device: CPU-only sampling
+    except ImportError:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                logging.getLogger("localsage.debugger").warning(
+                    "GPU present but nvidia-ml-py (pynvml) is not installed: no GPU utilisation samples")
+        except ImportError:
+            pass
+        return None
+    except Exception:  # no driver, no device: CPU-only sampling
         return None
 
 
