@@ -521,6 +521,8 @@ def test_missing_role_is_a_clear_error_before_anything(aws, tmp_path, capsys):
     assert sm.list_training_jobs()["TrainingJobSummaries"] == [] and sm.list_models()["Models"] == []
 
 
-def test_local_data_is_refused_for_the_cloud(capsys):
+def test_local_data_or_a_bad_name_is_refused_for_the_cloud(capsys):
     assert cli.main(["train", "--backend", "sagemaker", "--data", "data/demo", "--dry-run"]) == 2
     assert "s3://" in capsys.readouterr().err
+    assert cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--name", "my_job", "--dry-run"]) == 2
+    assert "job name 'my_job'" in capsys.readouterr().err
