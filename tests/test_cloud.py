@@ -521,6 +521,23 @@ def test_missing_role_is_a_clear_error_before_anything(aws, tmp_path, capsys):
     assert sm.list_training_jobs()["TrainingJobSummaries"] == [] and sm.list_models()["Models"] == []
 
 
-def test_local_data_is_refused_for_the_cloud(capsys):
+def test_local_data_or_a_bad_name_is_refused_for_the_cloud(capsys):
     assert cli.main(["train", "--backend", "sagemaker", "--data", "data/demo", "--dry-run"]) == 2
     assert "s3://" in capsys.readouterr().err
+    assert cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--name", "my_job", "--dry-run"]) == 2
+    assert "job name 'my_job'" in capsys.readouterr().err
+
+
+def test_cli_train_with_yes_runs_the_job(aws, tmp_path, capsys):
+    name = "dogs-cli-run"
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="dogs-bucket")
+    s3.put_object(Bucket="dogs-bucket", Key=f"localsage/jobs/{name}/output/model.tar.gz",
+                  Body=_tar_gz({"model.pth": b"weights"}))
+    code = cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--role", ROLE, "--image", IMAGE, "--yes",
+                     "--spot", "--instance-count", "2", "--hp", "epochs=2", "--name", name, "--jobs-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr()
+    record = runner.describe(name, tmp_path)
+    assert record["TrainingJobStatus"] == "Completed" and record["TrainingJobArn"].endswith(f"training-job/{name}")
+    assert record["SageMaker"]["Spot"] is True and record["ResourceConfig"]["InstanceCount"] == 2
+    assert (tmp_path / name / "model" / "model.pth").read_bytes() == b"weights"

@@ -14,6 +14,7 @@ import json
 import logging
 import mimetypes
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ DEFAULT_INSTANCE_TYPE = "ml.g4dn.xlarge"
 ROLE_ENV = "LOCALSAGE_SAGEMAKER_ROLE"
 ACCOUNT_PLACEHOLDER = "ACCOUNT_ID"  # shown in dry runs made without credentials
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+NAME_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"  # training job, model and endpoint names
 # SDK defaults given to every sagemaker.Session we make: no telemetry requests.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 # The container's `serve` reads these (serve/serve); values as SageMaker passes them: strings.
@@ -618,6 +620,8 @@ def cmd_train(args) -> int:
     hyperparameters.parse(hps)  # bad values fail here, not after an instance was billed
     opts = training_options(args)
     name = args.name or runner.job_name()
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise CloudError(f"job name {name!r}: SageMaker allows letters, digits and single hyphens, at most 63")
     if args.dry_run:
         print_requests([training_request(args.data, hps, opts, name, args.instance_count)])
         return 0
@@ -654,14 +658,11 @@ def _model_data(args, out=print) -> str:
 
 
 def _endpoint_name(args) -> str:
-    import re
     from datetime import datetime, timezone
 
     if args.endpoint_name:
         return args.endpoint_name
-    base = "model" if args.model.startswith("s3://") else args.model
-    if args.model.startswith("s3://"):
-        base = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") if args.model.startswith("s3://") else args.model
     return ("localsage-" + re.sub(r"[^a-zA-Z0-9-]", "-", base))[:63].rstrip("-")
 
 
