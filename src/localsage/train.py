@@ -367,19 +367,25 @@ class Job:
 
 
 def progress(total, desc):
+    """tqdm on a terminal; otherwise a plain log line at every quarter of the epoch."""
     if sys.stderr.isatty():
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, leave=False)
 
-    class Quiet:
+    class Lines:
+        done = 0
+        marks = {max(1, round(total * q / 4)) for q in (1, 2, 3)} if total >= 8 else set()
+
         def update(self, n):
-            pass
+            self.done += n
+            if self.done in self.marks:
+                log.info("%s: step %d/%d", desc, self.done, total)
 
         def close(self):
             pass
 
-    return Quiet()
+    return Lines()
 
 
 def failure_reason(exc: BaseException) -> str:
