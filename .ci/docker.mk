@@ -25,20 +25,20 @@ endif
 
 .PHONY: wheelhouse base-image image docker-engine
 
-wheelhouse: $(WHEELHOUSE_STAMP)
+wheelhouse: $(WHEELHOUSE_STAMP) ## wheels for requirements.txt in wheelhouse/ (image builds need no network)
 $(WHEELHOUSE_STAMP): requirements.txt
 	@$(DOCKER_PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "wheelhouse: need Python 3.11 (the image has 3.11), got " + sys.version)'
 	mkdir -p wheelhouse
 	$(DOCKER_PYTHON) -m pip wheel -q -r requirements.txt "setuptools>=61" wheel -w wheelhouse
 	touch $@
 
-docker-engine:
+docker-engine: ## install and start a docker engine if none runs (root)
 	.ci/docker-engine.sh
 
-base-image:
+base-image: ## build localsage-base:bookworm with debootstrap (no registry needed)
 	BASE_IMAGE=$(LOCAL_BASE_IMAGE) .ci/base-image.sh
 
-image: $(IMAGE_STAMP)
+image: $(IMAGE_STAMP) ## build IMAGE (default localsage:latest); no-op when nothing changed
 $(IMAGE_STAMP): $(IMAGE_INPUTS) $(WHEELHOUSE_STAMP)
 	mkdir -p build serve
 	$(DOCKER_BUILD) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) .

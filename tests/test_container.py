@@ -94,7 +94,7 @@ def test_docker_run_train_with_only_the_json_files(engine, image, demo_data, tmp
         volumes={str(ml): {"bind": "/opt/ml", "mode": "rw"},
                  str(demo_data): {"bind": "/opt/ml/input/data/training", "mode": "ro"}})
     try:
-        code = container.wait(timeout=900)["StatusCode"]
+        code = container.wait(timeout=1800)["StatusCode"]  # minutes on a quiet 2-core machine
         logs = container.logs().decode(errors="replace")
         env = container.attrs["Config"]["Env"]
     finally:
@@ -198,3 +198,12 @@ def test_sagemaker_local_two_instances_train_data_parallel(engine, image, demo_d
     names = tar_names(job_dir / "model.tar.gz")
     assert MODEL_FILES <= names and sum(n.endswith(".pth") for n in names) == 1
     assert valid_acc(job_dir) >= 0.9
+
+
+def test_sagemaker_local_stop_records_stopped(engine, image, small_data, tmp_path):
+    record = runner.train(small_data, {**TINY_HP, "epochs": "50"}, backend="sagemaker-local", image=image,
+                          jobs_dir=tmp_path, echo=False, name="sm-local-stop", on_metrics=lambda m: m["epoch"] >= 1)
+    assert record["TrainingJobStatus"] == "Stopped"
+    assert record["ExitCode"] == 143, "train should exit on SIGTERM (143), not be killed (137)"
+    assert record["EpochsCompleted"] < 50
+    assert job_containers(engine, "sm-local-stop") == []

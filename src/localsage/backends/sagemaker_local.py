@@ -112,6 +112,12 @@ def sdk_job_name(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9-]", "-", name)[:63].strip("-") or "localsage"
 
 
+def host_index(container_name: str) -> int:
+    """1 for '<prefix>-algo-1-<suffix>' (the SDK's container names)."""
+    m = re.search(r"algo-(\d+)-", container_name)
+    return int(m.group(1)) if m else 0
+
+
 def unpack(tar_path: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tar_path) as tar:
@@ -170,8 +176,15 @@ def run(job, log, stop: threading.Event) -> int:
     finally:
         done.set()
         writer.close_lines()
-        for c in engine.containers.list(all=True, filters={"label": f"{LABEL}={job.name}"}):
+        # The job's exit code is the containers' (compose itself exits 0 or 130 after Ctrl-C):
+        # the first host, in host order, that did not exit 0.
+        containers = engine.containers.list(all=True, filters={"label": f"{LABEL}={job.name}"})
+        codes = []
+        for c in sorted(containers, key=lambda c: host_index(c.name)):
+            codes.append(c.attrs["State"]["ExitCode"])
+            log(f"{c.name} exited with code {codes[-1]}")
             c.remove(force=True)
+        code = next((x for x in codes if x), code)
 
     # The SDK packs model/ and output/ of all hosts (leader writes the model); give them to the runner.
     for name, sub in (("model.tar.gz", "model"), ("output.tar.gz", "output")):
