@@ -128,11 +128,24 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     stop_reason = []
     log_file = open(job_dir / LOG, "a", buffering=1)
 
+    bar = None
+    if echo and sys.stdout.isatty():
+        from tqdm import tqdm
+
+        from .hyperparameters import SPEC
+
+        epochs = str(hps.get("epochs", SPEC["epochs"].default))
+        bar = tqdm(total=int(epochs) if epochs.isdigit() else None, desc=name, unit="epoch")
+
     def on_line(line: str):
         log_file.write(line + "\n")
-        if echo:
+        if bar is not None:
+            bar.write(line)
+        elif echo:
             print(f"[{name}] {line}", flush=True)
         values = metrics.parse_line(line)
+        if bar is not None and values and "epoch" in values:
+            bar.update(1)
         if values and "epoch" in values and on_metrics is not None and not stop.is_set():
             if on_metrics(values):
                 stop_reason.append("stopped by the caller after epoch %d" % values["epoch"])
@@ -158,6 +171,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         log_file.close()
+        if bar is not None:
+            bar.close()
     elapsed = time.time() - started
 
     failure = job_dir / "output" / "failure"

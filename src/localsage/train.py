@@ -60,10 +60,19 @@ def pick_device(num_gpus: int, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_amx() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def amp_dtype(device: torch.device, amp: str):
-    """bf16 where supported, fp16 (+GradScaler) on older GPUs such as the T4, none on CPU."""
-    if device.type != "cuda" or amp == "off":
+    """bf16 where supported, fp16 (+GradScaler) on older GPUs such as the T4; on CPU only when asked (amp=bf16)."""
+    if amp == "off":
         return None
+    if device.type != "cuda":
+        return torch.bfloat16 if amp == "bf16" else None
     if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
@@ -331,19 +340,25 @@ class Job:
 
 
 def progress(total, desc):
+    """tqdm on a terminal; otherwise a plain log line at every quarter of the epoch."""
     if sys.stderr.isatty():
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, leave=False)
 
-    class Quiet:
+    class Lines:
+        done = 0
+        marks = {max(1, round(total * q / 4)) for q in (1, 2, 3)} if total >= 8 else set()
+
         def update(self, n):
-            pass
+            self.done += n
+            if self.done in self.marks:
+                log.info("%s: step %d/%d", desc, self.done, total)
 
         def close(self):
             pass
 
-    return Quiet()
+    return Lines()
 
 
 def failure_reason(exc: BaseException) -> str:
