@@ -410,12 +410,15 @@ def open_image(raw, settings, resize_size, what="image"):
             f"{what} is {width}x{height} = {width * height} pixels, limit {settings['max_pixels']}",
         )
     try:
-        if img.format == "JPEG" and settings["jpeg_draft"]:
+        if img.format in ("JPEG", "MPO") and settings["jpeg_draft"]:
             # DCT-scaled decode (1/2, 1/4, 1/8) keeping both sides >= resize_size: the same
             # call as the training data loader, so the pixels match its eval transform.
             img.draft("RGB", (resize_size, resize_size))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception as e:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
+            log.info("ignoring unreadable EXIF orientation: %s", e)
         if img.mode != "RGB":
             img = img.convert("RGB")
     except RequestError:

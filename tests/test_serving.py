@@ -38,6 +38,7 @@ from localsage import serving
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "serve" / "handler.py"
 SERVE_SCRIPT = ROOT / "serve" / "serve"
+T = 120  # seconds per HTTP request (this machine's cores are shared)
 MAX_IMAGE_BYTES = 1_500_000  # the test server's handler byte limit (below TorchServe's 6.5 MB request limit)
 
 
@@ -144,7 +145,7 @@ def check_predictions(preds, classes, k):
 
 
 def assert_alive(predict_url, sample_jpeg):
-    r = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    r = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=T)
     assert r.status_code == 200, r.text
     assert "predictions" in r.json()
 
@@ -236,7 +237,7 @@ def _variants(jpeg):
 @pytest.mark.parametrize("variant", ["jpeg", "png", "grayscale", "rgba", "palette", "cmyk", "webp", "big-jpeg"])
 def test_raw_image_bodies(predict_url, sample_jpeg, classes, variant):
     body, ctype = _variants(sample_jpeg)[variant]
-    r = requests.post(predict_url, data=body, headers={"Content-Type": ctype}, timeout=60)
+    r = requests.post(predict_url, data=body, headers={"Content-Type": ctype}, timeout=T)
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("application/json")
     check_predictions(r.json()["predictions"], classes, min(5, len(classes)))
@@ -244,28 +245,28 @@ def test_raw_image_bodies(predict_url, sample_jpeg, classes, variant):
 
 def test_put_without_content_type(predict_url, sample_jpeg, classes):
     """`curl -T img.jpg URL` sends a PUT with no image content type."""
-    r = requests.put(predict_url, data=sample_jpeg, timeout=60)
+    r = requests.put(predict_url, data=sample_jpeg, timeout=T)
     assert r.status_code == 200, r.text
     check_predictions(r.json()["predictions"], classes, 5)
 
 
 def test_base64_json(predict_url, sample_jpeg, classes):
     b64 = base64.b64encode(sample_jpeg).decode()
-    r = requests.post(predict_url, json={"image": b64, "topk": 3}, timeout=60)
+    r = requests.post(predict_url, json={"image": b64, "topk": 3}, timeout=T)
     assert r.status_code == 200, r.text
     check_predictions(r.json()["predictions"], classes, 3)
-    raw = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
+    raw = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=T).json()
     assert [p["index"] for p in r.json()["predictions"]] == [p["index"] for p in raw["predictions"][:3]]
     # data URL prefix and line-wrapped base64 are accepted too
     wrapped = "data:image/jpeg;base64," + "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
-    r = requests.post(predict_url, json={"image": wrapped, "topk": 1}, timeout=60)
+    r = requests.post(predict_url, json={"image": wrapped, "topk": 1}, timeout=T)
     assert r.status_code == 200, r.text
     check_predictions(r.json()["predictions"], classes, 1)
 
 
 def test_base64_json_images_list(predict_url, sample_jpeg, test_images, classes):
     images = [base64.b64encode(p.read_bytes()).decode() for p, _ in test_images[:3]]
-    r = requests.post(predict_url, json={"images": images, "topk": 2}, timeout=60)
+    r = requests.post(predict_url, json={"images": images, "topk": 2}, timeout=T)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert len(preds) == 3
@@ -275,25 +276,25 @@ def test_base64_json_images_list(predict_url, sample_jpeg, test_images, classes)
 
 def test_multipart(predict_url, sample_jpeg, classes):
     r = requests.post(predict_url, files={"data": ("dog.jpg", sample_jpeg, "image/jpeg")}, data={"topk": "2"},
-                      timeout=60)
+                      timeout=T)
     assert r.status_code == 200, r.text
     check_predictions(r.json()["predictions"], classes, 2)
 
 
 def test_topk_header_query_and_max(server, predict_url, sample_jpeg, classes):
     r = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg", "X-Topk": str(len(classes))},
-                      timeout=60)
+                      timeout=T)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     check_predictions(preds, classes, len(classes))
     assert abs(sum(p["probability"] for p in preds) - 1.0) < 1e-3
     # SageMaker custom attributes header
-    r = requests.post(predict_url, data=sample_jpeg, timeout=60, headers={
+    r = requests.post(predict_url, data=sample_jpeg, timeout=T, headers={
         "Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "trace=1;topk=2"})
     check_predictions(r.json()["predictions"], classes, 2)
     # /invocations passes query parameters through (/predictions/<model> does not)
     r = requests.post(server.url + "/invocations", params={"model_name": "demo", "topk": 3}, data=sample_jpeg,
-                      headers={"Content-Type": "image/jpeg"}, timeout=60)
+                      headers={"Content-Type": "image/jpeg"}, timeout=T)
     assert r.status_code == 200, r.text
     check_predictions(r.json()["predictions"], classes, 3)
 
@@ -311,7 +312,7 @@ def test_exif_orientation_applied(predict_url, classes):
     assert img.size == (40, 20)
     left, right = img.getpixel((5, 10)), img.getpixel((35, 10))
     assert left[0] > 200 > left[2] and right[2] > 200 > right[0]
-    assert requests.post(predict_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60).status_code == 200
+    assert requests.post(predict_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=T).status_code == 200
 
 
 def test_accuracy_on_held_out_images_through_batching(predict_url, test_images, trained_job, server, classes):
@@ -344,8 +345,8 @@ def max_logged_batch(server):
 
 def test_mar_model_serves_same_predictions(server, sample_jpeg):
     headers = {"Content-Type": "image/jpeg"}
-    a = requests.post(server.url + "/predictions/demo", data=sample_jpeg, headers=headers, timeout=60).json()
-    b = requests.post(server.url + "/predictions/demo-mar", data=sample_jpeg, headers=headers, timeout=60).json()
+    a = requests.post(server.url + "/predictions/demo", data=sample_jpeg, headers=headers, timeout=T).json()
+    b = requests.post(server.url + "/predictions/demo-mar", data=sample_jpeg, headers=headers, timeout=T).json()
     assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
 
 
@@ -413,7 +414,7 @@ BAD = {
 def test_bad_input_gets_4xx_and_server_keeps_serving(predict_url, sample_jpeg, classes, case):
     assert len(classes) == 6  # the topk cases assume the 6-class demo model
     build, status, kind = BAD[case]
-    r = requests.post(predict_url, timeout=60, **build(sample_jpeg))
+    r = requests.post(predict_url, timeout=T, **build(sample_jpeg))
     assert r.status_code == status, (r.status_code, r.text[:300])
     if kind is not None:
         body = r.json()
@@ -516,7 +517,7 @@ def test_fuzz_malformed_payloads(server, predict_url, sample_jpeg):
         if time.monotonic() > deadline:
             return None
         data, ctype = item
-        return requests.post(predict_url, data=data, headers={"Content-Type": ctype}, timeout=60).status_code
+        return requests.post(predict_url, data=data, headers={"Content-Type": ctype}, timeout=T).status_code
 
     with cf.ThreadPoolExecutor(4) as pool:
         statuses = [s for s in pool.map(send, payloads) if s is not None]
@@ -618,15 +619,16 @@ def test_sagemaker_serve_entrypoint(served_model_dir, tmp_path, sample_jpeg, cla
                 if requests.get(url + "/ping", timeout=2).status_code == 200:  # no token needed
                     break
             time.sleep(0.5)
-        r = requests.post(url + "/invocations", data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+        # the first answer may wait for the worker to load (/ping says Healthy before that)
+        r = requests.post(url + "/invocations", data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=300)
         assert r.status_code == 200, r.text
         check_predictions(r.json()["predictions"], classes, 5)
         r = requests.post(url + "/invocations", json={"image": base64.b64encode(sample_jpeg).decode(), "topk": 2},
-                          timeout=60)
+                          timeout=T)
         assert r.status_code == 200, r.text
         check_predictions(r.json()["predictions"], classes, 2)
         # URL inputs enabled and loopback allow-listed: still refused after resolution (no request made)
-        r = requests.post(url + "/invocations", json={"url": f"http://127.0.0.1:{port}/ping"}, timeout=60)
+        r = requests.post(url + "/invocations", json={"url": f"http://127.0.0.1:{port}/ping"}, timeout=T)
         assert r.status_code == 403 and "non-public" in r.json()["message"], r.text
         # management is not on the network port; the SAGEMAKER_* settings reached TorchServe
         assert requests.get(url + "/models", timeout=10).status_code in (400, 404, 405)
@@ -654,7 +656,7 @@ def test_sagemaker_serve_entrypoint(served_model_dir, tmp_path, sample_jpeg, cla
 
 def test_serve_entrypoint_rejects_non_torchserve_dir(tmp_path):
     env = {**os.environ, "LOCALSAGE_MODEL_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=T)
     assert r.returncode != 0 and "MANIFEST" in r.stderr
 
 
@@ -684,7 +686,7 @@ def test_container_serve(request, served_model_dir, sample_jpeg, classes):
                 if requests.get(url + "/ping", timeout=2).status_code == 200:
                     break
             time.sleep(1)
-        r = requests.post(url + "/invocations", data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+        r = requests.post(url + "/invocations", data=sample_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=T)
         assert r.status_code == 200, r.text
         check_predictions(r.json()["predictions"], classes, 5)
         t0 = time.monotonic()

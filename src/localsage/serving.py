@@ -137,13 +137,23 @@ class LocalServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"TorchServe exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if requests.get(self.url + "/ping", timeout=2).status_code == 200:
+            try:  # /ping can say Healthy before the workers have loaded: check each model's workers
+                if requests.get(self.url + "/ping", timeout=2).status_code == 200 and all(
+                    self.workers_ready(name) for name in self.models
+                ):
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"TorchServe not healthy after {wait_s} s; see {self.log_path}")
+
+    def workers_ready(self, name) -> bool:
+        import requests
+
+        desc = requests.get(f"{self.management_url}/models/{name}", timeout=5).json()[0]
+        workers = desc.get("workers", [])
+        return bool(workers) and len(workers) >= desc.get("minWorkers", 1) and all(
+            w.get("status") == "READY" for w in workers)
 
     def worker_pids(self):
         import psutil
