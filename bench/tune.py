@@ -1,7 +1,7 @@
 """Tuning benchmark: the same seeded study (same sampler seed, same trial budget) with and without pruning,
 measured in one run on generated demo data. Reports total epochs consumed, best valid accuracy, wall time.
 
-    python bench/tune.py [--trials 10] [--epochs 6] [--out bench-artifacts/tune]
+    python bench/tune.py [--trials 20] [--epochs 5] [--pruners median,hyperband] [--out bench-artifacts/tune]
 
 Target (issue 5): pruning uses >= 40% fewer epochs, best valid accuracy within 1 point.
 """
@@ -45,19 +45,20 @@ def study(name, data, out, args, pruner):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--trials", type=int, default=20)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--startup", type=int, default=2, help="median pruner: completed trials before pruning starts")
     p.add_argument("--objective", default="valid_loss", choices=tuple(tune.OBJECTIVES))
+    p.add_argument("--pruners", default="median,hyperband", help="pruners compared with no pruning")
     p.add_argument("--out", default="bench-artifacts/tune")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     data = make_demo_data(out / "demo", classes=4, per_class=30, size=64, seed=0)
-    runs = [study(f"bench-{pruner}", data, out, args, pruner) for pruner in ("none", "median", "hyperband")]
+    runs = [study(f"bench-{pruner}", data, out, args, pruner) for pruner in ("none", *args.pruners.split(","))]
     base = runs[0]
     for r in runs[1:]:
         r["epochs_saved"] = round(1 - r["epochs"] / base["epochs"], 3)

@@ -423,9 +423,8 @@ class Study:
         hp = {**t.fixed, **params, **extra}
         name = runner.job_name(f"{t.study}-t{trial.number:03d}")
         job_dir = Path(t.jobs_dir).resolve() / name
-        for key, value in (("job_name", name), ("job_dir", str(job_dir)),
-                           ("worker", {"host": socket.gethostname(), "pid": os.getpid()})):
-            trial.set_user_attr(key, value)
+        trial.set_user_attr("job_name", name)
+        trial.set_user_attr("job_dir", str(job_dir))
         pruned = []
         last_epoch = int(hyperparameters.parse(hyperparameters.to_strings(hp))["epochs"])
 
@@ -477,6 +476,7 @@ class Study:
             if used >= self.t.trials or self.halt.is_set():
                 return None
             trial = self.study.ask()
+            trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})  # for --resume
             # sampled under the lock: the sampler's random draws go to trials in trial order
             params = {name: dim.suggest(trial) for name, dim in self.t.space.items()}
             return trial, params
