@@ -252,7 +252,12 @@ def format_table(results) -> str:
 
 
 def _cmd_predict(args):
-    results = predict(args.endpoint, args.images, model=args.model, topk=args.topk, timeout=args.timeout)
+    if args.endpoint_name:  # a SageMaker endpoint
+        from . import cloud
+
+        results = cloud.predict_endpoint(args.endpoint_name, args.images, topk=args.topk, region=args.region)
+    else:
+        results = predict(args.endpoint, args.images, model=args.model, topk=args.topk, timeout=args.timeout)
     print(format_table(results))
     return 0 if all(status == 200 for _, status, _ in results) else 1
 
@@ -273,6 +278,9 @@ def add_parser(subparsers):
     p.add_argument("--model", help="TorchServe model name (/predictions/<model>); default /invocations")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--timeout", type=float, default=60.0)
+    from . import cloud
+
+    cloud.add_predict_arguments(p)
     p.set_defaults(func=_cmd_predict)
 
     p = subparsers.add_parser("package", help="make a TorchServe .mar from a job's model dir")
