@@ -16,7 +16,7 @@ FAST_HP = {
     "lr": "0.003", "workers": "1", "seed": "0",
 }
 # For tests that only need the plumbing, not accuracy.
-TINY_HP = {**FAST_HP, "image-size": "32", "epochs": "1", "max-steps": "2", "batch-size": "8"}
+TINY_HP = {**FAST_HP, "image-size": "32", "epochs": "1", "max-steps": "2", "batch-size": "8", "debug": "false"}
 
 
 @pytest.fixture(scope="session")
