@@ -1,4 +1,4 @@
-# Cloud targets, included by the Makefile (`include .ci/cloud.mk`). See docs/cloud.md.
+# Cloud targets, included by the Makefile (`include .ci/cloud.mk`). See README.md, "Run in the cloud".
 # make push [IMAGE=localsage:latest] [ECR_REPO=localsage] [AWS_REGION=eu-west-1] [PUSH_TAG=<git sha>]
 IMAGE ?= localsage:latest
 ECR_REPO ?= localsage

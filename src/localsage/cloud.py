@@ -126,7 +126,7 @@ def require_role(role: str | None) -> str:
     role = role or os.environ.get(ROLE_ENV)
     if not role:
         raise CloudError(f"no SageMaker execution role: pass --role ARN or set {ROLE_ENV} "
-                         "(see docs/cloud.md for the permissions it needs); nothing was created")
+                         "(see the README's 'Run in the cloud' section for the permissions it needs); nothing was created")
     return role
 
 
@@ -345,7 +345,7 @@ def training_summary(data, opts: TrainingOptions, instance_count: int) -> list:
              f"  output: {opts.output_path}",
              f"  stops after at most {opts.max_run}s of training"
              + (f", {opts.max_wait or 2 * opts.max_run}s including spot waits" if opts.spot else ""),
-             "  billed per instance-second while it runs (see docs/cloud.md for costs)"]
+             "  billed per instance-second while it runs (see the README's 'Run in the cloud' section for costs)"]
     return lines
 
 
