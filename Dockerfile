@@ -23,6 +23,7 @@ FROM ${BASE_IMAGE}
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
       org.opencontainers.image.title=localsage
 ENV PYTHONUNBUFFERED=1 \
+    LOCALSAGE_SERVE_DIR=/opt/program/serve \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

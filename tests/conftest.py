@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import pytest
 
 from localsage import runner
 from localsage.data import make_demo_data
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("IMAGE", "localsage:latest")
+REQUIRED = os.environ.get("LOCALSAGE_REQUIRE_DOCKER") == "1"
 
 # A recipe that reaches >= 0.9 valid accuracy on the demo set in well under 2 minutes on 2 cores.
 FAST_HP = {
@@ -52,3 +57,34 @@ def trained_job(demo_data, jobs_dir):
 
 def python_entry(*args):
     return [sys.executable, "-m", *args]
+
+
+# ---------------------------------------------------------------- docker (engine + project image)
+
+def _unavailable(reason: str):
+    if REQUIRED:
+        pytest.fail(f"LOCALSAGE_REQUIRE_DOCKER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # no SDK, no socket, engine down
+        _unavailable(f"no docker engine: {type(exc).__name__}: {exc}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def image(engine):
+    """Build (or confirm) the project image once per session."""
+    proc = subprocess.run(["make", "-f", ".ci/docker.mk", "image", f"IMAGE={IMAGE}", f"DOCKER_PYTHON={sys.executable}"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"make image failed:\n{proc.stdout[-4000:]}")
+    engine.images.get(IMAGE)
+    return IMAGE

@@ -21,39 +21,8 @@ from localsage import contract, export, metrics, runner
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = os.environ.get("IMAGE", "localsage:latest")
-REQUIRED = os.environ.get("LOCALSAGE_REQUIRE_DOCKER") == "1"
 LABEL = "localsage.job"
 MODEL_FILES = {export.WEIGHTS_FILE, "model_config.json", "index_to_name.json"}
-
-
-def _unavailable(reason: str):
-    if REQUIRED:
-        pytest.fail(f"LOCALSAGE_REQUIRE_DOCKER=1 but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def engine():
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # no SDK, no socket, engine down
-        _unavailable(f"no docker engine: {type(exc).__name__}: {exc}")
-    return client
-
-
-@pytest.fixture(scope="session")
-def image(engine):
-    """Build (or confirm) the project image once per session."""
-    proc = subprocess.run(["make", "-f", ".ci/docker.mk", "image", f"IMAGE={IMAGE}", f"DOCKER_PYTHON={sys.executable}"],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"make image failed:\n{proc.stdout[-4000:]}")
-    engine.images.get(IMAGE)
-    return IMAGE
 
 
 def tar_names(path) -> set:

@@ -663,16 +663,8 @@ def test_serve_entrypoint_rejects_non_torchserve_dir(tmp_path):
 # ------------------------------------------------------------------------- container (docker image)
 
 
-def _image(request):
-    try:
-        return request.getfixturevalue("image")
-    except pytest.FixtureLookupError:
-        pytest.skip("no `image` fixture (tests/conftest.py) yet")
-
-
 @pytest.mark.docker
-def test_container_serve(request, served_model_dir, sample_jpeg, classes):
-    image = _image(request)
+def test_container_serve(image, served_model_dir, sample_jpeg, classes):
     (port,) = free_ports(1)
     name = f"localsage-serve-test-{os.getpid()}"
     subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
@@ -697,8 +689,7 @@ def test_container_serve(request, served_model_dir, sample_jpeg, classes):
 
 
 @pytest.mark.docker
-def test_sagemaker_sdk_local_mode_deploy(request, trained_job, sample_jpeg, classes, monkeypatch):
-    image = _image(request)
+def test_sagemaker_sdk_local_mode_deploy(image, trained_job, sample_jpeg, classes, monkeypatch):
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.local import LocalSession
     from sagemaker.model import Model
