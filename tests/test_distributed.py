@@ -26,8 +26,11 @@ def test_world_layout():
         distributed.world_layout(hosts, "algo-1", 2, local_rank=2)
 
 
-def test_single_host_is_a_noop():
+def test_single_host_is_a_noop(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert distributed.setup(["algo-1"], "algo-1", 0) == (0, 1, 0)
+    # several GPUs but no launcher: one process, so no rendezvous waiting for ranks nobody started
+    assert distributed.setup(["algo-1"], "algo-1", 4) == (0, 1, 0)
     assert not distributed.active()
     assert distributed.all_reduce_sum([1, 2.5]) == [1.0, 2.5]
 

@@ -5,8 +5,9 @@ ordered host by host: rank = host_index * procs_per_host + local_rank.
 
     rank, world_size, local_rank = distributed.setup(c.hosts, c.current_host, c.num_gpus)
 
-is a no-op returning (0, 1, 0) for one host with at most one GPU, so single-process training
-takes the same code path. Several GPUs on one host: start one process per GPU with `launch`.
+is a no-op returning (0, 1, 0) for one host started without a launcher, so single-process training
+takes the same code path. Several GPUs on one host: start one process per GPU with `launch` (or
+torchrun), which sets LOCAL_WORLD_SIZE.
 """
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ DEFAULT_PORT = 29500  # MASTER_PORT overrides
 PORT_ENV = "MASTER_PORT"
 
 
-def world_layout(hosts: Sequence[str], current_host: str, num_gpus: int, local_rank: int = 0) -> tuple[int, int, int]:
+def world_layout(hosts: Sequence[str], current_host: str, procs_per_host: int = 1, local_rank: int = 0) -> tuple[int, int, int]:
     """(rank, world_size, local_rank) for this process; pure arithmetic, no side effects."""
     hosts = list(hosts) or [current_host]
     if current_host not in hosts:
         raise ValueError(f"current_host {current_host!r} is not in hosts {hosts}")
-    per_host = max(int(num_gpus), 1)
+    per_host = max(int(procs_per_host), 1)
     if not 0 <= local_rank < per_host:
         raise ValueError(f"local_rank {local_rank} out of range for {per_host} process(es) per host")
     return hosts.index(current_host) * per_host + local_rank, len(hosts) * per_host, local_rank
@@ -36,12 +37,15 @@ def setup(hosts: Sequence[str], current_host: str, num_gpus: int = 0, *, local_r
           interface: str | None = None, port: int | None = None, timeout_s: float = 600) -> tuple[int, int, int]:
     """Join the process group described by the contract; returns (rank, world_size, local_rank).
 
-    local_rank defaults to $LOCAL_RANK (torchrun) or 0. `interface` is resourceconfig's
+    Processes per host come from $LOCAL_WORLD_SIZE (set by `launch` or torchrun), else 1: a host
+    started without a launcher is one process (on GPU 0), so the rendezvous never waits for ranks
+    nobody started. local_rank defaults to $LOCAL_RANK or 0. `interface` is resourceconfig's
     network_interface_name (used for gloo/nccl sockets unless already set in the environment).
     """
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    rank, world_size, local_rank = world_layout(hosts, current_host, num_gpus, local_rank)
+    per_host = min(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), max(num_gpus, 1))
+    rank, world_size, local_rank = world_layout(hosts, current_host, per_host, local_rank)
     use_cuda = num_gpus > 0 and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -77,6 +81,7 @@ def launch(fn: Callable[..., object], num_gpus: int, *args) -> None:
     """Run fn(local_rank, *args) once per GPU (spawned processes) or once in this process."""
     if num_gpus > 1 and torch.cuda.is_available():
         import torch.multiprocessing as mp
+        os.environ["LOCAL_WORLD_SIZE"] = str(num_gpus)  # inherited by the spawned processes
         mp.spawn(fn, args=args, nprocs=num_gpus, join=True)
     else:
         fn(0, *args)
