@@ -235,8 +235,10 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
     deadline = time.time() + 400
     while time.time() < deadline:
         time.sleep(1)
-        states = [tr.state.name for tr in load("kill", jobs).get_trials()] if journal.exists() else []
-        if "COMPLETE" in states and "RUNNING" in states:
+        trials = load("kill", jobs).get_trials() if journal.exists() else []
+        started = [tr for tr in trials if tr.state.name == "RUNNING" and "job_dir" in tr.user_attrs
+                   and (Path(tr.user_attrs["job_dir"]) / runner.RECORD).exists()]
+        if started and any(tr.state.name == "COMPLETE" for tr in trials):
             break
     else:
         proc.kill()
