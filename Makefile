@@ -35,10 +35,10 @@ demo-data: install $(DATA)/train ## generate the demo ImageFolder set in DATA (d
 
 train-local: install $(if $(filter data/demo,$(DATA)),$(DATA)/train) ## train on DATA with BACKEND (process|docker|sagemaker-local); HP="lr=0.01 epochs=3", HP_FILE=best.json
 	$(BIN)/localsage train --backend $(BACKEND) --data $(DATA) --jobs-dir $(JOBS) \
-		$(if $(HP_FILE),--hp-file $(HP_FILE)) $(foreach kv,$(HP),--hp $(kv)) $(if $(IMAGE),--image $(IMAGE))
+		$(if $(HP_FILE),--hp-file $(HP_FILE)) $(foreach kv,$(HP),--hp $(kv)) $(if $(filter docker sagemaker-local,$(BACKEND)),--image $(IMAGE))
 
 demo: install ## the whole loop on generated data: tune, train best, rules + report, TorchServe, HTTP predictions
-	$(BIN)/localsage demo --data $(DATA) --jobs-dir $(JOBS) --backend $(BACKEND) $(if $(IMAGE),--image $(IMAGE))
+	$(BIN)/localsage demo --data $(DATA) --jobs-dir $(JOBS) --backend $(BACKEND) $(if $(filter docker sagemaker-local,$(BACKEND)),--image $(IMAGE))
 
 bench: install ## run the benchmarks in bench/
 	$(BIN)/python bench/train_pipeline.py

@@ -60,13 +60,6 @@ def pick_device(num_gpus: int, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def amp_dtype(device: torch.device, amp: str):
     """bf16 where supported, fp16 (+GradScaler) on older GPUs such as the T4; on CPU only when asked (amp=bf16)."""
     if amp == "off":
