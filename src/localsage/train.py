@@ -177,7 +177,8 @@ class Job:
         self.bad_epochs = 0
         if hp["compile"] and hp["debug"]:
             log.warning("debug=true is not supported with compile=true: no smdebug tensors")
-        self.dbg = debugger.attach(contract, {**hp, "debug": hp["debug"] and not hp["compile"]}, self.model,
+        # tensors come from the leader only (smdebug saves on the chief worker; the others would write nothing)
+        self.dbg = debugger.attach(contract, {**hp, "debug": hp["debug"] and not hp["compile"] and self.rank == 0}, self.model,
                                    [self.criterion, self.eval_criterion], workers=workers, start=self.t0,
                                    batch_size=hp["batch-size"])
         self.init_time = time.time() - self.t0
