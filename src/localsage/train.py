@@ -418,6 +418,8 @@ def run(contract) -> int:
         ok = True
     finally:
         job.dbg.close(failed=not ok)  # flush + verify tensors, stop the sampler, rules-at-end
+        if ok:
+            distributed.barrier()  # no host exits before the leader is done (SageMaker local mode stops the rest)
         distributed.cleanup()
     return 0
 

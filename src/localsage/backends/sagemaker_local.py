@@ -184,7 +184,14 @@ def run(job, log, stop: threading.Event) -> int:
             codes.append(c.attrs["State"]["ExitCode"])
             log(f"{c.name} exited with code {codes[-1]}")
             c.remove(force=True)
-        code = next((x for x in codes if x), code)
+        # compose stops the other hosts when the first exits (--abort-on-container-exit): 143/137 from
+        # those is compose's doing, not a failure, once a host exited 0 (train.py's final barrier makes
+        # every host wait for the leader's model first). Any other non-zero code is the job's.
+        failures = [x for x in codes if x and x not in (137, 143)]
+        if failures:
+            code = failures[0]
+        elif 0 not in codes:
+            code = next((x for x in codes if x), code)
 
     # The SDK packs model/ and output/ of all hosts (leader writes the model); give them to the runner.
     for name, sub in (("model.tar.gz", "model"), ("output.tar.gz", "output")):
