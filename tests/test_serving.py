@@ -689,24 +689,25 @@ def test_container_serve(image, served_model_dir, sample_jpeg, classes):
 
 
 @pytest.mark.docker
-def test_sagemaker_sdk_local_mode_deploy(image, trained_job, sample_jpeg, classes, monkeypatch):
+def test_sagemaker_sdk_local_mode_deploy(image, trained_job, sample_jpeg, classes, tmp_path):
+    """The real SDK v2 local mode: Model(image, file:// model.tar.gz).deploy(1, 'local'), predict, delete."""
     from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.local import LocalSession
     from sagemaker.model import Model
     from sagemaker.serializers import IdentitySerializer
 
-    monkeypatch.setenv("AWS_DEFAULT_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    session = LocalSession()
-    session.config = {"local": {"local_code": True}}
+    from localsage.backends import sagemaker_local
+
     tarball = Path(trained_job["JobDir"]) / "model.tar.gz"
     with tarfile.open(tarball) as tar:
         assert "MAR-INF/MANIFEST.json" in {n.lstrip("./") for n in tar.getnames()}
-    model = Model(image_uri=image, model_data=f"file://{tarball.resolve()}",
-                  role="arn:aws:iam::111111111111:role/localsage-dummy", sagemaker_session=session)
-    predictor = model.deploy(initial_instance_count=1, instance_type="local",
-                             serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
-    try:
-        result = predictor.predict(sample_jpeg)
-        check_predictions(result["predictions"], classes, 5)
-    finally:
-        predictor.delete_endpoint()
+    with sagemaker_local.local_aws_env():  # dummy region and credentials, only while the SDK runs
+        session = sagemaker_local.session(tmp_path / "sm", "serve-test", init=True)
+        model = Model(image_uri=image, model_data=f"file://{tarball.resolve()}",
+                      role="arn:aws:iam::111111111111:role/localsage-dummy", sagemaker_session=session)
+        predictor = model.deploy(initial_instance_count=1, instance_type="local",
+                                 serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
+        try:
+            result = predictor.predict(sample_jpeg)
+            check_predictions(result["predictions"], classes, 5)
+        finally:
+            predictor.delete_endpoint()
