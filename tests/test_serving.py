@@ -693,6 +693,7 @@ def test_sagemaker_sdk_local_mode_deploy(image, trained_job, sample_jpeg, classe
     """The real SDK v2 local mode: Model(image, file:// model.tar.gz).deploy(1, 'local'), predict, delete."""
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.model import Model
+    from sagemaker.predictor import Predictor
     from sagemaker.serializers import IdentitySerializer
 
     from localsage.backends import sagemaker_local
@@ -703,7 +704,8 @@ def test_sagemaker_sdk_local_mode_deploy(image, trained_job, sample_jpeg, classe
     with sagemaker_local.local_aws_env():  # dummy region and credentials, only while the SDK runs
         session = sagemaker_local.session(tmp_path / "sm", "serve-test", init=True)
         model = Model(image_uri=image, model_data=f"file://{tarball.resolve()}",
-                      role="arn:aws:iam::111111111111:role/localsage-dummy", sagemaker_session=session)
+                      role="arn:aws:iam::111111111111:role/localsage-dummy", sagemaker_session=session,
+                      predictor_cls=Predictor)
         predictor = model.deploy(initial_instance_count=1, instance_type="local",
                                  serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
         try:
