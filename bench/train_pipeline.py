@@ -5,7 +5,7 @@
    ours  = localsage.data (uint8 workers sized to the cores, draft decode, per-batch normalisation)
 2. Train-step images/s, same model and batch:
    naive = fp32 NCHW loop, default threads
-   ours  = localsage.train's settings (channels_last, bf16 autocast where the CPU has AMX, threads)
+   ours  = localsage.train's settings (channels_last, threads = cores); ours_bf16 adds amp=bf16 (CPU autocast)
 Each side runs in its own subprocess (peak RSS of the process tree, workers included), the sides
 alternate for --rounds rounds and the best round of each is reported.
 
@@ -119,7 +119,7 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int) -> dict
         torch.set_num_threads(data.default_workers())
         net = net.to(memory_format=torch.channels_last)
         norm = data.Normalize(channels_last=True)
-        amp = train.amp_dtype(torch.device("cpu"), "auto")
+        amp = train.amp_dtype(torch.device("cpu"), "bf16" if kind == "ours_bf16" else "auto")
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     net.train()
     times = []
@@ -155,7 +155,7 @@ def main():
             print(json.dumps(side_train(kind, a.model, a.batch, a.steps, a.size)))
         return
 
-    results = {"pipeline": {"seed": [], "ours": []}, "train": {"naive": [], "ours": []}}
+    results = {"pipeline": {"seed": [], "ours": []}, "train": {"naive": [], "ours": [], "ours_bf16": []}}
     with tempfile.TemporaryDirectory() as tmp:
         make_images(Path(tmp), a.images)
         common = ["--batch", str(a.batch), "--model", a.model, "--steps", str(a.steps), "--size", str(a.size)]
@@ -163,7 +163,7 @@ def main():
             for kind in ("seed", "ours"):
                 results["pipeline"][kind].append(run_side(["--side", f"{kind}:pipeline", "--root", tmp, *common]))
                 print(f"round {r + 1} pipeline {kind}: {results['pipeline'][kind][-1]}", flush=True)
-            for kind in ("naive", "ours"):
+            for kind in ("naive", "ours", "ours_bf16"):
                 results["train"][kind].append(run_side(["--side", f"{kind}:train", *common]))
                 print(f"round {r + 1} train {kind}: {results['train'][kind][-1]}", flush=True)
 
@@ -175,12 +175,17 @@ def main():
     for part, (base, ours) in (("pipeline", ("seed", "ours")), ("train", ("naive", "ours"))):
         b, o = best(results[part][base]), best(results[part][ours])
         summary[part] = {base: b, "ours": o, "ratio": round(o["images_per_sec"] / b["images_per_sec"], 2)}
+    bf = best(results["train"]["ours_bf16"])
+    summary["train_bf16"] = {"ours": bf, "ratio": round(bf["images_per_sec"] / summary["train"]["naive"]["images_per_sec"], 2)}
     print("\n| part | baseline img/s | ours img/s | ratio | baseline peak RSS MB | ours peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for part, base in (("pipeline", "seed"), ("train", "naive")):
         s = summary[part]
         print(f"| {part} | {s[base]['images_per_sec']:.1f} | {s['ours']['images_per_sec']:.1f} | {s['ratio']}x "
               f"| {s[base]['peak_rss_mb']} | {s['ours']['peak_rss_mb']} |")
+    s = summary["train_bf16"]
+    print(f"| train, amp=bf16 (CPU autocast) | {summary['train']['naive']['images_per_sec']:.1f} | "
+          f"{s['ours']['images_per_sec']:.1f} | {s['ratio']}x | {summary['train']['naive']['peak_rss_mb']} | {s['ours']['peak_rss_mb']} |")
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=2))
 
