@@ -347,13 +347,12 @@ class VanishingGradient(LocalRule):
         return bool(fired)
 
 
-class ExplodingTensor(LocalRule):
-    """Fires at a step where a saved tensor (collections/tensor_regex; by default losses, weights, biases,
-    gradients) holds a NaN, or an infinity unless only_nan."""
+class TensorScanRule(LocalRule):
+    """A rule that checks every tensor of `collection_names` / `tensor_regex` at each step: a subclass
+    says which tensor is bad (`is_bad`) and how to name the finding (`FINDING`)."""
 
-    DEFAULTS = {"only_nan": False, "collection_names": "losses,weights,biases,gradients", "tensor_regex": ""}
-    DESCRIPTION = "A tensor holds NaN or infinite values."
-    RECOMMENDATION = "Lower the learning rate, clip gradients, check the data for NaNs and use a numerically stable loss."
+    DTYPE = None
+    FINDING = ""
 
     def __init__(self, base_trial, **params):
         super().__init__(base_trial, **params)
@@ -361,19 +360,36 @@ class ExplodingTensor(LocalRule):
         self.names = _names(base_trial, colls, self.params["tensor_regex"] or None)
         self.has_data = bool(self.names)
 
+    def is_bad(self, v) -> bool:
+        raise NotImplementedError
+
     def invoke_at_step(self, step):
         bad = []
         for name in self.names:
             try:
-                v = np.asarray(self.base_trial.tensor(name).value(step), dtype=np.float64)
+                v = np.asarray(self.base_trial.tensor(name).value(step), dtype=self.DTYPE)
             except Exception:
                 continue
             self.datapoints += 1
-            if np.isnan(v).any() or (not self.params["only_nan"] and np.isinf(v).any()):
+            if self.is_bad(v):
                 bad.append(name)
         if bad:
-            self.note(step, f"{len(bad)} tensors with NaN/inf: " + ", ".join(bad[:3]))
+            self.note(step, f"{len(bad)} {self.FINDING}: " + ", ".join(bad[:3]))
         return bool(bad)
+
+
+class ExplodingTensor(TensorScanRule):
+    """Fires at a step where a saved tensor (collections/tensor_regex; by default losses, weights, biases,
+    gradients) holds a NaN, or an infinity unless only_nan."""
+
+    DEFAULTS = {"only_nan": False, "collection_names": "losses,weights,biases,gradients", "tensor_regex": ""}
+    DESCRIPTION = "A tensor holds NaN or infinite values."
+    RECOMMENDATION = "Lower the learning rate, clip gradients, check the data for NaNs and use a numerically stable loss."
+    DTYPE = np.float64
+    FINDING = "tensors with NaN/inf"
+
+    def is_bad(self, v) -> bool:
+        return bool(np.isnan(v).any() or (not self.params["only_nan"] and np.isinf(v).any()))
 
 
 class PoorWeightInitialization(LocalRule):
@@ -571,32 +587,16 @@ class WeightUpdateRatio(LocalRule):
         return bool(bad)
 
 
-class AllZero(LocalRule):
+class AllZero(TensorScanRule):
     """Fires at a step where a saved tensor (collection_names / tensor_regex) is at least threshold % zeros."""
 
     DEFAULTS = {"threshold": 100.0, "collection_names": "weights,gradients", "tensor_regex": ""}
     DESCRIPTION = "Tensors are all zeros."
     RECOMMENDATION = "Check initialisation, frozen or disconnected layers, and that the inputs are not blank."
+    FINDING = "tensors all zero"
 
-    def __init__(self, base_trial, **params):
-        super().__init__(base_trial, **params)
-        colls = [c.strip() for c in str(self.params["collection_names"]).split(",") if c.strip()]
-        self.names = _names(base_trial, colls, self.params["tensor_regex"] or None)
-        self.has_data = bool(self.names)
-
-    def invoke_at_step(self, step):
-        bad = []
-        for name in self.names:
-            try:
-                v = np.asarray(self.base_trial.tensor(name).value(step))
-            except Exception:
-                continue
-            self.datapoints += 1
-            if v.size and 100.0 * float((v == 0).mean()) >= float(self.params["threshold"]):
-                bad.append(name)
-        if bad:
-            self.note(step, f"{len(bad)} tensors all zero: " + ", ".join(bad[:3]))
-        return bool(bad)
+    def is_bad(self, v) -> bool:
+        return bool(v.size and 100.0 * float((v == 0).mean()) >= float(self.params["threshold"]))
 
 
 # ----------------------------------------------------------------------------- profiler rules
