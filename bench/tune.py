@@ -24,7 +24,7 @@ def study(name, data, out, args, pruner):
     config = {
         "space": tune.DEFAULT_SPACE,  # the space: lr log [1e-3, 1e-1], batch-size {32, 64, 128, 256}
         "fixed": {"arch": "resnet18", "weights": "none", "image-size": args.image_size, "epochs": args.epochs,
-                  "workers": 0, "seed": 0},
+                  "workers": 0, "seed": 0, "debug": False, "profiler": False},
         "trials": args.trials, "parallel": args.parallel, "seed": args.seed, "sampler": "tpe", "pruner": pruner,
         "objective": args.objective, "prune_startup_trials": args.startup, "prune_warmup_steps": 0,
     }
@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--startup", type=int, default=2, help="median pruner: completed trials before pruning starts")
     p.add_argument("--objective", default="valid_loss", choices=tuple(tune.OBJECTIVES))
-    p.add_argument("--pruners", default="median,hyperband", help="pruners compared with no pruning")
+    p.add_argument("--pruners", default="median,successive-halving", help="pruners compared with no pruning")
     p.add_argument("--out", default="bench-artifacts/tune")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()

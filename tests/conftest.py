@@ -24,6 +24,20 @@ FAST_HP = {
 TINY_HP = {**FAST_HP, "image-size": "32", "epochs": "1", "max-steps": "2", "batch-size": "8", "debug": "false"}
 
 
+def pytest_configure(config):
+    # the decoded-image cache of every job the tests start (process backend) goes to a folder of this run
+    import tempfile
+
+    config._localsage_cache = tempfile.mkdtemp(prefix="localsage-test-cache-")
+    os.environ["LOCALSAGE_CACHE_DIR"] = config._localsage_cache
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    shutil.rmtree(getattr(config, "_localsage_cache", ""), ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir():
     path = Path(os.environ.get("LOCALSAGE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))

@@ -211,8 +211,8 @@ def test_preprocessing_matches_training_eval_transform(served_model_dir, test_im
     tf = data.eval_transform(cfg["image_size"], cfg["resize_size"])
     for path, _ in test_images[:5]:
         ours = clf._to_tensor([clf.preprocess_image(path.read_bytes())])
-        img = data.open_rgb(str(path), cfg["resize_size"])
-        theirs = normalize(tf(img).unsqueeze(0))  # eval_transform ends with PILToTensor (uint8 CHW)
+        img = data.decode(str(path), cfg["resize_size"])  # the training loader's decode (uint8 CHW)
+        theirs = normalize(tf(img).unsqueeze(0))
         assert ours.shape == theirs.shape == (1, 3, cfg["image_size"], cfg["image_size"])
         assert torch.equal(ours, theirs)
 

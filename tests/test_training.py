@@ -309,3 +309,87 @@ def test_checkpoint_never_half_written(tmp_path):
         proc.wait()
         state = torch.load(target, weights_only=True)  # never a torn file
         assert state["w"].numel() in (1, 4_000_000)
+
+
+# ------------------------------------------------------------------ decoding and the decoded-image cache
+
+def _pil_reference(path, draft=None):
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(path)
+    if draft:
+        img.draft("RGB", (draft, draft))
+    return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def test_decode_matches_pil_for_jpeg_gray_cmyk_png_and_draft(tmp_path):
+    from PIL import Image
+
+    from localsage import data as data_mod
+
+    data_mod.make_photo_like(tmp_path / "photo.jpg", 500, 375, seed=3)
+    img = Image.open(tmp_path / "photo.jpg")
+    img.convert("L").save(tmp_path / "gray.jpg", quality=90)
+    img.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    img.convert("RGBA").save(tmp_path / "rgba.png")
+    img.resize((1000, 750)).save(tmp_path / "big.jpg", quality=90)
+    for name in ("photo.jpg", "gray.jpg", "cmyk.jpg", "rgba.png"):
+        ours = data_mod.decode(str(tmp_path / name), draft_size=224)
+        assert ours.dtype == torch.uint8 and ours.shape == (3, 375, 500), name
+        assert torch.equal(ours, _pil_reference(tmp_path / name)), name
+    # >= 2x the target: DCT-scaled decode, the same pixels as PIL's draft (the serving handler's call)
+    big = data_mod.decode(str(tmp_path / "big.jpg"), draft_size=224)
+    assert big.shape == (3, 375, 500) and torch.equal(big, _pil_reference(tmp_path / "big.jpg", 224))
+    (tmp_path / "trunc.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes()[:3000])
+    with pytest.raises(Exception):
+        data_mod.decode(str(tmp_path / "trunc.jpg"))
+
+
+def test_decoded_cache_is_transparent_shared_and_invalidated(tmp_path, monkeypatch):
+    import os
+
+    from localsage import data as data_mod
+
+    root = data_mod.make_demo_data(tmp_path / "d", classes=2, per_class=6, size=48, corrupt=2)
+    monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(tmp_path / "cache"))
+    paths, targets, _ = data_mod.scan_split(root / "train", "train")
+    assert data_mod.plan_cache({"train": paths}, "off") is None
+    cache = data_mod.plan_cache({"train": paths}, "decoded")
+    assert cache == tmp_path / "cache"
+    tf = data_mod.eval_transform(32)
+    plain = data_mod.ImageDataset(paths, targets, tf, draft_size=37)
+    cached = data_mod.ImageDataset(paths, targets, tf, draft_size=37, cache=cache)
+    cold = [cached[i] for i in range(len(paths))]
+    files = sorted(cache.rglob("*.u8"))
+    good = len(paths) - 2
+    assert len(files) == good  # corrupt files are never cached
+    assert not list(cache.rglob("*.tmp"))
+    warm = [cached[i] for i in range(len(paths))]
+    for i in range(len(paths)):
+        ref = plain[i]
+        for got in (cold[i], warm[i]):
+            assert (got[0] is None) == (ref[0] is None)
+            if ref[0] is not None:
+                assert torch.equal(got[0][0], ref[0][0]) and got[0][1] == ref[0][1]
+    # warm reads come from the cache: poison one entry's pixels and see them
+    first = next(i for i in range(len(paths)) if plain[i][0] is not None)
+    key = data_mod._cache_key(paths[first].decode(), 37)
+    entry = cache / key[:2] / f"{key}.u8"
+    raw = bytearray(entry.read_bytes())
+    raw[data_mod.CACHE_HEADER:] = bytes(len(raw) - data_mod.CACHE_HEADER)
+    entry.write_bytes(bytes(raw))
+    assert int(cached[first][0][0].sum()) == 0
+    # a changed source file gets a new entry (the old one is never read again)
+    path = paths[first].decode()
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert torch.equal(cached[first][0][0], plain[first][0][0])
+    assert len(list(cache.rglob("*.u8"))) == good + 1
+    # a truncated entry is treated as a miss and rewritten
+    entry.write_bytes(b"xx")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert torch.equal(cached[first][0][0], plain[first][0][0])
+    # too little disk: the cache turns itself off
+    monkeypatch.setattr(data_mod, "cache_estimate", lambda p: 1 << 60)
+    assert data_mod.plan_cache({"train": paths}, "decoded") is None

@@ -3,13 +3,16 @@
 Layout (dogImages): <split>/<NNN.Class_Name>/*.jpg for split in train, valid, test. The class index
 is the sorted folder order; `001.Affenpinscher` is shown and exported as `Affenpinscher`.
 
-Speed: workers decode JPEGs with PIL's draft mode (DCT scaling, when the target size allows) and
-hand uint8 tensors to the main process; conversion to float, normalisation and channels_last
-happen once per batch on the training device (`Normalize`). The dataset index is two numpy
+Speed: workers decode JPEGs with libjpeg-turbo straight into uint8 tensors (torchvision.io; PIL's
+DCT-scaled draft decode for photos at least twice the target size; PIL for other formats), resize
+and crop those tensors with torch's vectorised uint8 kernels (about 4x cheaper than PIL's resize
+here), and hand uint8 batches to the main process; conversion to float, normalisation and
+channels_last happen once per batch on the training device (`Normalize`). The dataset index is two numpy
 arrays, so forked workers share it instead of copying a list of Python objects.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -72,19 +75,34 @@ def check_classes(folders_by_split: dict) -> list:
     return reference
 
 
-def open_rgb(path: str, draft_size: int | None = None) -> Image.Image:
-    img = Image.open(path)
-    if draft_size and img.format == "JPEG":
+def decode(path: str, draft_size: int | None = None) -> torch.Tensor:
+    """An image file as a uint8 RGB CHW tensor. Raises on unreadable, truncated or corrupt data.
+
+    JPEGs decode with torchvision's libjpeg-turbo (bit-identical to PIL's decode, faster); one whose
+    shorter side is at least 2 * draft_size decodes DCT-scaled through PIL's draft (1/2, 1/4, 1/8,
+    both sides kept >= draft_size), which is the call the serving handler makes too."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\xff\xd8":
+        img = Image.open(io.BytesIO(raw))  # header only
+        if not (draft_size and min(img.size) >= 2 * draft_size):
+            return decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
         img.draft("RGB", (draft_size, draft_size))
-    return img.convert("RGB")
+    else:
+        img = Image.open(io.BytesIO(raw))
+    img = img.convert("RGB")
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
 def train_transform(image_size: int, augment: bool = True, resize_size: int = 0):
+    """uint8 CHW tensor -> uint8 CHW crop: RandomResizedCrop + horizontal flip (or the eval path)."""
     from torchvision.transforms import v2
 
     if not augment:
         return eval_transform(image_size, resize_size)
-    return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor()])
+    return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()])
 
 
 def default_resize(image_size: int) -> int:
@@ -92,21 +110,95 @@ def default_resize(image_size: int) -> int:
 
 
 def eval_transform(image_size: int, resize_size: int = 0):
-    """The seed's eval path: resize the short side, center crop, (normalise later, per batch)."""
+    """The seed's eval path on uint8 CHW tensors: resize the short side, center crop (normalise later, per batch)."""
     from torchvision.transforms import v2
 
-    return v2.Compose(
-        [v2.Resize(resize_size or default_resize(image_size), antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()]
-    )
+    return v2.Compose([v2.Resize(resize_size or default_resize(image_size), antialias=True), v2.CenterCrop(image_size)])
+
+
+# ---------------------------------------------------------------- decoded-image cache
+#
+# Decoding is most of a worker's time per image (libjpeg ~1.5 ms for a 500x375 photo here vs
+# ~0.45 ms for the random crop + resize). Epochs after the first read what `decode` returned from
+# a raw file instead (~0.15 ms): the cache holds exactly the decoded pixels, so a cached and an
+# uncached epoch see bit-identical images. One file per (image path, size, mtime, draft size),
+# written to a temp name and renamed (workers, DDP ranks and concurrent tuning trials share it
+# safely); a changed source file gets a new key. Lives in $LOCALSAGE_CACHE_DIR
+# (default <tmp>/localsage-cache) and survives the job, so later jobs and trials start warm.
+
+CACHE_HEADER = 8  # uint16 channels, height, width, pad
+
+
+def cache_dir() -> Path:
+    import tempfile
+
+    return Path(os.environ.get("LOCALSAGE_CACHE_DIR") or Path(tempfile.gettempdir()) / "localsage-cache")
+
+
+def cache_estimate(paths) -> int:
+    """Bytes the decoded cache needs for these files (JPEG photos decode to ~10-15x their size)."""
+    return sum(os.stat(p).st_size for p in paths) * 15
+
+
+def plan_cache(paths_by_split: dict, mode: str):
+    """The cache folder to use, or None (mode off, or too little free disk: logged)."""
+    if mode == "off":
+        return None
+    import shutil
+
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    need = sum(cache_estimate(p) for p in paths_by_split.values())
+    free = shutil.disk_usage(root).free
+    if free < need + 2**30:
+        log.warning("decoded-image cache off: %s has %.1f GB free, the cache needs about %.1f GB (+1 GB margin); "
+                    "set LOCALSAGE_CACHE_DIR to a larger disk", root, free / 1e9, need / 1e9)
+        return None
+    log.info("decoded-image cache: %s (up to about %.1f GB)", root, need / 1e9)
+    return root
+
+
+def _cache_key(path: str, draft_size) -> str:
+    import hashlib
+
+    st = os.stat(path)
+    ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{draft_size or 0}"
+    return hashlib.sha1(ident.encode()).hexdigest()
+
+
+def cached_decode(path: str, draft_size, root: Path) -> torch.Tensor:
+    """`decode`, read from / written to the cache under root."""
+    key = _cache_key(path, draft_size)
+    file = root / key[:2] / f"{key}.u8"
+    try:
+        with open(file, "rb") as f:
+            raw = bytearray(f.read())
+        c, h, w, _ = np.frombuffer(raw, dtype=np.uint16, count=4)
+        if len(raw) == CACHE_HEADER + int(c) * int(h) * int(w):
+            return torch.frombuffer(raw, dtype=torch.uint8, offset=CACHE_HEADER).view(int(c), int(h), int(w))
+    except (FileNotFoundError, ValueError):
+        pass
+    img = decode(path, draft_size)
+    try:
+        file.parent.mkdir(exist_ok=True)
+        tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(np.array([*img.shape, 0], dtype=np.uint16).tobytes())
+            f.write(img.contiguous().numpy().tobytes())
+        os.replace(tmp, file)
+    except OSError as exc:  # a full disk slows training down, it does not stop it
+        log.warning("could not write the decoded-image cache (%s): %s", file, exc)
+    return img
 
 
 class ImageDataset(torch.utils.data.Dataset):
     """Images as uint8 CHW tensors. A file that fails to decode yields None (skipped by `collate`),
-    or raises DataError when strict."""
+    or raises DataError when strict. With cache (a folder from `plan_cache`), decoded pixels are
+    kept there for the next epochs."""
 
-    def __init__(self, paths, targets, transform, draft_size=None, strict=False):
+    def __init__(self, paths, targets, transform, draft_size=None, strict=False, cache=None):
         self.paths, self.targets = paths, targets
-        self.transform, self.draft_size, self.strict = transform, draft_size, strict
+        self.transform, self.draft_size, self.strict, self.cache = transform, draft_size, strict, cache
 
     def __len__(self):
         return len(self.paths)
@@ -114,8 +206,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         path = self.paths[index].decode()
         try:
-            img = open_rgb(path, self.draft_size)
-            img.load()
+            if self.cache is not None:
+                img = cached_decode(path, self.draft_size, self.cache)
+            else:
+                img = decode(path, self.draft_size)
         except Exception as exc:  # PIL raises many types for corrupt data
             if self.strict:
                 raise DataError(f"unreadable image {path}: {exc} (strict-data=true)") from exc
@@ -144,10 +238,11 @@ class Normalize(torch.nn.Module):
         self.channels_last = channels_last
 
     def forward(self, x):
-        x = x.float()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return (x - self.mean) / self.std
+        # x * (1/std) - mean/std in one fused op on contiguous NCHW, then channels_last: within an
+        # ulp of (x - mean) / std and 2-4x cheaper than broadcasting over a channels_last tensor.
+        # The serving handler's `_to_tensor` does the same arithmetic (its pixels match training's).
+        x = torch.addcmul(-self.mean / self.std, x.contiguous().float(), 1 / self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def default_workers() -> int:

@@ -86,6 +86,8 @@ PARAMS = (
     P("seed", int, 0, "random seed", min=0),
     P("patience", int, 0, "early stopping: stop after this many epochs without valid_loss improvement (0 = off)", min=0),
     P("strict-data", bool, False, "fail on unreadable images instead of skipping them"),
+    P("data-cache", str, "decoded", "decoded: keep decoded pixels on local disk ($LOCALSAGE_CACHE_DIR, default <tmp>/localsage-cache) so epochs after the first skip JPEG decoding (bit-identical images; off when the disk lacks room) | off",
+      choices=("decoded", "off")),
     P("max-steps", int, 0, "stop each epoch after this many steps (0 = full epoch; for smoke tests)", min=0),
     P("threads", int, 0, "torch intra-op threads on CPU (0 = physical cores available)", min=0),
     # debugger and profiler (localsage.debugger)

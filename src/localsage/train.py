@@ -137,11 +137,12 @@ class Job:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.normalize = data.Normalize(channels_last=self.channels_last).to(self.device)
         self.datasets = {}
+        cache = data.plan_cache({split: idx[0] for split, idx in indexed.items()}, hp["data-cache"])
         for split, (paths, targets, _) in indexed.items():
             train = split == "train"
             tf = data.train_transform(self.image_size, hp["augment"], self.resize_size) if train else data.eval_transform(self.image_size, self.resize_size)
             draft = self.image_size if train and hp["augment"] else self.resize_size
-            self.datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"])
+            self.datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"], cache=cache)
         workers = data.default_workers() if hp["workers"] < 0 else hp["workers"]
         pin = self.device.type == "cuda"
         # data parallel: each rank trains on its DistributedSampler share and evaluates a disjoint shard

@@ -28,7 +28,7 @@ from . import hyperparameters, metrics, runner
 
 OBJECTIVES = {"valid_loss": "minimize", "valid_acc": "maximize"}
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "successive-halving", "hyperband", "none")
 # The seed project's SageMaker HPO space.
 DEFAULT_SPACE = {
     "lr": {"type": "float", "min": 1e-3, "max": 1e-1, "scale": "log"},
@@ -271,6 +271,10 @@ def make_pruner(t: Tuning):
     if t.pruner == "hyperband":
         epochs = int(t.fixed.get("epochs", hyperparameters.SPEC["epochs"].default)) if "epochs" not in t.space else "auto"
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if t.pruner == "successive-halving":
+        # asynchronous successive halving: rungs at epochs r, 3r, 9r, ... (r = max(1, warm-up steps));
+        # a trial goes on past a rung only while it is in the best third of the trials that reached it
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, t.prune_warmup_steps), reduction_factor=3)
     return optuna.pruners.MedianPruner(n_startup_trials=t.prune_startup_trials, n_warmup_steps=t.prune_warmup_steps)
 
 
