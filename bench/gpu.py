@@ -92,10 +92,12 @@ def e2e(out: Path, photos: int):
     env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src"), "LOCALSAGE_CACHE_DIR": "/tmp/localsage-gpu-cache"}
     for cache in ("decoded", "off"):
         name = f"gpu-e2e-{cache}"
-        cmd = [sys.executable, "-m", "localsage", "train", "--backend", "process", "--data", str(root),
-               "--jobs-dir", "/tmp/localsage-gpu-jobs", "--name", name,
-               "--hp", "arch=resnet50", "--hp", "weights=none", "--hp", "epochs=3", "--hp", "batch-size=128",
-               "--hp", "lr=0.001", "--hp", "debug=false", "--hp", f"data-cache={cache}"]
+        hp = {"arch": "resnet50", "weights": "none", "epochs": "3", "batch-size": "128", "lr": "0.001",
+              "debug": "false", "data-cache": cache}
+        # the runner's process backend, called from Python (the CLI's debugger commands need smdebug)
+        code = ("import sys, json; from localsage import runner; r = runner.train(sys.argv[1], json.loads(sys.argv[2]), "
+                "name=sys.argv[3], jobs_dir='/tmp/localsage-gpu-jobs', echo=True); print(r['TrainingJobStatus'], r.get('FailureReason'))")
+        cmd = [sys.executable, "-c", code, str(root), json.dumps(hp), name]
         t0 = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         job = Path("/tmp/localsage-gpu-jobs") / name
