@@ -91,6 +91,8 @@ def test_samplers_pruners_and_worker_resources():
         assert 1e-3 <= params["lr"] <= 1e-1 and params["batch-size"] in (32, 64, 128, 256)
     assert isinstance(tune.make_pruner(tune.build({}, {})), optuna.pruners.MedianPruner)
     assert isinstance(tune.make_pruner(tune.build({"pruner": "hyperband"}, {})), optuna.pruners.HyperbandPruner)
+    sha = tune.make_pruner(tune.build({"pruner": "successive-halving", "prune_warmup_steps": 2}, {}))
+    assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner) and sha._min_resource == 2
     assert isinstance(tune.make_pruner(tune.build({}, {"pruner": "none"})), optuna.pruners.NopPruner)
     # a GPU per parallel trial, round robin; without GPUs an equal share of the CPU threads
     assert tune.slot_env(1, 2, ["0", "1"], {}, 8) == ({"CUDA_VISIBLE_DEVICES": "1"}, {})
@@ -139,6 +141,18 @@ def test_sagemaker_tuner_request_matches_the_space(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["HyperParameterTuningJobConfig"]["ParameterRanges"] == ranges
     assert printed["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] == "Off"
+
+
+def test_sagemaker_tuner_without_aws_credentials_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code = cli_main(["tune", "--backend", "sagemaker", "--image", "123.dkr.ecr.eu-west-1.amazonaws.com/localsage:1",
+                     "--s3-data", "s3://b/dogs", "--region", "eu-west-1", "--role", "arn:aws:iam::1:role/r"])
+    assert code != 0
+    assert "no AWS credentials" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- local studies of real jobs

@@ -652,37 +652,19 @@ def sagemaker_tuner(t: Tuning, session=None, image=None, role=None, instance_typ
         early_stopping_type="Off" if t.pruner == "none" else "Auto")
 
 
-DRY_RUN_REGION = "us-east-1"
-DRY_RUN_ROLE = "arn:aws:iam::111122223333:role/localsage-sagemaker"
-
-
 def dry_run_request(t: Tuning, image=None, role=None, s3_data=None, output_path=None,
-                    instance_type="ml.g4dn.xlarge", region=DRY_RUN_REGION) -> dict:
-    """The CreateHyperParameterTuningJob request the SDK would send, captured from a SageMaker client
-    stubbed with botocore's Stubber (dummy credentials, nothing leaves the machine). botocore validates
-    the request against the SageMaker service model on the way."""
-    import boto3
-    import sagemaker
-    from botocore.stub import Stubber
+                    instance_type="ml.g4dn.xlarge", region=None) -> dict:
+    """The CreateHyperParameterTuningJob request the SDK would send, built through cloud.dry_run's
+    session (placeholder credentials, telemetry off, no EC2-metadata lookup; nothing leaves the machine)."""
+    from . import cloud
 
-    os.environ.setdefault("SAGEMAKER_TELEMETRY_OPT_OUT", "true")  # no telemetry call from the SDK
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    boto = boto3.Session(aws_access_key_id="dry-run", aws_secret_access_key="dry-run", region_name=region)
-    client = boto.client("sagemaker")
-    captured = {}
-    client.meta.events.register("provide-client-params.sagemaker.CreateHyperParameterTuningJob",
-                                lambda params, **kw: captured.update(params))
-    stubber = Stubber(client)
-    stubber.add_response("create_hyper_parameter_tuning_job",
-                         {"HyperParameterTuningJobArn": f"arn:aws:sagemaker:{region}:111122223333:hyper-parameter-tuning-job/dry-run"})
-    session = sagemaker.Session(boto_session=boto, sagemaker_client=client)
-    image = image or f"111122223333.dkr.ecr.{region}.amazonaws.com/localsage:latest"
-    tuner = sagemaker_tuner(t, session=session, image=image, role=role or DRY_RUN_ROLE, instance_type=instance_type,
-                            output_path=output_path or "s3://localsage-dry-run/output")
-    with stubber:
+    with cloud.dry_run(region) as (session, calls):
+        tuner = sagemaker_tuner(
+            t, session=session, role=cloud.role_arn(role), instance_type=instance_type,
+            image=image or cloud.ecr_image_uri(cloud.ACCOUNT_PLACEHOLDER, session.boto_region_name),
+            output_path=output_path or "s3://localsage-dry-run/output")
         tuner.fit({"training": s3_data or "s3://localsage-dry-run/data"}, wait=False)
-    stubber.assert_no_pending_responses()
-    return captured
+    return next(c["request"] for c in calls if c["operation"] == "CreateHyperParameterTuningJob")
 
 
 def validate_request(request: dict):
@@ -716,7 +698,8 @@ def add_parser(subparsers):
     p.add_argument("--jobs-dir")
     p.add_argument("--quiet", action="store_true", help="do not echo the jobs' logs")
     p.add_argument("--dry-run", action="store_true", help="with --backend sagemaker: print the request, send nothing")
-    p.add_argument("--role", help="SageMaker execution role ARN")
+    p.add_argument("--role", help="SageMaker execution role ARN or name (default $LOCALSAGE_SAGEMAKER_ROLE)")
+    p.add_argument("--region", help="AWS region (default: the AWS configuration's)")
     p.add_argument("--instance-type", default="ml.g4dn.xlarge")
     p.add_argument("--s3-data", help="S3 URI of the training channel (SageMaker)")
     p.add_argument("--s3-output", help="S3 URI for model artifacts (SageMaker)")
@@ -735,15 +718,21 @@ def cmd_tune(args):
     t = build(raw, overrides, args.jobs_dir)
     if t.backend == "sagemaker":
         if args.dry_run:
-            request = dry_run_request(t, image=t.image, role=args.role, s3_data=args.s3_data, output_path=args.s3_output)
+            request = dry_run_request(t, image=t.image, role=args.role, s3_data=args.s3_data,
+                                      output_path=args.s3_output, instance_type=args.instance_type, region=args.region)
             validate_request(request)
             print(json.dumps(request, indent=2, default=str))
             return 0
-        import sagemaker
+        from . import cloud
 
-        if not (t.image and args.role and args.s3_data):
-            raise TuneError("--backend sagemaker needs --image, --role and --s3-data (or --dry-run)")
-        tuner = sagemaker_tuner(t, session=sagemaker.Session(), image=t.image, role=args.role,
+        if not (t.image and args.s3_data):
+            raise TuneError("--backend sagemaker needs --image and --s3-data (or --dry-run)")
+        try:
+            boto_session = cloud.aws_session(args.region)
+            role = cloud.role_arn(args.role, boto_session)
+        except cloud.CloudError as exc:
+            raise TuneError(str(exc)) from None
+        tuner = sagemaker_tuner(t, session=cloud.sagemaker_session(boto_session), image=t.image, role=role,
                                 instance_type=args.instance_type, output_path=args.s3_output)
         tuner.fit({"training": args.s3_data}, wait=False)
         print(f"SageMaker tuning job started: {tuner.latest_tuning_job.name}")
