@@ -141,5 +141,5 @@ def to_strings(values: dict) -> dict:
 def markdown_table() -> str:
     rows = ["| name | type | default | meaning |", "|---|---|---|---|"]
     for p in PARAMS:
-        rows.append(f"| `{p.name}` | {p.type.__name__} | `{p.default}` | {p.help} |")
+        rows.append(f"| `{p.name}` | {p.type.__name__} | `{p.default}` | {p.help.replace('|', chr(92) + '|')} |")
     return "\n".join(rows)
