@@ -180,6 +180,9 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
         assert record["Tags"] == {"tune-study": "six", "tune-trial": str(tr.number)}
         assert record["HyperParameters"]["lr"] == str(tr.params["lr"]) and record["HyperParameters"]["threads"] == threads
         assert record["TrainingJobStatus"] == ("Completed" if tr.state.name == "COMPLETE" else "Stopped")
+        # no debugger tensors in trials (GBs per study); best_hyperparameters.json below does not carry that
+        assert record["HyperParameters"]["debug"] == "false"
+        assert not (Path(record["JobDir"]) / "output/tensors").exists()
     # two workers: some jobs ran at the same time
     spans = sorted((r["TrainingStartTime"], r["TrainingEndTime"]) for r in records.values())
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
