@@ -41,9 +41,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_hosts_train_data_parallel(tmp_path, small_data):
+def run_two_hosts(tmp_path, data, hp):
+    """Start the leader and the second host, wait for both; (roots, outputs)."""
     hosts = ["127.0.0.1", "localhost"]
-    hp = {**TINY_HP, "epochs": "2", "max-steps": "0", "workers": "0"}
     roots = []
     for host in hosts:
         root = tmp_path / host
@@ -51,7 +51,7 @@ def test_two_hosts_train_data_parallel(tmp_path, small_data):
         contract.write_config(root, hp, [contract.COMBINED_CHANNEL], hosts=hosts, current_host=host)
         rc = root / "input/config/resourceconfig.json"
         rc.write_text(json.dumps({"current_host": host, "hosts": hosts}))  # no interface name: use any
-        os.symlink(small_data, root / "input/data" / contract.COMBINED_CHANNEL)
+        os.symlink(data, root / "input/data" / contract.COMBINED_CHANNEL)
         roots.append(root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
     env.update(MASTER_PORT=str(free_port()), PYTHONUNBUFFERED="1")
@@ -68,6 +68,11 @@ def test_two_hosts_train_data_parallel(tmp_path, small_data):
         outs.append(out)
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
+    return roots, outs
+
+
+def test_two_hosts_train_data_parallel(tmp_path, small_data):
+    roots, outs = run_two_hosts(tmp_path, small_data, {**TINY_HP, "epochs": "2", "max-steps": "0", "workers": "0"})
     assert "rank=0 world_size=2" in outs[0] and "rank=1 world_size=2" in outs[1]
     # the leader writes the model and the metrics; the other host writes neither
     assert (roots[0] / "model" / export.WEIGHTS_FILE).exists()
@@ -77,3 +82,18 @@ def test_two_hosts_train_data_parallel(tmp_path, small_data):
     assert [r["epoch"] for r in rows] == [1, 2]
     # metric lines come from the leader only (one per epoch, not one per host)
     assert "epoch=" not in outs[1]
+
+
+def test_a_rank_with_an_unreadable_batch_keeps_step_with_the_others(tmp_path):
+    """One image per step and several corrupt files: some step has nothing readable on one rank but
+    not on the other. That rank takes a zero-weight step instead of skipping it, so the gradient
+    all-reduces stay paired and the job finishes instead of hanging."""
+    from localsage.data import make_demo_data
+
+    data = make_demo_data(tmp_path / "bad", classes=2, per_class=8, size=32, seed=2, corrupt=5)
+    roots, outs = run_two_hosts(tmp_path / "jobs", data,
+                                {**TINY_HP, "epochs": "1", "max-steps": "0", "workers": "0", "batch-size": "1",
+                                 "image-size": "64"})  # 64 px: resnet18's last BatchNorm sees 2x2 values
+    assert "zero-weight step" in "".join(outs)
+    summary = json.loads((roots[0] / "output/data/summary.json").read_text())
+    assert summary["epochs_run"] == 1

@@ -231,12 +231,23 @@ class Job:
                 if index not in self.bad_files[split]:
                     self.bad_files[split].add(index)
                     log.warning("skipped unreadable image %s", self.datasets[split].paths[index].decode())
-            if images is None:
-                continue
             if limit and step >= limit:
                 break
+            if images is None:  # every image of the batch unreadable
+                if not (self.world > 1 and split == "train"):
+                    continue
+                # DDP: each step's gradient all-reduce needs every rank, so a rank with nothing to
+                # train on takes the step with a two-image stand-in (BatchNorm needs > 1 value per
+                # channel) whose loss is multiplied by 0
+                # instead of skipping it and leaving the other ranks waiting
+                log.warning("rank %d: batch %d of %s had no readable image: zero-weight step", self.rank, step, split)
+                images = torch.zeros((2, 3, self.image_size, self.image_size), dtype=torch.uint8)
+                labels = torch.zeros((2,), dtype=torch.long)
+                weight = 0.0
+            else:
+                weight = 1.0
             images = self.normalize(images.to(self.device, non_blocking=True))
-            yield images, labels.to(self.device, non_blocking=True)
+            yield images, labels.to(self.device, non_blocking=True), weight
 
     def train_epoch(self):
         self.step_model.train()
@@ -245,10 +256,12 @@ class Job:
         t0 = time.time()
         self.dbg.mode("train")
         timer = self.dbg.timer
-        for images, labels in timer.wrap(self.batches("train", self.hp["max-steps"]), "train"):
+        for images, labels, weight in timer.wrap(self.batches("train", self.hp["max-steps"]), "train"):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits = self.step_model(images)
                 loss = self.criterion(logits, labels)
+                if not weight:  # a DDP stand-in step (see batches)
+                    loss = loss * 0.0
             timer.mark("forward")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -257,9 +270,9 @@ class Job:
             self.scaler.update()
             self.scheduler.step()
             timer.mark("optimizer")
-            n = labels.numel()
+            n = labels.numel() if weight else 0
             loss_sum += loss.item() * n
-            correct += (logits.argmax(1) == labels).sum().item()
+            correct += (logits.argmax(1) == labels).sum().item() if n else 0
             total += n
             seen += 1
             bar.update(1)
@@ -280,7 +293,7 @@ class Job:
         total, correct, loss_sum = 0, 0, 0.0
         mode = "eval" if split == "valid" else "predict"
         self.dbg.mode(mode)
-        for images, labels in self.dbg.timer.wrap(self.batches(split), mode):
+        for images, labels, _ in self.dbg.timer.wrap(self.batches(split), mode):
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits = model(images)
             loss_sum += self.eval_criterion(logits.float(), labels).item() * labels.numel()
