@@ -80,18 +80,23 @@ def decode(path: str, draft_size: int | None = None) -> torch.Tensor:
 
     JPEGs decode with torchvision's libjpeg-turbo (bit-identical to PIL's decode, faster); one whose
     shorter side is at least 2 * draft_size decodes DCT-scaled through PIL's draft (1/2, 1/4, 1/8,
-    both sides kept >= draft_size), which is the call the serving handler makes too."""
+    both sides kept >= draft_size), which is the call the serving handler makes too. Anything
+    torchvision's decoder refuses goes through PIL, so a file is skipped only when PIL fails too.
+    (torchvision 0.29 marks torchvision.io's decoders deprecated in favour of TorchCodec; the
+    pinned version has them.)"""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with open(path, "rb") as f:
         raw = f.read()
-    if raw[:2] == b"\xff\xd8":
-        img = Image.open(io.BytesIO(raw))  # header only
+    img = Image.open(io.BytesIO(raw))  # parses the header only
+    if img.format == "JPEG":
         if not (draft_size and min(img.size) >= 2 * draft_size):
-            return decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        img.draft("RGB", (draft_size, draft_size))
-    else:
-        img = Image.open(io.BytesIO(raw))
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except RuntimeError:
+                pass  # PIL below decides: a variant libjpeg-turbo refuses, or really corrupt
+        if draft_size:
+            img.draft("RGB", (draft_size, draft_size))
     img = img.convert("RGB")
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
