@@ -13,9 +13,9 @@ and its best epoch (seed: both epochs cost the same; ours: epoch 2 reads the cac
    naive = fp32 NCHW loop, default threads
    ours  = localsage.train's settings (channels_last, threads = cores); ours_bf16 adds amp=bf16 (CPU autocast)
 Each side runs in its own subprocess (peak RSS of the process tree, workers included), the sides
-alternate for --rounds rounds and the best round of each is reported.
+alternate for --rounds rounds and the best round of each is reported (train step: the median of --steps steps).
 
-    python bench/train_pipeline.py [--images 256] [--model resnet18] [--batch 32] [--rounds 2] [--json out.json]
+    python bench/train_pipeline.py [--images 512] [--steps 10] [--skip-train] [--model resnet18] [--batch 32] [--rounds 2] [--json out.json]
 """
 from __future__ import annotations
 
@@ -151,19 +151,19 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int) -> dict
         loss.backward()
         opt.step()
         times.append(time.time() - t0)
-    best = min(times[1:])  # first step warms up oneDNN kernels
-    return {"images_per_sec": batch / best, "amp": str(amp), "threads": torch.get_num_threads()}
+    typical = sorted(times[1:])[len(times[1:]) // 2]  # median step; the first warms up oneDNN kernels
+    return {"images_per_sec": batch / typical, "amp": str(amp), "threads": torch.get_num_threads()}
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--side", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
-    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--images", type=int, default=512)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json")
     p.add_argument("--skip-train", action="store_true", help="input pipeline only")

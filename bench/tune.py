@@ -1,7 +1,7 @@
 """Tuning benchmark: the same seeded study (same sampler seed, same trial budget) with and without pruning,
 measured in one run on generated demo data. Reports total epochs consumed, best valid accuracy, wall time.
 
-    python bench/tune.py [--trials 20] [--epochs 5] [--pruners median,hyperband] [--out bench-artifacts/tune]
+    python bench/tune.py [--trials 20] [--epochs 5] [--seed 0] [--pruners median,successive-halving] [--out bench-artifacts/tune]
 
 Target (issue 5): pruning uses >= 40% fewer epochs, best valid accuracy within 1 point.
 """

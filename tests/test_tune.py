@@ -89,7 +89,8 @@ def test_samplers_pruners_and_worker_resources():
         trial = study.ask()
         params = {n: d.suggest(trial) for n, d in t.space.items()}
         assert 1e-3 <= params["lr"] <= 1e-1 and params["batch-size"] in (32, 64, 128, 256)
-    assert isinstance(tune.make_pruner(tune.build({}, {})), optuna.pruners.MedianPruner)
+    assert isinstance(tune.make_pruner(tune.build({}, {})), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(tune.make_pruner(tune.build({"pruner": "median"}, {})), optuna.pruners.MedianPruner)
     assert isinstance(tune.make_pruner(tune.build({"pruner": "hyperband"}, {})), optuna.pruners.HyperbandPruner)
     sha = tune.make_pruner(tune.build({"pruner": "successive-halving", "prune_warmup_steps": 2}, {}))
     assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner) and sha._min_resource == 2

@@ -70,7 +70,8 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     stage(2, f"tuning study 'demo': {trials} trials, pruning on ({backend} backend)")
     t = tune.build({"space": SPACE, "fixed": {**FIXED, "epochs": TRIAL_EPOCHS}},
                    {"data": str(data_dir), "study": "demo", "trials": trials, "parallel": parallel,
-                    "backend": backend, "image": image, "prune_startup_trials": 1, "prune_warmup_steps": 2}, jobs_dir=jobs_dir)
+                    "backend": backend, "image": image, "pruner": "median", "prune_startup_trials": 1,
+                    "prune_warmup_steps": 2}, jobs_dir=jobs_dir)
     result = tune.run(t, resume=(t.study_dir).exists(), echo=False)
     if "best_params" not in result:
         print("no trial completed; see the trials table above", file=sys.stderr)

@@ -36,7 +36,7 @@ DEFAULT_SPACE = {
 }
 SETTINGS = {  # name: default; each can come from the YAML file or the command line (the command line wins)
     "data": None, "study": "tune", "storage": None, "trials": 10, "parallel": 1, "objective": "valid_loss",
-    "sampler": "tpe", "pruner": "median", "seed": 0, "backend": "process", "image": None,
+    "sampler": "tpe", "pruner": "successive-halving", "seed": 0, "backend": "process", "image": None,
     "prune_startup_trials": 2, "prune_warmup_steps": 0, "gpus": None,
 }
 # Trial jobs record no debugger tensors unless the config's fixed hyperparameters ask for them: the
