@@ -499,9 +499,11 @@ class Classifier:
 
     def _to_tensor(self, hwc_list):
         batch = torch.stack(hwc_list).to(self.device, non_blocking=True)  # NHWC uint8
-        # NCHW float, x * (1/std) - mean/std fused (the training loader's arithmetic), then channels_last
-        batch = torch.addcmul(-self.mean / self.std, batch.permute(0, 3, 1, 2).contiguous().float(), 1 / self.std)
-        return batch.contiguous(memory_format=torch.channels_last)
+        # the training loader's arithmetic (data.Normalize): -mean/std + x * (1/std) in one pass from
+        # uint8 into a channels_last float batch (the NHWC stack is already an NCHW view in that layout)
+        batch = batch.permute(0, 3, 1, 2)
+        out = torch.empty(batch.shape, dtype=torch.float32, device=batch.device, memory_format=torch.channels_last)
+        return torch.addcmul(-self.mean / self.std, batch, 1 / self.std, out=out)
 
     @torch.inference_mode()
     def predict(self, hwc_list):

