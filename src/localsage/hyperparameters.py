@@ -141,5 +141,6 @@ def to_strings(values: dict) -> dict:
 def markdown_table() -> str:
     rows = ["| name | type | default | meaning |", "|---|---|---|---|"]
     for p in PARAMS:
-        rows.append(f"| `{p.name}` | {p.type.__name__} | `{p.default}` | {p.help.replace('|', chr(92) + '|')} |")
+        meaning = p.help.replace("|", r"\|")  # a literal | inside a markdown table cell
+        rows.append(f"| `{p.name}` | {p.type.__name__} | `{p.default}` | {meaning} |")
     return "\n".join(rows)

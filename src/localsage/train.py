@@ -243,8 +243,8 @@ class Job:
                     continue
                 # DDP: each step's gradient all-reduce needs every rank, so a rank with nothing to
                 # train on takes the step with a two-image stand-in (BatchNorm needs > 1 value per
-                # channel) whose loss is multiplied by 0
-                # instead of skipping it and leaving the other ranks waiting
+                # channel) whose loss is multiplied by 0, instead of skipping it and leaving the
+                # other ranks waiting
                 log.warning("rank %d: batch %d of %s had no readable image: zero-weight step", self.rank, step, split)
                 images = torch.zeros((2, 3, self.image_size, self.image_size), dtype=torch.uint8)
                 labels = torch.zeros((2,), dtype=torch.long)
