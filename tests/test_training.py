@@ -393,3 +393,28 @@ def test_decoded_cache_is_transparent_shared_and_invalidated(tmp_path, monkeypat
     # too little disk: the cache turns itself off
     monkeypatch.setattr(data_mod, "cache_estimate", lambda p: 1 << 60)
     assert data_mod.plan_cache({"train": paths}, "decoded") is None
+
+
+def test_normalize_matches_the_formula_in_the_requested_layout():
+    from localsage import data as data_mod
+
+    x = torch.randint(0, 256, (4, 3, 20, 24), dtype=torch.uint8)
+    mean = torch.tensor(data_mod.IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(data_mod.IMAGENET_STD).view(1, 3, 1, 1) * 255
+    reference = (x.float() - mean) / std
+    for channels_last in (False, True):
+        out = data_mod.Normalize(channels_last=channels_last)(x)
+        assert out.dtype == torch.float32 and out.shape == x.shape
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+
+
+def test_optimizers_are_fused():
+    from localsage import train
+
+    net = torch.nn.Linear(4, 2)
+    for name in ("adamw", "sgd"):
+        hp = {"optimizer": name, "lr": 0.01, "momentum": 0.9, "weight-decay": 1e-4}
+        opt = train.make_optimizer(net, hp)
+        assert opt.defaults["fused"] is True, name
+        assert type(opt).__name__ == {"adamw": "AdamW", "sgd": "SGD"}[name]
