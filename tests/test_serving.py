@@ -34,6 +34,7 @@ import requests
 from PIL import Image
 
 from localsage import serving
+from localsage.cli import serve as cli_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "serve" / "handler.py"
@@ -460,7 +461,7 @@ def test_local_config_is_loopback_only_and_model_api_off(server):
 
 def test_predict_cli_prints_a_table(server, test_images, classes, capsys):
     parser = argparse.ArgumentParser()
-    serving.add_parser(parser.add_subparsers(dest="command"))
+    cli_serve.add_parser(parser.add_subparsers(dest="command"))
     paths = [str(p) for p, _ in test_images[:2]]
     args = parser.parse_args(["predict", "--endpoint", server.url, "--model", "demo", "--topk", "2", *paths])
     assert args.func(args) == 0

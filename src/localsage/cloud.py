@@ -571,211 +571,52 @@ def delete_endpoint(name: str, region: str | None = None, boto_session=None, kee
 
 
 # ---------------------------------------------------------------------------------------------
-# cli (cli.py calls add_parser(sub); `train` gets add_train_arguments(p) and, for --backend
-# sagemaker, cmd_train(args); serving's `predict` gets add_predict_arguments(p) / predict_endpoint)
+# helpers the command line calls
 
 
-def _print_table(rows, header) -> None:
-    rows = [tuple(str(x) for x in r) for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip())
-
-
-def _default_output_path(data) -> str:
+def default_output_path(data) -> str:
+    """s3://<bucket of the data>/localsage/jobs: where artifacts go when --output-path is not given."""
     first = next(iter(data.values())) if isinstance(data, dict) else data
     bucket, _ = split_s3(str(first))
     return f"s3://{bucket}/localsage/jobs"
 
 
-def add_train_arguments(p) -> None:
-    g = p.add_argument_group("SageMaker (--backend sagemaker; --data is then an s3:// URI)")
-    g.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
-    g.add_argument("--spot", action="store_true", help="managed spot training (checkpoints to S3, resumes)")
-    g.add_argument("--max-run", type=int, default=4 * 3600, help="seconds of training before SageMaker stops the job")
-    g.add_argument("--max-wait", type=int, help="spot: seconds including waits for capacity (default 2 x max-run)")
-    g.add_argument("--volume-size", type=int, default=30, help="GB of EBS per instance")
-    g.add_argument("--no-debug-tensors", dest="debug_tensors", action="store_false",
-                   help="do not save Debugger tensors to S3")
-    g.add_argument("--role", help=f"SageMaker execution role ARN or name (default ${ROLE_ENV})")
-    g.add_argument("--output-path", help="s3://bucket/prefix for artifacts (default s3://<data bucket>/localsage/jobs)")
-    g.add_argument("--region", help="AWS region (default: the AWS configuration)")
-    g.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request and exit")
-    g.add_argument("--yes", action="store_true", help="start the billable job without asking")
-
-
-def training_options(args) -> TrainingOptions:
-    return TrainingOptions(output_path=args.output_path or _default_output_path(args.data), role=args.role,
-                           image=args.image, instance_type=args.instance_type, region=args.region, spot=args.spot,
-                           max_run=args.max_run, max_wait=args.max_wait, volume_size=args.volume_size,
-                           debug_tensors=args.debug_tensors)
-
-
-def cmd_train(args) -> int:
-    """`localsage train --backend sagemaker ...`: validate, dry-run or confirm, then run through the runner."""
-    from . import hyperparameters, runner
-    from .cli import parse_hp
-
-    hps = hyperparameters.to_strings(parse_hp(args.hp, args.hp_file))
-    hyperparameters.parse(hps)  # bad values fail here, not after an instance was billed
-    opts = training_options(args)
-    name = args.name or runner.job_name()
+def check_job_name(name: str) -> str:
     if not re.fullmatch(NAME_PATTERN, name):
         raise CloudError(f"job name {name!r}: SageMaker allows letters, digits and single hyphens, at most 63")
-    if args.dry_run:
-        print_requests([training_request(args.data, hps, opts, name, args.instance_count)])
-        return 0
-    aws_session(opts.region)
-    require_role(opts.role)
-    confirm(training_summary(args.data, opts, args.instance_count), args.yes)
-    record = runner.train(args.data, hps, backend="sagemaker", name=name, jobs_dir=args.jobs_dir,
-                          image=opts.image, instance_count=args.instance_count, backend_options=opts.to_dict())
-    return 0 if record["TrainingJobStatus"] == "Completed" else 1
+    return name
 
 
-def _model_data(args, out=print) -> str:
+def model_data(model: str, jobs_dir=None, output_path: str | None = None, region: str | None = None,
+               dry_run: bool = False, out=print) -> str:
     """s3:// model.tar.gz for deploy: given directly, from a SageMaker job's record, or a local job's
-    model.tar.gz uploaded to --output-path (not uploaded in a dry run)."""
-    if args.model.startswith("s3://"):
-        return args.model
+    model.tar.gz uploaded to output_path (not uploaded in a dry run)."""
+    if model.startswith("s3://"):
+        return model
     from . import runner
 
-    record = runner.describe(args.model, args.jobs_dir)
+    record = runner.describe(model, jobs_dir)
     remote = (record.get("SageMaker") or {}).get("S3ModelArtifacts")
     if remote:
         return remote
     local = (record.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
     if record.get("TrainingJobStatus") != "Completed" or not local or not Path(local).is_file():
-        raise CloudError(f"job {args.model!r} has no model.tar.gz (status {record.get('TrainingJobStatus')})")
-    if not args.output_path:
-        raise CloudError(f"job {args.model!r} was trained locally: pass --output-path s3://bucket/prefix to upload its model.tar.gz")
-    uri = f"{args.output_path.rstrip('/')}/{record['TrainingJobName']}/model.tar.gz"
-    if not args.dry_run:
+        raise CloudError(f"job {model!r} has no model.tar.gz (status {record.get('TrainingJobStatus')})")
+    if not output_path:
+        raise CloudError(f"job {model!r} was trained locally: pass --output-path s3://bucket/prefix to upload its model.tar.gz")
+    uri = f"{output_path.rstrip('/')}/{record['TrainingJobName']}/model.tar.gz"
+    if not dry_run:
         bucket, key = split_s3(uri)
-        aws_session(args.region).client("s3").upload_file(local, bucket, key)
+        aws_session(region).client("s3").upload_file(local, bucket, key)
         out(f"uploaded {local} to {uri}")
     return uri
 
 
-def _endpoint_name(args) -> str:
+def endpoint_name(model: str, name: str | None = None) -> str:
+    """The given name, else localsage-<job name> (or a timestamp for an s3:// model), SageMaker-safe."""
     from datetime import datetime, timezone
 
-    if args.endpoint_name:
-        return args.endpoint_name
-    base = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") if args.model.startswith("s3://") else args.model
+    if name:
+        return name
+    base = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") if model.startswith("s3://") else model
     return ("localsage-" + re.sub(r"[^a-zA-Z0-9-]", "-", base))[:63].rstrip("-")
-
-
-def cmd_deploy(args) -> int:
-    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": args.workers, "SAGEMAKER_TS_BATCH_SIZE": args.batch_size,
-           "SAGEMAKER_TS_MAX_BATCH_DELAY": args.max_batch_delay, "SAGEMAKER_MODEL_SERVER_TIMEOUT": args.timeout}
-    name = _endpoint_name(args)
-
-    def options(model_data):
-        return DeployOptions(model_data=model_data, endpoint_name=name, role=args.role, image=args.image,
-                             instance_type=args.instance_type, instance_count=args.instance_count, region=args.region,
-                             env={k: v for k, v in env.items() if v is not None})
-
-    if args.dry_run:
-        print_requests(deploy_requests(options(_model_data(args))))
-        return 0
-    aws_session(args.region)
-    require_role(args.role)
-    confirm([f"This creates a SageMaker real-time endpoint {name}: {args.instance_count} x {args.instance_type}, "
-             f"model {args.model}",
-             f"  billed per instance-hour until you run: localsage endpoint delete {name}"], args.yes)
-    opts = options(_model_data(args))
-    print(f"creating endpoint {name} from {opts.model_data} (this takes several minutes)...", flush=True)
-    deploy(opts, wait=not args.no_wait)
-    print(f"endpoint {name} {'is being created' if args.no_wait else 'is InService'}\n"
-          f"  predict: localsage predict --endpoint-name {name} dog.jpg\n"
-          f"  delete:  localsage endpoint delete {name}")
-    return 0
-
-
-def cmd_push(args) -> int:
-    tags = args.tag or ["latest"]
-    refs = push(args.image, args.repository, tags, args.region)
-    for ref in refs:
-        print(f"pushed {ref}")
-    return 0
-
-
-def cmd_upload_data(args) -> int:
-    count = upload_data(args.dir, args.s3_uri, args.region)
-    print(f"{count} files in {args.s3_uri.rstrip('/')}/ ; train with: localsage train --backend sagemaker --data {args.s3_uri}")
-    return 0
-
-
-def cmd_endpoint(args) -> int:
-    if args.action == "list":
-        rows = list_endpoints(args.region)
-        if not rows:
-            print("no endpoints")
-            return 0
-        _print_table([(r["name"], r["status"], r["instance_type"], r["instance_count"], r["created"]) for r in rows],
-                     ("NAME", "STATUS", "INSTANCE TYPE", "COUNT", "CREATED"))
-        print("endpoints are billed per instance-hour while they exist: localsage endpoint delete NAME")
-        return 0
-    if not args.name:
-        raise CloudError("endpoint delete needs an endpoint name (localsage endpoint list shows them)")
-    delete_endpoint(args.name, args.region, keep_model=args.keep_model)
-    return 0
-
-
-def add_predict_arguments(p) -> None:
-    p.add_argument("--endpoint-name", help="a SageMaker endpoint (instead of --endpoint URL)")
-    p.add_argument("--region", help="AWS region of --endpoint-name")
-
-
-def guard(func):
-    """CloudError -> a one-line message and exit code 2."""
-    def run(args):
-        try:
-            return func(args)
-        except CloudError as exc:
-            print(f"localsage: {exc}", file=sys.stderr)
-            return 2
-    return run
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("push", help="push the image to ECR (creates the repository when missing)")
-    p.add_argument("--image", default=os.environ.get("IMAGE", "localsage:latest"), help="local image")
-    p.add_argument("--repository", default=DEFAULT_REPOSITORY, help="ECR repository name")
-    p.add_argument("--tag", action="append", help="tag to push (repeatable; default latest)")
-    p.add_argument("--region")
-    p.set_defaults(func=guard(cmd_push))
-
-    p = subparsers.add_parser("upload-data", help="copy a data folder to s3://bucket/prefix")
-    p.add_argument("dir")
-    p.add_argument("s3_uri")
-    p.add_argument("--region")
-    p.set_defaults(func=guard(cmd_upload_data))
-
-    p = subparsers.add_parser("deploy", help="deploy a job's model to a SageMaker real-time endpoint")
-    p.add_argument("model", help="job name, or s3://.../model.tar.gz")
-    p.add_argument("--backend", default="sagemaker", choices=("sagemaker",))
-    p.add_argument("--endpoint-name")
-    p.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
-    p.add_argument("--instance-count", type=int, default=1)
-    p.add_argument("--image", help="ECR image URI (default <account>.dkr.ecr.<region>.amazonaws.com/localsage:latest)")
-    p.add_argument("--role", help=f"SageMaker execution role ARN or name (default ${ROLE_ENV})")
-    p.add_argument("--output-path", help="s3://bucket/prefix to upload a locally trained job's model.tar.gz to")
-    p.add_argument("--workers", help="SAGEMAKER_MODEL_SERVER_WORKERS (default %s)" % SERVING_ENV["SAGEMAKER_MODEL_SERVER_WORKERS"])
-    p.add_argument("--batch-size", help="SAGEMAKER_TS_BATCH_SIZE (default %s)" % SERVING_ENV["SAGEMAKER_TS_BATCH_SIZE"])
-    p.add_argument("--max-batch-delay", help="SAGEMAKER_TS_MAX_BATCH_DELAY in ms (default %s)" % SERVING_ENV["SAGEMAKER_TS_MAX_BATCH_DELAY"])
-    p.add_argument("--timeout", help="SAGEMAKER_MODEL_SERVER_TIMEOUT in s (default %s)" % SERVING_ENV["SAGEMAKER_MODEL_SERVER_TIMEOUT"])
-    p.add_argument("--jobs-dir")
-    p.add_argument("--region")
-    p.add_argument("--no-wait", action="store_true", help="return once creation started")
-    p.add_argument("--dry-run", action="store_true", help="print the CreateModel/EndpointConfig/Endpoint requests and exit")
-    p.add_argument("--yes", action="store_true", help="create the billable endpoint without asking")
-    p.set_defaults(func=guard(cmd_deploy))
-
-    p = subparsers.add_parser("endpoint", help="list or delete SageMaker endpoints")
-    p.add_argument("action", choices=("list", "delete"))
-    p.add_argument("name", nargs="?")
-    p.add_argument("--keep-model", action="store_true", help="delete: keep the SageMaker model")
-    p.add_argument("--region")
-    p.set_defaults(func=guard(cmd_endpoint))

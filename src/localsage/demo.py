@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import data as data_mod, runner
+from . import runner
 
 # The demo recipe: resnet18 from scratch at 64 px reaches >= 0.9 on the demo set in a few epochs.
 FIXED = {"arch": "resnet18", "weights": "none", "image-size": 64, "epochs": 6, "workers": 1, "seed": 0}
@@ -54,6 +54,7 @@ def final_job(data_dir: Path, hp: dict, jobs_dir: Path, backend: str, image=None
 def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, trials=TRIALS, parallel=1,
         samples=6) -> int:
     from . import serving, tune
+    from .data import class_name
     from .debugger import report as report_mod, rules as rules_mod
 
     t0 = time.time()
@@ -64,7 +65,9 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     if (data_dir / "train").is_dir():
         print("reusing the existing demo data")
     else:
-        data_mod.make_demo_data(data_dir)
+        from .data import make_demo_data
+
+        make_demo_data(data_dir)
         print(f"wrote {sum(1 for _ in data_dir.rglob('*.jpg'))} images")
 
     stage(2, f"tuning study 'demo': {trials} trials, pruning on ({backend} backend)")
@@ -112,7 +115,7 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     correct = 0
     print(f"{'IMAGE':42} {'TRUE':16} {'PREDICTED':16} PROBABILITY")
     for path, status, doc in results:
-        truth = data_mod.class_name(Path(path).parent.name)
+        truth = class_name(Path(path).parent.name)
         if status != 200:
             print(f"{Path(path).name:42} {truth:16} HTTP {status}: {doc}")
             continue
@@ -123,14 +126,3 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     print(f"\n{ok}/{len(results)} predictions came back over HTTP, {correct} correct; "
           f"test accuracy of the job {summary.get('test_acc'):.3f}; demo took {time.time() - t0:.0f}s")
     return 0 if ok == len(results) and results else 1
-
-
-def add_parser(subparsers):
-    p = subparsers.add_parser("demo", help="the whole loop on generated data: tune, train, rules, report, serve, predict")
-    p.add_argument("--data", default="data/demo")
-    p.add_argument("--jobs-dir", default="jobs")
-    p.add_argument("--backend", default="process")
-    p.add_argument("--image")
-    p.add_argument("--trials", type=int, default=TRIALS)
-    p.add_argument("--parallel", type=int, default=1)
-    p.set_defaults(func=lambda a: run(a.data, a.jobs_dir, a.backend, a.image, a.trials, a.parallel))

@@ -17,10 +17,25 @@ from pathlib import Path
 from . import backends, contract, metrics
 from .hyperparameters import to_strings
 
-DEFAULT_JOBS_DIR = Path(os.environ.get("LOCALSAGE_JOBS_DIR", "jobs"))
 RECORD = "job.json"
 LOG = "train.log"
 BACKEND_INFO = "backend.json"
+
+
+def jobs_root(jobs_dir=None) -> Path:
+    """The jobs folder: the given one, else $LOCALSAGE_JOBS_DIR, else ./jobs (the one place for this default)."""
+    return Path(jobs_dir or os.environ.get("LOCALSAGE_JOBS_DIR") or "jobs")
+
+
+def locate(job, jobs_dir=None) -> Path:
+    """A job name (in the jobs folder) or a path to a job or output folder."""
+    path = Path(job)
+    if path.is_dir():
+        return path
+    candidate = jobs_root(jobs_dir) / str(job)
+    if candidate.is_dir():
+        return candidate
+    raise FileNotFoundError(f"no job {str(job)!r} (looked for {path} and {candidate})")
 
 
 def _now() -> str:
@@ -106,7 +121,7 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     on_metrics(values) is called for every metrics line in the job's log (every backend); when it
     returns True the job is stopped (SIGTERM) and recorded as Stopped.
     """
-    jobs_dir = Path(jobs_dir or DEFAULT_JOBS_DIR)
+    jobs_dir = jobs_root(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     module = backends.get(backend)
     name = name or job_name()
@@ -237,7 +252,7 @@ def backend_info(job_dir) -> dict:
 
 
 def list_jobs(jobs_dir=None) -> list:
-    jobs_dir = Path(jobs_dir or DEFAULT_JOBS_DIR)
+    jobs_dir = jobs_root(jobs_dir)
     records = []
     for path in sorted(jobs_dir.glob(f"*/{RECORD}")):
         try:
@@ -248,7 +263,7 @@ def list_jobs(jobs_dir=None) -> list:
 
 
 def describe(name, jobs_dir=None, refresh=False) -> dict:
-    job_dir = Path(jobs_dir or DEFAULT_JOBS_DIR) / name
+    job_dir = jobs_root(jobs_dir) / name
     if not (job_dir / RECORD).exists():
         raise FileNotFoundError(f"no job named {name!r} in {job_dir.parent}")
     record = {**read_record(job_dir), **backend_info(job_dir)}

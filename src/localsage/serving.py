@@ -23,7 +23,9 @@ from .export import (  # noqa: F401 - re-exported for callers of the serving API
 
 
 def _jobs_dir(jobs_dir):
-    return Path(jobs_dir or os.environ.get("LOCALSAGE_JOBS_DIR", "jobs"))
+    from .runner import jobs_root
+
+    return jobs_root(jobs_dir)
 
 
 def _model_name(job) -> str:
@@ -207,92 +209,3 @@ def serve_job(job, jobs_dir=None, port=8080, name=None) -> int:
         return 0
     finally:
         server.stop()
-
-
-# ---------------------------------------------------------------------------------------------
-# client
-
-
-def predict(endpoint: str, paths, model=None, topk=5, timeout=60.0) -> list:
-    """POST each image file; returns [(path, status, json)]."""
-    import requests
-
-    endpoint = endpoint.rstrip("/")
-    url = f"{endpoint}/predictions/{model}" if model else f"{endpoint}/invocations"
-    results = []
-    with requests.Session() as session:
-        for path in paths:
-            ctype = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
-            body = Path(path).read_bytes()
-            resp = session.post(url, data=body, params={"topk": topk}, headers={"Content-Type": ctype},
-                                timeout=timeout)
-            try:
-                doc = resp.json()
-            except ValueError:
-                doc = {"message": resp.text[:200]}
-            results.append((str(path), resp.status_code, doc))
-    return results
-
-
-def format_table(results) -> str:
-    rows = [("IMAGE", "LABEL", "PROBABILITY", "NEXT")]
-    for path, status, doc in results:
-        if status != 200:
-            rows.append((path, f"error {status}", "", doc.get("message", "")))
-            continue
-        preds = doc["predictions"]
-        rest = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in preds[1:])
-        rows.append((path, preds[0]["label"], f"{preds[0]['probability']:.3f}", rest))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-# ---------------------------------------------------------------------------------------------
-# cli
-
-
-def _cmd_predict(args):
-    if args.endpoint_name:  # a SageMaker endpoint
-        from . import cloud
-
-        results = cloud.predict_endpoint(args.endpoint_name, args.images, topk=args.topk, region=args.region)
-    else:
-        results = predict(args.endpoint, args.images, model=args.model, topk=args.topk, timeout=args.timeout)
-    print(format_table(results))
-    return 0 if all(status == 200 for _, status, _ in results) else 1
-
-
-def _cmd_package(args):
-    print(package(args.job, args.export_path, args.name, args.jobs_dir))
-    return 0
-
-
-def _cmd_serve(args):
-    return serve_job(args.job, args.jobs_dir, args.port, args.name)
-
-
-def add_parser(subparsers):
-    p = subparsers.add_parser("predict", help="send images to an endpoint and print the top labels")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--endpoint", default="http://127.0.0.1:8080", help="server root URL")
-    p.add_argument("--model", help="TorchServe model name (/predictions/<model>); default /invocations")
-    p.add_argument("--topk", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=60.0)
-    from . import cloud
-
-    cloud.add_predict_arguments(p)
-    p.set_defaults(func=_cmd_predict)
-
-    p = subparsers.add_parser("package", help="make a TorchServe .mar from a job's model dir")
-    p.add_argument("job", help="job name (jobs/<name>/model) or a model dir")
-    p.add_argument("--export-path", default="model-store")
-    p.add_argument("--name", help="model name (default: the job name)")
-    p.add_argument("--jobs-dir", help="default $LOCALSAGE_JOBS_DIR or jobs")
-    p.set_defaults(func=_cmd_package)
-
-    p = subparsers.add_parser("serve", help="TorchServe on 127.0.0.1 with a job's model (foreground)")
-    p.add_argument("job", help="job name (jobs/<name>/model) or a model dir")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--name", help="model name (default: the job name)")
-    p.add_argument("--jobs-dir", help="default $LOCALSAGE_JOBS_DIR or jobs")
-    p.set_defaults(func=_cmd_serve)

@@ -220,7 +220,7 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
                         f"known: space, fixed, enqueue, {', '.join(SETTINGS)}")
     settings = {**SETTINGS, **{k: v for k, v in raw.items() if k in SETTINGS}}
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    settings["jobs_dir"] = str(jobs_dir or runner.DEFAULT_JOBS_DIR)
+    settings["jobs_dir"] = str(runner.jobs_root(jobs_dir))
     space = parse_space(raw.get("space") or DEFAULT_SPACE)
     fixed = {str(k).replace("_", "-"): v for k, v in (raw.get("fixed") or {}).items()}
     both = sorted(set(fixed) & set(space))
@@ -680,68 +680,19 @@ def validate_request(request: dict):
     validate_parameters(request, model.operation_model("CreateHyperParameterTuningJob").input_shape)
 
 
-# ---------------------------------------------------------------- command line
+def start_sagemaker(t: Tuning, s3_data: str, role=None, region=None, instance_type="ml.g4dn.xlarge",
+                    output_path=None) -> str:
+    """Start the study as a SageMaker HPO job (no wait); returns the tuning job's name."""
+    from . import cloud
 
-def add_parser(subparsers):
-    p = subparsers.add_parser("tune", help="tune hyperparameters: an Optuna study of training jobs (or SageMaker HPO)")
-    p.add_argument("--data", help="folder with train/ valid/ [test/]")
-    p.add_argument("--config", help="YAML: space, fixed, enqueue and any of the options below")
-    p.add_argument("--trials", type=int, help=f"trial budget of the study (default {SETTINGS['trials']})")
-    p.add_argument("--parallel", type=int, help="parallel trials on this machine (default 1)")
-    p.add_argument("--storage", help="SQLAlchemy URL (postgresql://...) or journal file (default <jobs>/tune-<study>/journal.log)")
-    p.add_argument("--study", help="study name (default tune)")
-    p.add_argument("--resume", action="store_true", help="continue the study to its budget; fail its stale running trials")
-    p.add_argument("--sampler", choices=SAMPLERS)
-    p.add_argument("--pruner", choices=PRUNERS)
-    p.add_argument("--no-prune", action="store_true", help="same as --pruner none")
-    p.add_argument("--objective", choices=tuple(OBJECTIVES))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--backend", help="process | docker | sagemaker-local | sagemaker (SageMaker HPO)")
-    p.add_argument("--image", help="container image (docker, sagemaker-local, sagemaker)")
-    p.add_argument("--gpus", help="GPU ids for the parallel trials, e.g. 0,1 (default: all visible)")
-    p.add_argument("--jobs-dir")
-    p.add_argument("--quiet", action="store_true", help="do not echo the jobs' logs")
-    p.add_argument("--dry-run", action="store_true", help="with --backend sagemaker: print the request, send nothing")
-    p.add_argument("--role", help="SageMaker execution role ARN or name (default $LOCALSAGE_SAGEMAKER_ROLE)")
-    p.add_argument("--region", help="AWS region (default: the AWS configuration's)")
-    p.add_argument("--instance-type", default="ml.g4dn.xlarge")
-    p.add_argument("--s3-data", help="S3 URI of the training channel (SageMaker)")
-    p.add_argument("--s3-output", help="S3 URI for model artifacts (SageMaker)")
-    p.set_defaults(func=cmd_tune)
-
-
-def cmd_tune(args):
-    if args.resume:
-        raw = stored_config(args.study or SETTINGS["study"], args.storage, args.jobs_dir)
-    else:
-        raw = load_yaml(args.config) if args.config else {}
-    overrides = {k: getattr(args, k) for k in ("data", "trials", "parallel", "storage", "study", "sampler", "pruner",
-                                               "objective", "seed", "backend", "image", "gpus")}
-    if args.no_prune:
-        overrides["pruner"] = "none"
-    t = build(raw, overrides, args.jobs_dir)
-    if t.backend == "sagemaker":
-        if args.dry_run:
-            request = dry_run_request(t, image=t.image, role=args.role, s3_data=args.s3_data,
-                                      output_path=args.s3_output, instance_type=args.instance_type, region=args.region)
-            validate_request(request)
-            print(json.dumps(request, indent=2, default=str))
-            return 0
-        from . import cloud
-
-        if not (t.image and args.s3_data):
-            raise TuneError("--backend sagemaker needs --image and --s3-data (or --dry-run)")
-        try:
-            boto_session = cloud.aws_session(args.region)
-            role = cloud.role_arn(args.role, boto_session)
-        except cloud.CloudError as exc:
-            raise TuneError(str(exc)) from None
-        tuner = sagemaker_tuner(t, session=cloud.sagemaker_session(boto_session), image=t.image, role=role,
-                                instance_type=args.instance_type, output_path=args.s3_output)
-        tuner.fit({"training": args.s3_data}, wait=False)
-        print(f"SageMaker tuning job started: {tuner.latest_tuning_job.name}")
-        return 0
-    if args.dry_run:
-        raise TuneError("--dry-run applies to --backend sagemaker")
-    result = run(t, resume=args.resume, echo=not args.quiet)
-    return 0 if "best_trial" in result else 1
+    if not (t.image and s3_data):
+        raise TuneError("--backend sagemaker needs --image and --s3-data (or --dry-run)")
+    try:
+        boto_session = cloud.aws_session(region)
+        role = cloud.role_arn(role, boto_session)
+    except cloud.CloudError as exc:
+        raise TuneError(str(exc)) from None
+    tuner = sagemaker_tuner(t, session=cloud.sagemaker_session(boto_session), image=t.image, role=role,
+                            instance_type=instance_type, output_path=output_path)
+    tuner.fit({"training": s3_data}, wait=False)
+    return tuner.latest_tuning_job.name

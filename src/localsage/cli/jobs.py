@@ -1,28 +1,13 @@
-"""The `localsage` command. Thin: parse arguments, call the module that owns the work."""
+"""`localsage demo-data | train | jobs | metric-definitions | hyperparameters`."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
 
-from .tune import add_parser as add_tune_parser
-
-
-def parse_hp(pairs, hp_file=None) -> dict:
-    values = {}
-    if hp_file:
-        values.update(json.loads(Path(hp_file).read_text()))
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--hp expects name=value, got {pair!r}")
-        values[key.strip()] = value.strip()
-    return values
+from .common import fmt, parse_hp, print_table
 
 
 def cmd_demo_data(args):
-    from .data import make_demo_data
+    from ..data import make_demo_data
 
     root = make_demo_data(args.dir, classes=args.classes, per_class=args.per_class, size=args.size,
                           seed=args.seed, corrupt=args.corrupt, imbalance=args.imbalance)
@@ -30,58 +15,52 @@ def cmd_demo_data(args):
 
 
 def cmd_train(args):
-    from . import runner
-
     if args.backend == "sagemaker":
-        from . import cloud
+        from .cloud import train_on_sagemaker
 
-        return cloud.guard(cloud.cmd_train)(args)
+        return train_on_sagemaker(args)
+    from .. import runner
+
     record = runner.train(args.data, parse_hp(args.hp, args.hp_file), backend=args.backend, name=args.name,
                           jobs_dir=args.jobs_dir, image=args.image, instance_count=args.instance_count)
     return 0 if record["TrainingJobStatus"] == "Completed" else 1
 
 
-def _fmt(value):
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def cmd_jobs(args):
-    from . import runner
+    from .. import runner
 
     if args.action == "describe":
+        if not args.name:
+            raise SystemExit("jobs describe needs a job name")
         print(json.dumps(runner.describe(args.name, args.jobs_dir, refresh=True), indent=2, default=str))
         return 0
     rows = []
     for r in runner.list_jobs(args.jobs_dir):
         final = {m["MetricName"]: m["Value"] for m in r.get("FinalMetricDataList", [])}
         hps = " ".join(f"{k}={v}" for k, v in sorted(r.get("HyperParameters", {}).items()))
-        shown = " ".join(f"{k}={_fmt(final[k])}" for k in ("valid_acc", "valid_loss", "test_acc") if k in final)
-        rows.append((r["TrainingJobName"], r["TrainingJobStatus"], _fmt(r.get("TrainingTimeInSeconds", "")), shown, hps))
+        shown = " ".join(f"{k}={fmt(final[k])}" for k in ("valid_acc", "valid_loss", "test_acc") if k in final)
+        rows.append((r["TrainingJobName"], r["TrainingJobStatus"], fmt(r.get("TrainingTimeInSeconds", "")), shown, hps))
     if not rows:
         print("no jobs")
         return 0
-    header = ("NAME", "STATUS", "SECONDS", "FINAL METRICS", "HYPERPARAMETERS")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    print_table(rows, ("NAME", "STATUS", "SECONDS", "FINAL METRICS", "HYPERPARAMETERS"))
     return 0
 
 
 def cmd_metric_definitions(args):
-    from .metrics import METRIC_DEFINITIONS
+    from ..metrics import METRIC_DEFINITIONS
 
     print(json.dumps(METRIC_DEFINITIONS, indent=2))
 
 
 def cmd_hyperparameters(args):
-    from .hyperparameters import markdown_table
+    from ..hyperparameters import markdown_table
 
     print(markdown_table())
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="localsage", description="A local-first SageMaker loop for image classification")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub) -> None:
+    from .cloud import add_train_arguments
 
     p = sub.add_parser("demo-data", help="write a small learnable ImageFolder set (train/valid/test)")
     p.add_argument("dir")
@@ -102,9 +81,7 @@ def build_parser():
     p.add_argument("--jobs-dir")
     p.add_argument("--image", help="container image (docker and SageMaker backends)")
     p.add_argument("--instance-count", type=int, default=1)
-    from . import cloud
-
-    cloud.add_train_arguments(p)
+    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("jobs", help="list or describe training jobs")
@@ -113,35 +90,8 @@ def build_parser():
     p.add_argument("--jobs-dir")
     p.set_defaults(func=cmd_jobs)
 
-    cloud.add_parser(sub)
-
     p = sub.add_parser("metric-definitions", help="print the SageMaker metric_definitions regexes")
     p.set_defaults(func=cmd_metric_definitions)
 
-    add_tune_parser(sub)
-
     p = sub.add_parser("hyperparameters", help="print the hyperparameter reference (markdown)")
     p.set_defaults(func=cmd_hyperparameters)
-
-    from . import debugger, demo, serving
-
-    serving.add_parser(sub)  # predict, package, serve
-    debugger.add_parser(sub)  # debug JOB, report JOB
-    demo.add_parser(sub)  # the whole loop
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.command == "jobs" and args.action == "describe" and not args.name:
-        raise SystemExit("jobs describe needs a job name")
-    try:
-        code = args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"localsage: {exc}", file=sys.stderr)
-        return 2
-    return code or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

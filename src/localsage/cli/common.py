@@ -1,0 +1,53 @@
+"""Helpers shared by the command modules: --hp parsing, the one table printer, error guards."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def parse_hp(pairs, hp_file=None) -> dict:
+    """`--hp name=value` pairs (and an optional JSON file under them) as a dict of strings/values."""
+    values = {}
+    if hp_file:
+        values.update(json.loads(Path(hp_file).read_text()))
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--hp expects name=value, got {pair!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table(rows, header) -> str:
+    """Left-aligned columns, two spaces apart: the one table layout every command prints."""
+    rows = [tuple(str(x) for x in r) for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in (tuple(header), *rows))
+
+
+def print_table(rows, header) -> None:
+    print(table(rows, header))
+
+
+def guard(func, *errors):
+    """The given library errors -> a one-line message on stderr and exit code 2."""
+    def run(args):
+        try:
+            return func(args)
+        except errors as exc:
+            print(f"localsage: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def cloud_guard(func):
+    def run(args):
+        from ..cloud import CloudError
+
+        return guard(func, CloudError)(args)
+    return run

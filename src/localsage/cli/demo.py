@@ -1,0 +1,21 @@
+"""`localsage demo`: the whole loop on generated data."""
+from __future__ import annotations
+
+
+def cmd_demo(args):
+    from .. import demo
+
+    return demo.run(args.data, args.jobs_dir, args.backend, args.image, args.trials, args.parallel)
+
+
+def add_parser(subparsers):
+    from ..demo import TRIALS
+
+    p = subparsers.add_parser("demo", help="the whole loop on generated data: tune, train, rules, report, serve, predict")
+    p.add_argument("--data", default="data/demo")
+    p.add_argument("--jobs-dir", default="jobs")
+    p.add_argument("--backend", default="process")
+    p.add_argument("--image")
+    p.add_argument("--trials", type=int, default=TRIALS)
+    p.add_argument("--parallel", type=int, default=1)
+    p.set_defaults(func=cmd_demo)

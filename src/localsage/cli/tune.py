@@ -1,0 +1,64 @@
+"""`localsage tune`: an Optuna study of training jobs, or the same space as SageMaker HPO."""
+from __future__ import annotations
+
+import json
+
+from ..tune import OBJECTIVES, PRUNERS, SAMPLERS, SETTINGS
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("tune", help="tune hyperparameters: an Optuna study of training jobs (or SageMaker HPO)")
+    p.add_argument("--data", help="folder with train/ valid/ [test/]")
+    p.add_argument("--config", help="YAML: space, fixed, enqueue and any of the options below")
+    p.add_argument("--trials", type=int, help=f"trial budget of the study (default {SETTINGS['trials']})")
+    p.add_argument("--parallel", type=int, help="parallel trials on this machine (default 1)")
+    p.add_argument("--storage", help="SQLAlchemy URL (postgresql://...) or journal file (default <jobs>/tune-<study>/journal.log)")
+    p.add_argument("--study", help="study name (default tune)")
+    p.add_argument("--resume", action="store_true", help="continue the study to its budget; fail its stale running trials")
+    p.add_argument("--sampler", choices=SAMPLERS)
+    p.add_argument("--pruner", choices=PRUNERS)
+    p.add_argument("--no-prune", action="store_true", help="same as --pruner none")
+    p.add_argument("--objective", choices=tuple(OBJECTIVES))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backend", help="process | docker | sagemaker-local | sagemaker (SageMaker HPO)")
+    p.add_argument("--image", help="container image (docker, sagemaker-local, sagemaker)")
+    p.add_argument("--gpus", help="GPU ids for the parallel trials, e.g. 0,1 (default: all visible)")
+    p.add_argument("--jobs-dir")
+    p.add_argument("--quiet", action="store_true", help="do not echo the jobs' logs")
+    p.add_argument("--dry-run", action="store_true", help="with --backend sagemaker: print the request, send nothing")
+    p.add_argument("--role", help="SageMaker execution role ARN or name (default $LOCALSAGE_SAGEMAKER_ROLE)")
+    p.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    p.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    p.add_argument("--s3-data", help="S3 URI of the training channel (SageMaker)")
+    p.add_argument("--s3-output", help="S3 URI for model artifacts (SageMaker)")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args):
+    from .. import tune
+
+    if args.resume:
+        raw = tune.stored_config(args.study or SETTINGS["study"], args.storage, args.jobs_dir)
+    else:
+        raw = tune.load_yaml(args.config) if args.config else {}
+    overrides = {k: getattr(args, k) for k in ("data", "trials", "parallel", "storage", "study", "sampler", "pruner",
+                                               "objective", "seed", "backend", "image", "gpus")}
+    if args.no_prune:
+        overrides["pruner"] = "none"
+    t = tune.build(raw, overrides, args.jobs_dir)
+    if t.backend == "sagemaker":
+        if args.dry_run:
+            request = tune.dry_run_request(t, image=t.image, role=args.role, s3_data=args.s3_data,
+                                           output_path=args.s3_output, instance_type=args.instance_type,
+                                           region=args.region)
+            tune.validate_request(request)
+            print(json.dumps(request, indent=2, default=str))
+            return 0
+        name = tune.start_sagemaker(t, args.s3_data, role=args.role, region=args.region,
+                                    instance_type=args.instance_type, output_path=args.s3_output)
+        print(f"SageMaker tuning job started: {name}")
+        return 0
+    if args.dry_run:
+        raise tune.TuneError("--dry-run applies to --backend sagemaker")
+    result = tune.run(t, resume=args.resume, echo=not args.quiet)
+    return 0 if "best_trial" in result else 1
