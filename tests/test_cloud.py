@@ -58,9 +58,9 @@ def aws(monkeypatch):
 
 @pytest.fixture
 def sent(monkeypatch):
-    """Every request our code sends through cloud.aws_session(): [(operation, api params)] (moto still answers)."""
+    """Every request our code sends through cloud.session.aws_session(): [(operation, api params)] (moto still answers)."""
     calls = []
-    real = cloud.aws_session
+    real = cloud.session.aws_session
 
     def spying(region=None):
         session = real(region)
@@ -68,7 +68,7 @@ def sent(monkeypatch):
                                 lambda params, model, **_: calls.append((model.name, dict(params))))
         return session
 
-    monkeypatch.setattr(cloud, "aws_session", spying)
+    monkeypatch.setattr(cloud.session, "aws_session", spying)
     return calls
 
 
@@ -473,7 +473,7 @@ def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
     name = "dogs-stop"
     after_stop = iter(["Stopping", "Stopped"])
     stops, described = [], []
-    real = cloud.aws_session
+    real = cloud.session.aws_session
 
     def describe(params, model, **_):
         described.append(1)
@@ -495,7 +495,7 @@ def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
         s.events.register("before-call.sagemaker.StopTrainingJob", stop)
         return s
 
-    monkeypatch.setattr(cloud, "aws_session", session)
+    monkeypatch.setattr(cloud.session, "aws_session", session)
     logs = aws.client("logs")
     logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
     logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
