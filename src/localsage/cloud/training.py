@@ -78,6 +78,16 @@ def metric_definitions(values) -> list:
     return out
 
 
+def definitions_for(opts: TrainingOptions) -> list:
+    """The MetricDefinitions sent: the user's; else the built-in trainer's (a user's script prints
+    its own lines: none unless asked for)."""
+    from ..metrics import METRIC_DEFINITIONS
+
+    if opts.metric_definitions:
+        return metric_definitions(opts.metric_definitions)
+    return [] if opts.entry_point else list(METRIC_DEFINITIONS)
+
+
 def script_mode(opts: TrainingOptions, job_name: str, hyperparameters: dict, region: str) -> tuple:
     """(hyperparameters to send, SourcePackage or None). Script mode: the user's values JSON-encoded
     under the SDK's script-mode ones; the built-in trainer: the values as given."""
@@ -98,8 +108,6 @@ def estimator(opts: TrainingOptions, job_name: str, hyperparameters: dict, insta
     from sagemaker.debugger import CollectionConfig, DebuggerHookConfig
     from sagemaker.estimator import Estimator
 
-    from ..metrics import METRIC_DEFINITIONS
-
     paths = job_paths(opts.output_path, job_name)
     debug = None
     if opts.debug_tensors:
@@ -110,10 +118,6 @@ def estimator(opts: TrainingOptions, job_name: str, hyperparameters: dict, insta
         max_wait = opts.max_wait or 2 * opts.max_run
         if max_wait < opts.max_run:
             raise CloudError(f"--max-wait ({max_wait}s) must be at least --max-run ({opts.max_run}s)")
-    if opts.metric_definitions:
-        definitions = metric_definitions(opts.metric_definitions)
-    else:  # a user's script prints its own lines: no built-in regexes unless asked for
-        definitions = None if opts.entry_point else METRIC_DEFINITIONS
     return Estimator(
         image_uri=image,
         role=role,
@@ -126,7 +130,7 @@ def estimator(opts: TrainingOptions, job_name: str, hyperparameters: dict, insta
         output_path=opts.output_path,
         checkpoint_s3_uri=paths["checkpoints"],
         hyperparameters=dict(hyperparameters),
-        metric_definitions=definitions,
+        metric_definitions=definitions_for(opts) or None,
         environment=dict(environment or {}),
         debugger_hook_config=debug if debug else False,
         disable_profiler=True,
@@ -189,8 +193,8 @@ def start_training(data, hyperparameters: dict, opts: TrainingOptions, job_name:
         "S3ModelArtifacts": paths["model"],
         "CheckpointS3Uri": paths["checkpoints"],
         "TensorsS3Uri": paths["tensors"] if opts.debug_tensors else None,
-        "HyperParameters": described.get("HyperParameters", hps),
-        "MetricDefinitions": (described.get("AlgorithmSpecification") or {}).get("MetricDefinitions", []),
+        "HyperParameters": hps,
+        "MetricDefinitions": definitions_for(opts),
         "SourceS3Uri": package.s3_uri if package else None,
     }
 
