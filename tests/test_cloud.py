@@ -611,9 +611,10 @@ def test_user_hyperparameters_are_json_encoded_like_the_sdk():
         "name": '"quoted"'}
 
 
-def test_script_mode_matches_the_sdk_pytorch_estimator(aws, project):
-    """The real SDK's PyTorch(entry_point, source_dir) against moto, and ours, for the same job:
-    the same hyperparameters, the same S3 key, the same archive members."""
+@pytest.mark.parametrize("distribution", [None, "torch_distributed"])
+def test_script_mode_matches_the_sdk_pytorch_estimator(aws, project, distribution):
+    """The real SDK's PyTorch(entry_point, source_dir[, distribution]) against moto, and ours, for
+    the same job: the same hyperparameters, the same S3 key, the same archive members."""
     from sagemaker.pytorch import PyTorch
 
     aws.client("s3").create_bucket(Bucket="dogs-bucket")
@@ -621,17 +622,21 @@ def test_script_mode_matches_the_sdk_pytorch_estimator(aws, project):
     boto_session = cloud.aws_session(REGION)
     boto_session.events.register("provide-client-params.sagemaker.CreateTrainingJob",
                                  lambda params, **_: sdk_calls.append(dict(params)))
+    count = 2 if distribution else 1
     estimator = PyTorch(entry_point="train_model.py", source_dir=str(project), image_uri=IMAGE, role=ROLE,
-                        instance_count=1, instance_type="ml.g4dn.xlarge", output_path=OUTPUT,
+                        instance_count=count, instance_type="ml.g4dn.xlarge", output_path=OUTPUT,
                         hyperparameters={"epochs": 5, "arch": "resnet50", "lr": 0.0015},
+                        distribution={distribution: {"enabled": True}} if distribution else None,
                         sagemaker_session=cloud.sagemaker_session(boto_session))
     estimator.fit({"training": DATA}, wait=False, logs=False, job_name="sdk-job")
     sdk_hps = sdk_calls[0]["HyperParameters"]
     sdk_archive = aws.client("s3").get_object(Bucket="dogs-bucket", Key="sdk-job/source/sourcedir.tar.gz")["Body"].read()
 
-    opts = options(entry_point="train_model.py", source_dir=str(project))
-    upload, create = cloud.training_requests(DATA, {"epochs": "5", "arch": "resnet50", "lr": "0.0015"}, opts, "sdk-job")
+    opts = options(entry_point="train_model.py", source_dir=str(project), distribution=distribution)
+    upload, create = cloud.training_requests(DATA, {"epochs": "5", "arch": "resnet50", "lr": "0.0015"}, opts, "sdk-job",
+                                             instance_count=count)
     assert create["request"]["HyperParameters"] == sdk_hps
+    assert ("sagemaker_torch_distributed_enabled" in sdk_hps) == bool(distribution)
     assert upload["S3Uri"] == json.loads(sdk_hps["sagemaker_submit_directory"])
     assert sorted(f for f, data in _members(sdk_archive).items() if data is not None) == upload["Files"]
 
@@ -692,6 +697,10 @@ def test_script_mode_errors_are_clear_and_create_nothing(aws, capsys, project, t
     args = _train_args(base, source_dir=project)
     assert args.func(args) == 2
     assert "--source-dir needs --entry-point" in capsys.readouterr().err
+    args = _train_args(base)
+    args.distribution = "torch_distributed"
+    assert args.func(args) == 2
+    assert "needs --entry-point" in capsys.readouterr().err
     assert not jobs.exists()
     assert aws.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
 

@@ -1,7 +1,7 @@
 """`localsage push | upload-data | deploy | endpoint`, the SageMaker options of `train`, and
 `train --backend sagemaker` (validate, dry-run or confirm, then run through the runner).
 
-Script mode's `--entry-point`, `--source-dir` and `--metric-definition` of `train` are defined with
+Script mode's `--entry-point`, `--source-dir`, `--metric-definition` and `--distribution` of `train` are defined with
 the other `train` flags (cli/jobs.py); they are read here with getattr, so `train` works without them."""
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def training_options(args):
                                  volume_size=args.volume_size, debug_tensors=args.debug_tensors,
                                  entry_point=getattr(args, "entry_point", None),
                                  source_dir=getattr(args, "source_dir", None),
-                                 metric_definitions=getattr(args, "metric_definition", None) or None)
+                                 metric_definitions=getattr(args, "metric_definition", None) or None,
+                                 distribution=None if getattr(args, "distribution", None) in (None, "", "none")
+                                 else args.distribution)
 
 
 @cloud_guard

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from . import ecr, session
 from .constants import (ACCOUNT_PLACEHOLDER, DEBUG_COLLECTIONS, DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN,
-                        DEFAULT_VOLUME_SIZE, MAX_METRIC_DEFINITIONS)
+                        DEFAULT_VOLUME_SIZE, INSTANCE_TYPE_HP, MAX_METRIC_DEFINITIONS, TORCH_DISTRIBUTED_HP)
 from .s3 import split_s3
 from .session import CloudError
 from .source import encode_hyperparameters, source_package, source_prefix
@@ -31,6 +31,7 @@ class TrainingOptions:
     entry_point: str | None = None        # script mode: the user's program (relative to source_dir)
     source_dir: str | None = None         # packed into sourcedir.tar.gz and uploaded before the job
     metric_definitions: list | None = None  # [{"Name", "Regex"}]: instead of the built-in ones
+    distribution: str | None = None       # script mode: "torch_distributed" (torchrun on every instance)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainingOptions":
@@ -96,10 +97,22 @@ def script_mode(opts: TrainingOptions, job_name: str, hyperparameters: dict, reg
     if not opts.entry_point:
         if opts.source_dir:
             raise CloudError("--source-dir needs --entry-point (the program to run from it)")
+        distribution_hyperparameters(opts)  # refused without an entry point
         return to_strings(hyperparameters), None
     hps, package = source_package(opts.source_dir, opts.entry_point, source_prefix(opts.output_path, job_name),
                                   job_name=job_name, region=region)
-    return {**encode_hyperparameters(hyperparameters), **hps}, package
+    return {**encode_hyperparameters(hyperparameters), **hps, **distribution_hyperparameters(opts)}, package
+
+
+def distribution_hyperparameters(opts: TrainingOptions) -> dict:
+    """The PyTorch estimator's `distribution={"torch_distributed": {"enabled": True}}` as hyperparameters."""
+    if not opts.distribution:
+        return {}
+    if opts.distribution != "torch_distributed":
+        raise CloudError(f"distribution {opts.distribution!r}: SageMaker script mode here supports torch_distributed")
+    if not opts.entry_point:
+        raise CloudError("--distribution torch_distributed needs --entry-point (the built-in trainer distributes itself)")
+    return {TORCH_DISTRIBUTED_HP: json.dumps(True), INSTANCE_TYPE_HP: json.dumps(opts.instance_type)}
 
 
 def estimator(opts: TrainingOptions, job_name: str, hyperparameters: dict, instance_count: int,
