@@ -19,25 +19,14 @@ import time
 
 from . import hook as hook_mod
 from . import sampler as sampler_mod
+from .constants import HYPERPARAMETERS, debugger_hp  # noqa: F401  (defaults from localsage/hyperparameters.py)
 
 log = logging.getLogger("localsage.debugger")
-
-# Hyperparameters this package reads (defined once in localsage/hyperparameters.py).
-HYPERPARAMETERS = {
-    "debug": True,
-    "debug-train-interval": 10,
-    "debug-eval-interval": 1,
-    "debug-tensor-interval": 500,
-    "debug-strict": True,
-    "rules": "default",
-    "rules-at-end": False,
-    "profiler": True,
-}
 
 
 class Session:
     def __init__(self, contract, hp, model, loss_modules, workers=None, start=None, batch_size=None):
-        hp = {**HYPERPARAMETERS, **{k: v for k, v in hp.items() if k in HYPERPARAMETERS}}
+        hp = debugger_hp(hp)
         self.contract, self.hp = contract, hp
         self.hook = hook_mod.create(model, loss_modules, contract, hp)
         profiling = bool(hp["profiler"])
