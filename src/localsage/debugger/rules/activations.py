@@ -34,6 +34,7 @@ class PoorWeightInitialization(LocalRule):
         if not (self.acts or self.grads):
             self.no_data(NO_RELU.format(rx=f"/{rx}/") + "; " + NO_GRADIENTS)
         self.done = False
+        self.symptom = False  # True when only the loss check fired (a flat/rising start has many causes)
 
     def invoke_at_step(self, step):
         if self.done:
@@ -77,6 +78,7 @@ class PoorWeightInitialization(LocalRule):
         if len(early) > p:
             self.datapoints += 1
             if min(early[-p:]) >= early[0]:
+                self.symptom = not self.messages
                 return f"TRAIN loss did not drop in the first {self.params['steps']} steps ({fmt(early[0])} -> {fmt(early[-1])})"
         return None
 
@@ -123,7 +125,8 @@ class ClassImbalance(LocalRule):
     threshold_imbalance times the samples of the least frequent one (classes counted from the logits'
     width, so an unseen class counts 0), or when in the last `samples` samples a class's mispredicted
     fraction exceeds threshold_misprediction (checked once, at the end, so the random predictions of
-    the first steps do not count). Logits are argmax-ed when 2-D whatever `argmax` says.
+    the first steps do not count; short jobs: `samples` scales to the last third of the saved samples).
+    Logits are argmax-ed when 2-D whatever `argmax` says.
     Local refinement (only_when_others_learned, default true; false gives AWS's plain condition): a
     mispredicted class counts only while the other classes together are mispredicted at most
     1 - threshold_misprediction of the time. A model at chance (e.g. a diverged one) mispredicts
@@ -179,7 +182,7 @@ class ClassImbalance(LocalRule):
             problems.append(f"class {int(counts.argmax())} has {int(counts.max())} samples, class {int(counts.argmin())} "
                             f"{int(counts.min())} (> {self.params['threshold_imbalance']}x)")
         if len(self.preds) == len(self.labels):
-            n = int(self.params["samples"])
+            n = self.scale("samples", max(1, len(labels) // 3), f"{len(labels)} saved TRAIN samples: the last third")
             y, p = labels[-n:], np.asarray(self.preds[-n:])
             limit = float(self.params["threshold_misprediction"])
             for c in range(k):

@@ -70,13 +70,15 @@ class LossNotDecreasing(LocalRule):
         candidates = [getattr(modes, wanted)] if wanted else [modes.TRAIN, modes.EVAL, modes.GLOBAL]
         counts = {}
         for m in candidates:
+            if m == modes.GLOBAL and not wanted and any(counts.values()):
+                break  # GLOBAL is for trials without modes (a script that never called set_mode)
             losses = mode_losses(base_trial, m, self.names)
             counts[m] = len(losses)
             if len(losses) >= MIN_LOSS_POINTS:
                 self.mode, self.losses = m, losses
                 break
         if self.mode is None:
-            m = max(counts, key=counts.get)
+            m = next((k for k, c in counts.items() if c), candidates[0])
             self.no_data(f"{counts[m]} {m.name} loss points, needs {MIN_LOSS_POINTS}: save more often with "
                          f"debug-train-interval" + (" (or mode=TRAIN)" if wanted and wanted != "TRAIN" else ""))
             return
@@ -111,7 +113,7 @@ class LossNotDecreasing(LocalRule):
         drop = 100.0 * (prev - value) / abs(prev) if prev else 0.0
         if drop < float(self.params["diff_percent"]):
             kind = "rising" if -drop > float(self.params["increase_threshold_percent"]) else "flat"
-            self.note(step, f"{self.mode.name} loss {fmt(prev)} (step {prev_step}) -> {fmt(value)} ({kind}, {drop:+.2f} %)")
+            self.note(step, f"{self.mode.name} loss {fmt(prev)} (step {prev_step}) -> {fmt(value)} ({kind}, {drop:+.3g} %)")
             return True
         return False
 
@@ -120,9 +122,10 @@ class LossDiverging(LocalRule):
     """Ours (SageMaker's ExplodingTensor sees only NaN/inf; a diverged job's losses can stay finite at
     10^3-10^17): fires at each saved step of `mode` whose loss is more than `factor` times the first
     saved loss of that mode (the loss of the model as initialised: ln(classes) for a fresh
-    classifier), or not finite. Needs 2 saved losses."""
+    classifier), or not finite. Needs 2 saved losses. Mode: `mode`, or TRAIN (GLOBAL in a trial
+    without modes)."""
 
-    DEFAULTS = {"factor": 10.0, "mode": "TRAIN", "use_losses_collection": True}
+    DEFAULTS = {"factor": 10.0, "mode": "", "use_losses_collection": True}
     DESCRIPTION = "The loss grew far above its starting value: training diverged."
     RECOMMENDATION = "Lower the learning rate (try 10x lower), add warm-up or gradient clipping; check the optimizer."
     ACTION = "lower the learning rate"
@@ -130,9 +133,12 @@ class LossDiverging(LocalRule):
     def __init__(self, base_trial, **params):
         super().__init__(base_trial, **params)
         self.names = loss_names(base_trial, self.params["use_losses_collection"])
-        self.mode = getattr(modes, str(self.params["mode"]).upper() or "TRAIN")
+        wanted = str(self.params["mode"]).upper()
+        self.mode = getattr(modes, wanted or "TRAIN")
         self.losses = mode_losses(base_trial, self.mode, self.names) if self.names else {}
-        self.peak, self.first_fired = None, None
+        if not wanted and not self.losses and self.names:  # a trial without modes
+            self.mode, self.losses = modes.GLOBAL, mode_losses(base_trial, modes.GLOBAL, self.names)
+        self.peak, self.first_fired, self.first_nonfinite = None, None, None
         if not self.names:
             self.no_data(NO_LOSSES)
         elif len(self.losses) < 2:
@@ -151,7 +157,9 @@ class LossDiverging(LocalRule):
         limit = float(self.params["factor"]) * abs(self.first)
         if math.isfinite(value) and value <= limit:
             return False
-        if self.peak is None or not math.isfinite(value) or (math.isfinite(self.peak[1]) and value > self.peak[1]):
+        if not math.isfinite(value):
+            self.first_nonfinite = self.first_nonfinite or (step, value)
+        elif self.peak is None or value > self.peak[1]:
             self.peak = (step, value)
         if self.first_fired is None:
             self.first_fired = step
@@ -162,6 +170,8 @@ class LossDiverging(LocalRule):
     def finish(self):
         if self.peak is not None and self.peak[0] != self.first_fired:
             self.evidence += f"; peak {fmt(self.peak[1])} at step {self.peak[0]}"
+        if self.first_nonfinite is not None and self.first_nonfinite[0] != self.first_fired:
+            self.evidence += f"; {self.first_nonfinite[1]} from step {self.first_nonfinite[0]}"
         return None
 
 
@@ -218,11 +228,14 @@ class Overtraining(LocalRule):
     TRAIN steps) and the best EVAL loss (mean of each evaluation pass); a loss "improves" when it drops
     below best - delta. Fires when TRAIN has not improved for patience_train saved TRAIN steps AND the
     validation loss has not improved for patience_validation evaluation passes: training goes on
-    without learning anything that generalises. Short jobs: patience_validation scales to half the
+    without learning anything that generalises. Local condition (min_learned_percent): the mean of the
+    last quarter of the TRAIN losses so far must be at least that % below the mean of the first
+    quarter; a model that never learned is
+    LossNotDecreasing's finding, not overtraining. Short jobs: patience_validation scales to half the
     passes (at least 2), patience_train to a quarter of the saved TRAIN steps (at least 2); fewer
     than 3 evaluation passes is NoData."""
 
-    DEFAULTS = {"patience_train": 5, "patience_validation": 10, "delta": 0.01}
+    DEFAULTS = {"patience_train": 5, "patience_validation": 10, "delta": 0.01, "min_learned_percent": 10.0}
     DESCRIPTION = "Training and validation losses stopped improving: further training is wasted."
     RECOMMENDATION = "Stop earlier (early stopping via the `patience` hyperparameter) or change the learning rate schedule."
     ACTION = "stop earlier (hyperparameter patience)"
@@ -234,7 +247,7 @@ class Overtraining(LocalRule):
         self.values = {s: (m, v) for s, m, v in self.series}
         self.best_train, self.since_train = math.inf, 0
         self.best_eval, self.since_eval = math.inf, 0
-        self.eval = []
+        self.eval, self.train = [], []
         n_train = sum(1 for _, m, _ in self.series if m == modes.TRAIN)
         if not self.names:
             self.no_data(NO_LOSSES)
@@ -253,6 +266,7 @@ class Overtraining(LocalRule):
         delta = float(self.params["delta"])
         if mode == modes.TRAIN:
             self.datapoints += 1
+            self.train.append(loss)
             if loss < self.best_train - delta:
                 self.best_train, self.since_train = loss, 0
             else:
@@ -268,7 +282,11 @@ class Overtraining(LocalRule):
             self.best_eval, self.since_eval = ev, 0
         else:
             self.since_eval += 1
-        if self.since_train >= int(self.params["patience_train"]) and self.since_eval >= int(self.params["patience_validation"]):
+        k = max(1, len(self.train) // 4)
+        learned = bool(self.train) and mean(self.train[-k:]) < mean(self.train[:k]) * (
+            1 - float(self.params["min_learned_percent"]) / 100)
+        if learned and self.since_train >= int(self.params["patience_train"]) and \
+                self.since_eval >= int(self.params["patience_validation"]):
             self.note(step, f"no TRAIN improvement for {self.since_train} saved steps and no EVAL improvement "
                             f"for {self.since_eval} passes (best EVAL loss {fmt(self.best_eval)})")
             return True

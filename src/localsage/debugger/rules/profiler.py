@@ -232,7 +232,7 @@ class Dataloader(ProfilerRule):
     def __init__(self, profile, **params):
         super().__init__(profile, **params)
         self.rows = [s for s in profile.train_steps() if s.get("total")]
-        self.data_if("workers" in profile.job or bool(self.rows), "no profiler/job.json and no timed training steps")
+        self.data_if(profile.job.get("workers") is not None or bool(self.rows), "no profiler/job.json and no timed training steps")
 
     def steps(self):
         return (0, 1) if self.has_data else (0, 0)
@@ -240,7 +240,7 @@ class Dataloader(ProfilerRule):
     def invoke_at_step(self, i):
         problems = []
         job = self.profile.job
-        if "workers" in job and job.get("cores"):
+        if job.get("workers") is not None and job.get("cores"):
             self.datapoints += 1
             pct = 100.0 * job["workers"] / job["cores"]
             if pct < self.params["min_threshold"]:

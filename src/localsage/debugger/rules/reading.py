@@ -6,9 +6,10 @@ from __future__ import annotations
 from ..constants import ALL_RULES
 
 # The cause before its symptoms: a diverged job also shows a flat/rising loss, mispredicted classes
-# and huge weight updates; a zero init also gives vanishing gradients and a flat loss.
-CAUSE_ORDER = ("LossDiverging", "ExplodingTensor", "AllZero", "PoorWeightInitialization", "VanishingGradient",
-               "DeadRelu", "WeightUpdateRatio", "ClassImbalance", "Overfit", "Overtraining", "LossNotDecreasing")
+# and huge weight updates; a zero init also gives vanishing gradients and a flat loss. A verdict
+# marked `symptom` (all-zero gradients only; a poor start of the loss only) ranks after the others.
+CAUSE_ORDER = ("LossDiverging", "ExplodingTensor", "AllZero", "PoorWeightInitialization", "DeadRelu",
+               "VanishingGradient", "WeightUpdateRatio", "ClassImbalance", "Overfit", "Overtraining", "LossNotDecreasing")
 LABELS = {
     "LossDiverging": "Diverged", "ExplodingTensor": "NaN/inf in the tensors", "AllZero": "All-zero tensors",
     "PoorWeightInitialization": "Poor weight initialisation", "VanishingGradient": "Vanishing gradients",
@@ -23,7 +24,7 @@ def _rank(v):
     kind = 0 if v.get("kind") == "debugger" else 1
     name = v["rule"]
     cause = CAUSE_ORDER.index(name) if name in CAUSE_ORDER else len(CAUSE_ORDER)
-    return (status, kind, cause, ALL_RULES.index(name) if name in ALL_RULES else 99)
+    return (status, kind, bool(v.get("symptom")), cause, ALL_RULES.index(name) if name in ALL_RULES else 99)
 
 
 def ordered(verdicts) -> list[dict]:
@@ -31,8 +32,10 @@ def ordered(verdicts) -> list[dict]:
     return sorted(verdicts, key=_rank)
 
 
-def _at(evidence: str) -> str:
+def _at(evidence: str, width=160) -> str:
     evidence = (evidence or "").removeprefix("end: ")
+    if len(evidence) > width:
+        evidence = evidence[:width - 3] + "..."
     return "at " + evidence if evidence.startswith("step ") else evidence
 
 

@@ -57,6 +57,7 @@ class TensorScanRule(LocalRule):
         super().__init__(base_trial, **params)
         colls = [c.strip() for c in str(self.params["collection_names"]).split(",") if c.strip()]
         self.names = names(base_trial, colls, self.params["tensor_regex"] or None)
+        self.found = set()
         if not self.names:
             self.no_data(collection_reason(colls, self.params["tensor_regex"]))
 
@@ -75,6 +76,7 @@ class TensorScanRule(LocalRule):
                 bad.append(name)
         if bad:
             self.note(step, f"{len(bad)} {self.FINDING}: " + ", ".join(bad[:3]))
+            self.found.update(bad)
         return bool(bad)
 
 
@@ -101,6 +103,11 @@ class AllZero(TensorScanRule):
     RECOMMENDATION = "Check initialisation, frozen or disconnected layers, and that the inputs are not blank."
     ACTION = "check the initialisation and for disconnected layers"
     FINDING = "tensors all zero"
+
+    @property
+    def symptom(self):
+        """Only gradients were zero: the effect of something upstream (dead units, a zero init), not the cause."""
+        return bool(self.found) and all(n.startswith("gradient") for n in self.found)
 
     def is_bad(self, v) -> bool:
         return bool(v.size and 100.0 * float((v == 0).mean()) >= float(self.params["threshold"]))

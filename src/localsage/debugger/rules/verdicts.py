@@ -95,6 +95,7 @@ def evaluate(rule) -> dict:
         rule.messages = rule.messages or [rule.evidence]
     verdict = _verdict(rule.rule_name, type(rule), rule.KIND, status, fired, rule.datapoints, rule.messages,
                        rule.params, rule.evidence if (fired or status == "NoData") else None, rule.scaled)
+    verdict["symptom"] = bool(fired) and bool(getattr(rule, "symptom", False))
     for extra in ("stats", "counts", "wait_share"):
         if hasattr(rule, extra):
             verdict[extra] = getattr(rule, extra)
