@@ -1,7 +1,7 @@
 """Planted training faults and the debugger verdicts they get: the rule named for each fault must
 fire, a healthy run must get no debugger-rule issue (profiler rules may speak about the machine).
 
-Each fault is an in-process test model trained 2-3 epochs (overfitting: 30) on the demo set at
+Each fault is an in-process test model trained 2-3 epochs (overfitting: 20) on the demo set at
 32 px through the product's debugger API (`debugger.attach`: the hook, the step timer, the system
 sampler), then judged with `rules.run_rules` (every rule; the job saves what rules=all needs, with
 weights/gradients/activations every TENSOR_INTERVAL steps). Nothing is planted through product
@@ -174,8 +174,8 @@ FAULTS = {f.name: f for f in (
     Fault("huge-init", "conv weights x100", ("PoorWeightInitialization",), init=huge_init,
           reading=("Poor weight initialisation",)),
     Fault("dead-relu", "conv biases -10", ("DeadRelu",), init=dead_bias, reading=("Dead ReLUs",)),
-    Fault("overfit", "8 images per class, no augmentation, 30 epochs, wider net", (), ("Overfit", "Overtraining"),
-          epochs=30, batch=16, data=lambda x, y: per_class(x, y, {}, default=8), kwargs={"width": 32},
+    Fault("overfit", "8 images per class, no augmentation, 20 epochs, wider net", (), ("Overfit", "Overtraining"),
+          epochs=20, batch=16, data=lambda x, y: per_class(x, y, {}, default=8), kwargs={"width": 32},
           reading=("Overfitting", "Overtraining")),
     Fault("imbalance", "class 0: 42 images, the others 4 each", ("ClassImbalance",),
           data=lambda x, y: per_class(x, y, {0: 1000}, default=4), reading=("Class imbalance",)),

@@ -47,14 +47,9 @@ def test_planted_fault_fires_its_rule(name, demo32, tmp_path):
     fired_rows = [line.split()[0] for line in table.splitlines()[3:] if "IssuesFound" in line.split()[1:2]]
     assert fired_rows == r["fired"], table  # fired rules first, in the reading's order
     assert table.startswith("Reading: " + r["reading"])
-
-
-def test_divergence_reading_names_the_cause_not_the_symptoms(demo32, tmp_path):
-    r = faults.run("divergence-adamw", demo32, tmp_path)
-    assert r["reading"].startswith("Diverged (LossDiverging) at step 1: TRAIN loss "), r["reading"]
-    assert "lower the learning rate" in r["reading"]
-    v = r["by_rule"]["LossDiverging"]
-    assert v["trigger_steps"][0] == 1 and "(step 0) ->" in v["evidence"]
+    if name == "divergence-adamw":  # the cause, its step and values, and what to do: not the symptoms
+        assert r["reading"].startswith("Diverged (LossDiverging) at step 1: TRAIN loss "), r["reading"]
+        assert "lower the learning rate" in r["reading"] and "(step 0) ->" in by["LossDiverging"]["evidence"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
