@@ -68,21 +68,23 @@ def per_class(x, y, counts: dict, default=None):
 
 # ----------------------------------------------------------------------------- models
 class Block(nn.Module):
-    def __init__(self, cin, cout):
+    def __init__(self, cin, cout, norm=False):
         super().__init__()
         self.conv, self.relu = nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()  # smdebug: <block>.relu_input_0
+        self.bn = nn.BatchNorm2d(cout) if norm else nn.Identity()
 
     def forward(self, x):
-        return self.relu(self.conv(x))
+        return self.relu(self.bn(self.conv(x)))
 
 
 class PlainNet(nn.Module):
-    """conv-ReLU x3 without normalisation layers (so an initialisation fault is not normalised away)."""
+    """conv-ReLU x3, without normalisation layers (so an initialisation fault is not normalised away)
+    unless norm (BatchNorm, as in the ResNets: what keeps a too-high learning rate's losses finite)."""
 
-    def __init__(self, classes, width=16):
+    def __init__(self, classes, width=16, norm=False):
         super().__init__()
         w = width
-        self.b1, self.b2, self.b3 = Block(3, w), Block(w, 2 * w), Block(2 * w, 4 * w)
+        self.b1, self.b2, self.b3 = Block(3, w, norm), Block(w, 2 * w, norm), Block(2 * w, 4 * w, norm)
         self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(4 * w, classes)
         for m in self.modules():  # a standard initialisation: Kaiming for ReLU, zero biases
@@ -159,10 +161,10 @@ class Fault:
 
 FAULTS = {f.name: f for f in (
     Fault("healthy", "PlainNet, Kaiming init, AdamW lr=3e-3, 3 epochs", ()),
-    Fault("divergence-adamw", "AdamW lr=50 (losses finite)", ("LossNotDecreasing", "LossDiverging"), lr=50.0,
-          reading=("Diverged",)),
-    Fault("divergence-sgd", "SGD lr=5, no momentum (losses finite)", ("LossNotDecreasing", "LossDiverging"),
-          opt="sgd", lr=5.0, momentum=0.0, reading=("Diverged",)),
+    Fault("divergence-adamw", "AdamW lr=50, BatchNorm net (losses finite)", ("LossNotDecreasing", "LossDiverging"),
+          lr=50.0, kwargs={"norm": True}, reading=("Diverged",)),
+    Fault("divergence-sgd", "SGD lr=5, momentum 0.9, BatchNorm net (losses finite)", ("LossNotDecreasing", "LossDiverging"),
+          opt="sgd", lr=5.0, kwargs={"norm": True}, reading=("Diverged",)),
     Fault("nan", "SGD lr=1e4 (NaN/inf)", ("ExplodingTensor",), opt="sgd", lr=1e4,
           reading=("Diverged", "NaN/inf")),
     Fault("no-learning", "AdamW lr=1e-7: loss flat at ln(6)", ("LossNotDecreasing",), lr=1e-7,

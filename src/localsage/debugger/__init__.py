@@ -79,6 +79,7 @@ class Session:
             verdicts = rules.run_rules(self.contract.output_dir, only=only)
             fired = [v["rule"] for v in verdicts if v["triggered"]]
             log.info("rules evaluated in the job: %d, issues found by: %s", len(verdicts), ", ".join(fired) or "none")
+            log.info("debugger reading: %s", rules.reading(verdicts))
 
 
 def attach(contract, hp, model, loss_modules, workers=None, start=None, batch_size=None) -> Session:
