@@ -19,6 +19,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .export import serving_env
+
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 DEFAULT_REPOSITORY = "localsage"
@@ -30,12 +32,7 @@ NAME_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"  # training job, model and en
 # SDK defaults given to every sagemaker.Session we make: no telemetry requests.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 # The container's `serve` reads these (serve/serve); values as SageMaker passes them: strings.
-SERVING_ENV = {
-    "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-    "SAGEMAKER_TS_BATCH_SIZE": "8",
-    "SAGEMAKER_TS_MAX_BATCH_DELAY": "5",
-    "SAGEMAKER_MODEL_SERVER_TIMEOUT": "60",
-}
+SERVING_ENV = serving_env()  # defaults from serve/handler_defaults.py
 # Debugger tensors the training job saves (smdebug collection names) and how often.
 DEBUG_COLLECTIONS = {"losses": {"save_interval": "10"}, "metrics": {"save_interval": "10"}}
 

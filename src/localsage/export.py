@@ -4,12 +4,15 @@
     model/model_config.json    arch, num_classes, image_size, resize_size, mean, std, classes
     model/index_to_name.json   {"0": "Affenpinscher", ...}
     model/handler.py           serve/handler.py (TorchServe handler; needs torchvision, not localsage)
+    model/handler_*.py         its modules (defaults, errors, requests, URLs, images), copied from serve/
     model/model-config.yaml    TorchServe batching/workers + handler settings
     model/MAR-INF/MANIFEST.json  as `torch-model-archiver --archive-format no-archive` writes it
 so `torchserve --models name=<dir>` and SageMaker's /opt/ml/model serve the directory unchanged.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -73,9 +76,9 @@ def load_model(model_dir):
 
 MANIFEST = Path("MAR-INF") / "MANIFEST.json"
 HANDLER_FILE = "handler.py"
+HANDLER_MODULES = "handler_*.py"  # the handler's own modules in serve/, shipped beside it
+DEFAULTS_FILE = "handler_defaults.py"
 MODEL_CONFIG_YAML = "model-config.yaml"
-# Dynamic batching and workers for the exported model (TorchServe's own default is batch 1).
-BATCH_DEFAULTS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 60}
 
 
 def serve_dir() -> Path:
@@ -90,6 +93,32 @@ def serve_dir() -> Path:
                             "set LOCALSAGE_SERVE_DIR to the repository's serve/ folder")
 
 
+def handler_files() -> list:
+    """serve/handler.py and its modules: what every exported model dir and .mar carries."""
+    folder = serve_dir()
+    return [folder / HANDLER_FILE, *sorted(folder.glob(HANDLER_MODULES))]
+
+
+@functools.lru_cache(maxsize=None)
+def serving_defaults():
+    """serve/handler_defaults.py, the one place for serving defaults (workers, batching, timeout,
+    topk, handler limits); the handler ships it, so it is read here from its file."""
+    path = serve_dir() / DEFAULTS_FILE
+    spec = importlib.util.spec_from_file_location("localsage_handler_defaults", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def serving_env() -> dict:
+    """The container `serve` variables with their defaults, as SageMaker passes them (strings)."""
+    server = serving_defaults().SERVER
+    return {"SAGEMAKER_MODEL_SERVER_WORKERS": str(server["minWorkers"]),
+            "SAGEMAKER_TS_BATCH_SIZE": str(server["batchSize"]),
+            "SAGEMAKER_TS_MAX_BATCH_DELAY": str(server["maxBatchDelay"]),
+            "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(server["responseTimeout"])}
+
+
 def _archiver_version() -> str:
     try:
         from model_archiver import __version__
@@ -100,20 +129,22 @@ def _archiver_version() -> str:
 
 
 def make_torchserve_dir(model_dir, model_name: str = "model", version: str = "1.0", **batching) -> Path:
-    """Make an exported model dir a TorchServe model directory in place: copy handler.py, write
-    model-config.yaml (batching, workers, handler settings) and MAR-INF/MANIFEST.json."""
+    """Make an exported model dir a TorchServe model directory in place: copy handler.py and its
+    modules, write model-config.yaml (batching, workers, handler settings) and MAR-INF/MANIFEST.json."""
     import yaml
 
     model_dir = Path(model_dir)
     for needed in (WEIGHTS_FILE, CONFIG_FILE):
         if not (model_dir / needed).is_file():
             raise FileNotFoundError(f"{model_dir / needed} missing: not an exported localsage model dir")
-    unknown = set(batching) - set(BATCH_DEFAULTS)
+    defaults = serving_defaults()
+    unknown = set(batching) - set(defaults.SERVER)
     if unknown:
-        raise TypeError(f"unknown batching settings {sorted(unknown)}; known: {sorted(BATCH_DEFAULTS)}")
-    shutil.copyfile(serve_dir() / HANDLER_FILE, model_dir / HANDLER_FILE)
-    config = {**BATCH_DEFAULTS, **batching, "handler": {"topk": 5}}
-    header = ("# TorchServe per-model settings. Handler settings (handler.py DEFAULTS) go under `handler:`;\n"
+        raise TypeError(f"unknown batching settings {sorted(unknown)}; known: {sorted(defaults.SERVER)}")
+    for path in handler_files():
+        shutil.copyfile(path, model_dir / path.name)
+    config = {**defaults.SERVER, **batching, "handler": {"topk": defaults.TOPK}}
+    header = ("# TorchServe per-model settings. Handler settings (handler_defaults.HANDLER) go under `handler:`;\n"
               "# LOCALSAGE_SERVE_<NAME> environment variables override them. serve/serve applies SAGEMAKER_* on top.\n")
     (model_dir / MODEL_CONFIG_YAML).write_text(header + yaml.safe_dump(config, sort_keys=False))
     manifest = {
