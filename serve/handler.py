@@ -66,6 +66,7 @@ class Classifier:
         self.pre = Preprocessor(self.spec, self.settings, self.device)
         timeout = float(yaml_config.get("responseTimeout") or SERVER["responseTimeout"])
         self.batch_time_s = timeout * self.settings["batch_time_fraction"]
+        self.clock = time.monotonic  # the budgets' clock (tests substitute their own)
 
         if self.device.type == "cpu":
             threads = self.settings["threads"]
@@ -131,11 +132,9 @@ class Classifier:
     # the batch
     def _prepare(self, item, idx, context, batch_deadline):
         """One request -> (topk, is_list, crops); RequestError for anything wrong with it."""
-        if time.monotonic() > batch_deadline:
-            raise RequestError(503, "ServerBusy", "the batch this request was in ran out of time "
-                               "decoding other requests' images; retry")
+        Budget(self.settings, batch_deadline, self.clock).check_time("request")  # the batch may be out of time
         images, topk, many = parse_request(item, idx, context, self.settings, self.num_classes)
-        budget = Budget(self.settings, batch_deadline)
+        budget = Budget(self.settings, batch_deadline, self.clock)
         crops = [self.preprocess_image(raw, f"images[{i}]" if many else "image", budget)
                  for i, raw in enumerate(images)]
         return topk, many, crops
@@ -159,7 +158,7 @@ class Classifier:
     def handle(self, data, context):
         """One TorchServe batch -> one response per request, each with its own status."""
         t0 = time.perf_counter()
-        batch_deadline = time.monotonic() + self.batch_time_s
+        batch_deadline = self.clock() + self.batch_time_s
         results = [None] * len(data)
         jobs = []  # (request index, topk, is_list, crops)
         for idx, item in enumerate(data):

@@ -10,7 +10,8 @@ Bounds, all checked before the memory they protect is allocated:
   * max_aspect: an image longer than max_aspect x its shorter side is centre-cropped to that ratio
     before resizing (only the centre survives the centre crop anyway), so the resized tensor is at
     most resize x (max_aspect * resize) whatever the file claims;
-  * request_time_s per request and a batch deadline, checked between images.
+  * request_time_s per request and a batch deadline, checked before each image (one image's
+    decode is bounded by the pixel limits).
 """
 
 import io
@@ -94,6 +95,7 @@ class Budget:
                                f"limit {self.max_pixels} per request")
 
     def check_time(self, what):
+        """Before each image: refuse to start it once the request's or the batch's time is spent."""
         now = self.now()
         if now > self.deadline:
             raise RequestError(413, "RequestTooExpensive",
@@ -171,13 +173,12 @@ class Preprocessor:
         self.std = torch.tensor(spec["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
 
     def image(self, raw, budget=None, what="image"):
+        if budget is not None:
+            budget.check_time(what)
         img = open_image(raw, self.settings, self.spec, budget, what)
         chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
         del img
-        out = self.geometry(chw).permute(1, 2, 0)  # HWC uint8 (resized on the tensor, as in training)
-        if budget is not None:
-            budget.check_time(what)
-        return out
+        return self.geometry(chw).permute(1, 2, 0)  # HWC uint8 (resized on the tensor, as in training)
 
     def to_batch(self, hwc_list, device):
         batch = torch.stack(hwc_list).to(device, non_blocking=True)  # NHWC uint8
