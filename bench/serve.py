@@ -110,7 +110,7 @@ def make_jpegs(n=16, width=500, height=375, quality=90):
 
 
 def worker_rss_mb(server, model):
-    desc = requests.get(f"{server.management_url}/models/{model}", timeout=10).json()[0]
+    desc = server.describe(model)
     total = 0
     for w in desc["workers"]:
         try:
@@ -176,7 +176,7 @@ def main(argv=None):
     print(f"model {args.arch} ({args.classes} classes) at 224 px, {len(images)} JPEGs 500x375 q90 "
           f"(~{sum(map(len, images)) // len(images) // 1024} KB), concurrency {args.concurrency}, "
           f"<= {args.requests} requests / {args.duration:.0f} s per handler, {os.cpu_count()} CPUs", flush=True)
-    server = serving.LocalServer({"ours": ours, "seed": seed}, port=args.port, management_port=args.port + 1,
+    server = serving.LocalServer({"ours": ours, "seed": seed}, port=args.port,
                                  metrics_port=args.port + 2, grpc_ports=(args.port + 3, args.port + 4),
                                  log_path=root / "torchserve.out")
     results = {}

@@ -4,6 +4,7 @@
     model/model_config.json    arch, num_classes, image_size, resize_size, mean, std, classes
     model/index_to_name.json   {"0": "Affenpinscher", ...}
     model/handler.py           serve/handler.py (TorchServe handler; needs torchvision, not localsage)
+    model/handler_*.py         its modules (defaults, errors, requests, URLs, images), copied from serve/
     model/model-config.yaml    TorchServe batching/workers + handler settings
     model/MAR-INF/MANIFEST.json  as `torch-model-archiver --archive-format no-archive` writes it
 so `torchserve --models name=<dir>` and SageMaker's /opt/ml/model serve the directory unchanged.
@@ -72,22 +73,10 @@ def load_model(model_dir):
 # ------------------------------------------------------------------------------ TorchServe bits
 
 MANIFEST = Path("MAR-INF") / "MANIFEST.json"
-HANDLER_FILE = "handler.py"
+from .servefiles import (  # noqa: E402,F401 - serve/ files and serving defaults (torch-free module)
+    DEFAULTS_FILE, HANDLER_FILE, HANDLER_MODULES, handler_files, serve_dir, serving_defaults,
+)
 MODEL_CONFIG_YAML = "model-config.yaml"
-# Dynamic batching and workers for the exported model (TorchServe's own default is batch 1).
-BATCH_DEFAULTS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 60}
-
-
-def serve_dir() -> Path:
-    """Where serve/ (handler.py, config.properties, serve) lives: $LOCALSAGE_SERVE_DIR, the source
-    checkout, <prefix>/share/localsage/serve (installed package) or /opt/localsage/serve (image)."""
-    candidates = [os.environ.get("LOCALSAGE_SERVE_DIR"), Path(__file__).resolve().parents[2] / "serve",
-                  Path(sys.prefix) / "share" / "localsage" / "serve", "/opt/localsage/serve"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / HANDLER_FILE).is_file():
-            return Path(candidate)
-    raise FileNotFoundError("serve/handler.py not found (needed in every exported model dir); "
-                            "set LOCALSAGE_SERVE_DIR to the repository's serve/ folder")
 
 
 def _archiver_version() -> str:
@@ -100,20 +89,22 @@ def _archiver_version() -> str:
 
 
 def make_torchserve_dir(model_dir, model_name: str = "model", version: str = "1.0", **batching) -> Path:
-    """Make an exported model dir a TorchServe model directory in place: copy handler.py, write
-    model-config.yaml (batching, workers, handler settings) and MAR-INF/MANIFEST.json."""
+    """Make an exported model dir a TorchServe model directory in place: copy handler.py and its
+    modules, write model-config.yaml (batching, workers, handler settings) and MAR-INF/MANIFEST.json."""
     import yaml
 
     model_dir = Path(model_dir)
     for needed in (WEIGHTS_FILE, CONFIG_FILE):
         if not (model_dir / needed).is_file():
             raise FileNotFoundError(f"{model_dir / needed} missing: not an exported localsage model dir")
-    unknown = set(batching) - set(BATCH_DEFAULTS)
+    defaults = serving_defaults()
+    unknown = set(batching) - set(defaults.SERVER)
     if unknown:
-        raise TypeError(f"unknown batching settings {sorted(unknown)}; known: {sorted(BATCH_DEFAULTS)}")
-    shutil.copyfile(serve_dir() / HANDLER_FILE, model_dir / HANDLER_FILE)
-    config = {**BATCH_DEFAULTS, **batching, "handler": {"topk": 5}}
-    header = ("# TorchServe per-model settings. Handler settings (handler.py DEFAULTS) go under `handler:`;\n"
+        raise TypeError(f"unknown batching settings {sorted(unknown)}; known: {sorted(defaults.SERVER)}")
+    for path in handler_files():
+        shutil.copyfile(path, model_dir / path.name)
+    config = {**defaults.SERVER, **batching, "handler": {"topk": defaults.TOPK}}
+    header = ("# TorchServe per-model settings. Handler settings (handler_defaults.HANDLER) go under `handler:`;\n"
               "# LOCALSAGE_SERVE_<NAME> environment variables override them. serve/serve applies SAGEMAKER_* on top.\n")
     (model_dir / MODEL_CONFIG_YAML).write_text(header + yaml.safe_dump(config, sort_keys=False))
     manifest = {

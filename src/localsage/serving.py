@@ -6,11 +6,13 @@ never imports localsage.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import mimetypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 from .export import (  # noqa: F401 - re-exported for callers of the serving API
-    HANDLER_FILE, MANIFEST, MODEL_CONFIG_YAML, make_torchserve_dir, serve_dir,
+    HANDLER_FILE, MANIFEST, MODEL_CONFIG_YAML, handler_files, make_torchserve_dir, serve_dir, serving_defaults,
 )
 
 
@@ -58,7 +60,9 @@ def package(job, export_path="model-store", name=None, jobs_dir=None) -> Path:
         make_torchserve_dir(model_dir)
     name = name or _model_name(job)
     version = json.loads((model_dir / MANIFEST).read_text())["model"].get("modelVersion", "1.0")
-    extra = [str(model_dir / f) for f in ("model_config.json", "index_to_name.json") if (model_dir / f).is_file()]
+    # the handler's modules (a model dir exported before they existed has a self-contained handler.py)
+    names = ["model_config.json", "index_to_name.json", *(p.name for p in handler_files() if p.name != HANDLER_FILE)]
+    extra = [str(model_dir / f) for f in names if (model_dir / f).is_file()]
     Path(export_path).mkdir(parents=True, exist_ok=True)
     cmd = [_bin("torch-model-archiver"), "--model-name", name, "--version", version,
            "--serialized-file", str(model_dir / "model.pth"), "--handler", str(model_dir / HANDLER_FILE),
@@ -82,27 +86,59 @@ def read_properties(path) -> dict:
     return props
 
 
+# allowed_urls is a list of regexes a model/workflow URL must match; this one matches nothing, so
+# neither the model API (off anyway) nor the workflow API (TorchServe 0.12 has no switch) can fetch one.
+DENY_ALL_URLS = "localsage-deny-all-urls^"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def unix_request(sock_path, method, path, timeout=10.0):
+    """An HTTP request over a unix socket (TorchServe's management API here): (status, body bytes)."""
+    conn = _UnixHTTPConnection(str(sock_path), timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 class LocalServer:
     """TorchServe as a child process group on loopback, with a private temp dir (TorchServe keeps
-    its pid file and worker sockets in TMPDIR, so several servers can run side by side)."""
+    its pid file and worker sockets in TMPDIR, so several servers can run side by side).
 
-    def __init__(self, models: dict, port=8080, management_port=8081, metrics_port=8082, grpc_ports=(7070, 7071),
+    Inference and metrics on loopback HTTP; the management API only on a unix socket inside the
+    private (0700) temp dir, as serve/serve does, so no other user and no web page posting to
+    loopback can reach it; allowed_urls matches nothing (no model or workflow fetched from a URL)."""
+
+    def __init__(self, models: dict, port=8080, metrics_port=8082, grpc_ports=(7070, 7071),
                  host="127.0.0.1", env=None, log_path=None, extra_properties=None):
         self.models = {name: Path(d) for name, d in models.items()}
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
-        self.workdir = Path(tempfile.mkdtemp(prefix="localsage-ts-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="localsage-ts-"))  # mode 0700
+        self.management_socket = self.workdir / "management.sock"
         props = read_properties(serve_dir() / "config.properties")
         props.update({
             "inference_address": f"http://{host}:{port}",
-            "management_address": f"http://127.0.0.1:{management_port}",
+            "management_address": f"unix:{self.management_socket}",
             "metrics_address": f"http://127.0.0.1:{metrics_port}",
             # TorchServe always starts gRPC too; two servers must not share these ports
             "grpc_inference_port": str(grpc_ports[0]),
             "grpc_management_port": str(grpc_ports[1]),
+            "allowed_urls": DENY_ALL_URLS,
         })
         props.update(extra_properties or {})
-        self.management_url = props["management_address"]
         self.metrics_url = props["metrics_address"]
         self.config = self.workdir / "config.properties"
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -111,6 +147,20 @@ class LocalServer:
                     "LOG_LOCATION": str(self.workdir / "logs"), "METRICS_LOCATION": str(self.workdir / "logs")}
         self.log_path = Path(log_path) if log_path else None  # None: inherit stdout/stderr
         self.proc = None
+
+    def management(self, method, path, timeout=10.0):
+        """(status, parsed JSON or text) of a management API call, over the private unix socket."""
+        status, body = unix_request(self.management_socket, method, path, timeout)
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode("utf-8", "replace")
+
+    def describe(self, name) -> dict:
+        status, doc = self.management("GET", f"/models/{name}")
+        if status != 200:
+            raise RuntimeError(f"describe model {name}: HTTP {status} {doc}")
+        return doc[0]
 
     def command(self):
         specs = []
@@ -150,9 +200,10 @@ class LocalServer:
         raise TimeoutError(f"TorchServe not healthy after {wait_s} s; see {self.log_path}")
 
     def workers_ready(self, name) -> bool:
-        import requests
-
-        desc = requests.get(f"{self.management_url}/models/{name}", timeout=5).json()[0]
+        try:
+            desc = self.describe(name)
+        except (OSError, RuntimeError, ValueError, IndexError):
+            return False
         workers = desc.get("workers", [])
         return bool(workers) and len(workers) >= desc.get("minWorkers", 1) and all(
             w.get("status") == "READY" for w in workers)
@@ -198,10 +249,11 @@ def serve_job(job, jobs_dir=None, port=8080, name=None) -> int:
     """Foreground TorchServe on 127.0.0.1:<port> with one job's model; Ctrl-C stops it."""
     model_dir = job_model_dir(job, jobs_dir)
     name = name or _model_name(job)
-    server = LocalServer({name: model_dir}, port=port, management_port=port + 1, metrics_port=port + 2,
+    server = LocalServer({name: model_dir}, port=port, metrics_port=port + 2,
                          grpc_ports=(7070, 7071) if port == 8080 else (port + 3, port + 4))
     print(f"TorchServe: POST http://127.0.0.1:{port}/predictions/{name} (or /invocations), GET /ping; "
-          f"metrics http://127.0.0.1:{port + 2}/metrics; Ctrl-C stops", flush=True)
+          f"metrics http://127.0.0.1:{port + 2}/metrics; management only on {server.management_socket}; "
+          "Ctrl-C stops", flush=True)
     server.start(wait_s=0)
     try:
         return server.proc.wait()
@@ -209,3 +261,33 @@ def serve_job(job, jobs_dir=None, port=8080, name=None) -> int:
         return 0
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# client
+
+
+def default_topk() -> int:
+    return serving_defaults().TOPK
+
+
+def predict(endpoint: str, paths, model=None, topk=None, timeout=60.0) -> list:
+    """POST each image file; returns [(path, status, json)]."""
+    import requests
+
+    endpoint = endpoint.rstrip("/")
+    url = f"{endpoint}/predictions/{model}" if model else f"{endpoint}/invocations"
+    topk = default_topk() if topk is None else topk
+    results = []
+    with requests.Session() as session:
+        for path in paths:
+            ctype = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+            body = Path(path).read_bytes()
+            resp = session.post(url, data=body, params={"topk": topk}, headers={"Content-Type": ctype},
+                                timeout=timeout)
+            try:
+                doc = resp.json()
+            except ValueError:
+                doc = {"message": resp.text[:200]}
+            results.append((str(path), resp.status_code, doc))
+    return results

@@ -4,6 +4,8 @@ Standard library only: the command-line parser reads these, and `localsage --hel
 """
 from __future__ import annotations
 
+from ..servefiles import serving_defaults
+
 from pathlib import PurePosixPath
 
 from ..contract import DEFAULT_ROOT
@@ -21,11 +23,11 @@ MAX_METRIC_DEFINITIONS = 40               # SageMaker's limit per training job
 # SDK defaults given to every sagemaker.Session we make: no telemetry requests.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 
-# Serving defaults of the built-in model (TorchServe workers, dynamic batching, timeout).
-# TODO(lead): the same values are stated in export.py (BATCH_DEFAULTS) and serve/serve; once the
-# one serving-defaults place exists, import SERVING_DEFAULTS from there (it must stay torch-free).
-SERVING_DEFAULTS = {"workers": 1, "batch_size": 8, "max_batch_delay": 5, "timeout": 60}
-# The variables the container's `serve` reads for them (SageMaker's names).
+# Serving defaults of the built-in model (TorchServe workers, dynamic batching, timeout): the values of
+# serve/handler_defaults.py, the one place for them; and the variables the container's `serve` reads.
+_SERVER = serving_defaults().SERVER
+SERVING_DEFAULTS = {"workers": _SERVER["minWorkers"], "batch_size": _SERVER["batchSize"],
+                    "max_batch_delay": _SERVER["maxBatchDelay"], "timeout": _SERVER["responseTimeout"]}
 SERVING_ENV_VARS = {
     "workers": "SAGEMAKER_MODEL_SERVER_WORKERS",
     "batch_size": "SAGEMAKER_TS_BATCH_SIZE",
