@@ -197,8 +197,8 @@ def encode(prediction, accept):
         return json.dumps(array.tolist()), ctype
     if ctype == CSV:
         buf = io.StringIO()
-        np.savetxt(buf, np.atleast_2d(array) if array.ndim < 2 else array.reshape(array.shape[0], -1),
-                   delimiter=",", fmt="%.8g")
+        rows = np.atleast_1d(array)
+        np.savetxt(buf, rows if rows.ndim <= 2 else rows.reshape(rows.shape[0], -1), delimiter=",", fmt="%.8g")
         return buf.getvalue(), ctype
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)

@@ -577,13 +577,12 @@ def test_sagemaker_sdk_pytorch_model_local_deploy(image, models, jpeg, tmp_path)
     shutil.copyfile(EXAMPLE, source / "inference.py")
     with sagemaker_local.local_aws_env():
         session = sagemaker_local.session(tmp_path / "sm", "scriptserve-test", init=True)
-        session.config["local"]["local_code"] = False  # the SDK repacks code/ into model.tar.gz, as in the cloud
         model = PyTorchModel(model_data=f"file://{tarball}", entry_point="inference.py", source_dir=str(source),
-                             image_uri=image, role="arn:aws:iam::111111111111:role/localsage-dummy",
+                             framework_version="2.1", py_version="py310", image_uri=image, role="arn:aws:iam::111111111111:role/localsage-dummy",
                              sagemaker_session=session)
         predictor = model.deploy(initial_instance_count=1, instance_type="local")
         try:
-            with tarfile.open(tarball) as tar:
+            with tarfile.open(tarball) as tar:  # repacked in place with code/ (SAGEMAKER_PROGRAM=inference.py)
                 assert "code/inference.py" in {n.lstrip("./") for n in tar.getnames()}
             # PyTorchPredictor's defaults: NumpySerializer / NumpyDeserializer (application/x-npy)
             array = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.uint8)

@@ -276,13 +276,14 @@ class ScriptServer(LocalServer):
         self.env["LOCALSAGE_STARTUP_FAILURE"] = str(self.failure_path)
         site = self.workdir / "site"
         for name, model_dir in list(self.models.items()):
-            if model_dir.suffix == ".mar":  # packaged already (package_script)
-                continue
             program = (programs or {}).get(name) or stage.program(self.env)
+            code_dir = (code_dirs or {}).get(name)
+            if model_dir.suffix == ".mar" or not (code_dir or stage.is_script_model(str(model_dir), program)):
+                continue  # a .mar (package_script) or a built-in model dir: served as it is
             config = {**stage.default_config(str(model_dir), program), **(batching or {}).get(name, {})}
             try:
                 staged = stage.stage(str(model_dir), str(self.workdir / "models" / name), str(serve_dir()), config,
-                                     program, name, (code_dirs or {}).get(name))
+                                     program, name, code_dir)
                 if stage.install_requirements(staged, self.env, target=str(site)):
                     self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), self.env.get("PYTHONPATH")]))
             except stage.StageError as e:
