@@ -595,3 +595,35 @@ def test_sagemaker_sdk_pytorch_model_local_deploy(image, models, jpeg, tmp_path)
             assert int(np.argmax(probs[0])) == result["predictions"][0]["index"]
         finally:
             predictor.delete_endpoint()
+
+
+def _tiny_wheel(folder: Path) -> Path:
+    """A pure-Python wheel `tinydep 0.1` (module tinydep with VALUE = 42), for the offline install path."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tinydep-0.1-py3-none-any.whl"
+    files = {"tinydep/__init__.py": "VALUE = 42\n",
+             "tinydep-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinydep\nVersion: 0.1\n",
+             "tinydep-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files["tinydep-0.1.dist-info/RECORD"] = "".join(f"{name},,\n" for name in [*files, "tinydep-0.1.dist-info/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return path
+
+
+def test_requirements_install_from_find_links_into_a_private_folder(tmp_path):
+    stage = serving.script_stage()
+    model = write_module(tmp_path / "model", "import tinydep\n")
+    (model / "code" / "requirements.txt").write_text("# offline wheelhouse\ntinydep==0.1\n")
+    wheels = _tiny_wheel(tmp_path / "wheels").parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    with pytest.raises(stage.StageError, match="requirements.txt"):
+        stage.install_requirements(str(model), env, target=str(tmp_path / "site"))
+    env.update(PIP_FIND_LINKS=str(wheels), PIP_NO_INDEX="1")
+    assert stage.install_requirements(str(model), env, target=str(tmp_path / "site"))
+    assert (tmp_path / "site" / "tinydep" / "__init__.py").read_text() == "VALUE = 42\n"
+    (model / "code" / "requirements.txt").write_text("tinydep==9.9\n")  # not in the wheelhouse: pip's reason
+    with pytest.raises(stage.StageError, match="pip install -r .*requirements.txt failed"):
+        stage.install_requirements(str(model), env, target=str(tmp_path / "site2"))
