@@ -578,7 +578,9 @@ def test_sagemaker_sdk_pytorch_model_local_deploy(image, models, jpeg, tmp_path)
     with sagemaker_local.local_aws_env():
         session = sagemaker_local.session(tmp_path / "sm", "scriptserve-test", init=True)
         model = PyTorchModel(model_data=f"file://{tarball}", entry_point="inference.py", source_dir=str(source),
-                             framework_version="2.1", py_version="py310", image_uri=image, role="arn:aws:iam::111111111111:role/localsage-dummy",
+                             framework_version="2.1", py_version="py310", image_uri=image,
+                             code_location="s3://localsage-offline/code",  # else the SDK asks STS for a bucket
+                             role="arn:aws:iam::111111111111:role/localsage-dummy",
                              sagemaker_session=session)
         predictor = model.deploy(initial_instance_count=1, instance_type="local")
         try:
