@@ -1,4 +1,4 @@
-"""Serving benchmark: our handler vs a seed-style handler, same weights, both behind TorchServe.
+"""Serving benchmark: our handler vs a seed-style handler vs a user's inference.py, same weights, one TorchServe.
 
     python bench/serve.py [--arch resnet18] [--concurrency 8] [--requests 240] [--duration 90]
 
@@ -10,6 +10,12 @@ One TorchServe (loopback only) serves two models built from the same state_dict 
   * seed: the seed's inference-script style — PIL Resize((224, 224)), ToTensor, Normalize, fp32,
     one image per call (batchSize 1), torch's default threads, workers = CPU count (the
     SageMaker PyTorch toolkit's default)
+  * script: examples/dog-breeds/inference.py (model_fn/input_fn/predict_fn/output_fn) through
+    serve/script_handler.py with the toolkit's batching (1 worker, batch 1 / 100 ms)
+  * script-batched: the same file plus `BATCH_PREDICT = True` (predict_fn once per TorchServe batch,
+    batch 8 / 5 ms)
+and, after the server stops, the bare batched forward of the same model in this process (batch 8,
+preprocessed tensors, inference_mode, all CPUs): the limit; each side is reported as served / bare.
 The load generator is a real HTTP client (threads, keep-alive), bounded by --requests and
 --duration, sending generated dogImages-sized JPEGs (500x375, quality 90). It reports req/s,
 p50/p95/p99 latency, errors, and each model's worker RSS idle (after warm-up) and after load.
@@ -38,6 +44,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from localsage import serving  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dog-breeds" / "inference.py"
+SIDES = ("seed", "ours", "script", "script-batched")
 
 SEED_HANDLER = '''
 """Seed-style handler (benchmark baseline): PIL Resize((224,224)), fp32, batch 1, raw logits."""
@@ -92,7 +101,31 @@ def make_model_dirs(root: Path, arch: str, num_classes: int, seed_workers: int):
                                        "modelVersion": "1.0", "configFile": "model-config.yaml"}}))
     (seed / "model-config.yaml").write_text(
         f"minWorkers: {seed_workers}\nmaxWorkers: {seed_workers}\nbatchSize: 1\nmaxBatchDelay: 100\nresponseTimeout: 120\n")
-    return ours, seed
+    scripts = {}
+    for name, extra in (("script", ""), ("script-batched", "\nBATCH_PREDICT = True\n")):
+        d = root / name  # a plain SageMaker model dir: model.pth + index_to_name.json + code/inference.py
+        (d / "code").mkdir(parents=True)
+        for f in ("model.pth", "index_to_name.json"):
+            shutil.copyfile(ours / f, d / f)
+        (d / "code" / "inference.py").write_text(EXAMPLE.read_text() + extra)
+        scripts[name] = d
+    return ours, seed, scripts
+
+
+def bare_forward(arch, num_classes, batch=8, seconds=20.0):
+    """Images/s of the batched forward alone (the limit of any handler), in this process."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, num_classes=num_classes, weights=None).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 3:
+            model(x)
+            n += 1
+        wall = time.perf_counter() - t0
+    return n * batch / wall
 
 
 def make_jpegs(n=16, width=500, height=375, quality=90):
@@ -167,22 +200,23 @@ def main(argv=None):
     ap.add_argument("--seed-workers", type=int, default=len(os.sched_getaffinity(0)),
                     help="seed workers (default: CPU count, the SageMaker toolkit default)")
     ap.add_argument("--port", type=int, default=18480)
+    ap.add_argument("--bare-seconds", type=float, default=20.0, help="seconds of the bare batched forward")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="localsage-bench-serve-"))
-    ours, seed = make_model_dirs(root, args.arch, args.classes, args.seed_workers)
+    ours, seed, scripts = make_model_dirs(root, args.arch, args.classes, args.seed_workers)
     images = make_jpegs()
     print(f"model {args.arch} ({args.classes} classes) at 224 px, {len(images)} JPEGs 500x375 q90 "
           f"(~{sum(map(len, images)) // len(images) // 1024} KB), concurrency {args.concurrency}, "
           f"<= {args.requests} requests / {args.duration:.0f} s per handler, {os.cpu_count()} CPUs", flush=True)
-    server = serving.LocalServer({"ours": ours, "seed": seed}, port=args.port,
+    server = serving.ScriptServer({"ours": ours, "seed": seed, **scripts}, port=args.port,
                                  metrics_port=args.port + 2, grpc_ports=(args.port + 3, args.port + 4),
                                  log_path=root / "torchserve.out")
     results = {}
     try:
         server.start(wait_s=300)
-        for name in ("seed", "ours"):
+        for name in SIDES:
             url = f"{server.url}/predictions/{name}"
             for img in images[: args.warmup]:
                 requests.post(url, data=img, headers={"Content-Type": "image/jpeg"}, timeout=120).raise_for_status()
@@ -205,21 +239,27 @@ def main(argv=None):
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+    bare = bare_forward(args.arch, args.classes, seconds=args.bare_seconds)
+    print(f"bare batched forward (batch 8, {torch.get_num_threads()} threads): {bare:.2f} images/s", flush=True)
 
     s, o = results["seed"], results["ours"]
     print()
-    print(f"| handler | req/s | p50 ms | p95 ms | p99 ms | errors | worker RSS idle MB | after load MB | peak MB |")
-    print(f"|---|---|---|---|---|---|---|---|---|")
+    print("| handler | req/s | served/bare | p50 ms | p95 ms | p99 ms | errors | worker RSS idle MB | after load MB | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, label in (("seed", f"seed-style (Resize 224x224, fp32, batch 1, {args.seed_workers} workers)"),
-                        ("ours", "ours (eval transform, batching 8, channels_last, 1 worker)")):
+                        ("ours", "ours (eval transform, batching 8, channels_last, 1 worker)"),
+                        ("script", "script: examples/dog-breeds/inference.py (batch 1 / 100 ms, 1 worker)"),
+                        ("script-batched", "script + BATCH_PREDICT = True (batch 8 / 5 ms, 1 worker)")):
         r = results[name]
-        print(f"| {label} | {r['rps']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} | "
-              f"{r['rss_idle_mb']:.0f} | {r['rss_after_mb']:.0f} | {r['rss_peak_mb']:.0f} |")
+        r["served_over_bare"] = r["rps"] / bare
+        print(f"| {label} | {r['rps']:.2f} | {r['served_over_bare']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+              f"{r['p99']:.0f} | {r['errors']} | {r['rss_idle_mb']:.0f} | {r['rss_after_mb']:.0f} | {r['rss_peak_mb']:.0f} |")
     speedup = o["rps"] / s["rps"]
     print(f"\nthroughput x{speedup:.2f}, p99 {o['p99']:.0f} vs {s['p99']:.0f} ms; "
           f"our worker RSS after/idle {o['rss_after_mb'] / o['rss_idle_mb']:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "speedup": speedup}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "speedup": speedup,
+                                               "bare_images_per_s": bare}, indent=2))
     return 0
 
 

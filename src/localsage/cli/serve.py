@@ -32,17 +32,62 @@ def cmd_predict(args):
     return 0 if all(status == 200 for _, status, _ in results) else 1
 
 
+def _script_model(args):
+    """(model dir, unpacked temp dir or None) when args name a script model (a user's inference.py), else None."""
+    from .. import serving
+
+    try:
+        model_dir, unpacked = serving.resolve_model(args.job, args.jobs_dir)
+    except FileNotFoundError:
+        return None  # the built-in path reports it
+    if args.entry_point or args.source_dir or serving.is_script_model(model_dir):
+        return model_dir, model_dir if unpacked else None
+    if unpacked:  # a model.tar.gz of a built-in model: serve the unpacked dir
+        return model_dir, model_dir
+    return None
+
+
+def _remove(path):
+    import shutil
+
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def cmd_package(args):
     from .. import serving
 
-    print(serving.package(args.job, args.export_path, args.name, args.jobs_dir))
+    script = _script_model(args)
+    if script is None:
+        print(serving.package(args.job, args.export_path, args.name, args.jobs_dir))
+        return 0
+    try:
+        name = args.name or serving._model_name(args.job).split(".tar")[0]
+        print(serving.package_script(script[0], args.export_path, name, args.entry_point, args.source_dir))
+    finally:
+        _remove(script[1])
     return 0
 
 
 def cmd_serve(args):
     from .. import serving
 
-    return serving.serve_job(args.job, args.jobs_dir, args.port, args.name)
+    script = _script_model(args)
+    if script is None:
+        return serving.serve_job(args.job, args.jobs_dir, args.port, args.name)
+    model_dir, unpacked = script
+    try:
+        if not serving.is_script_model(model_dir) and not (args.entry_point or args.source_dir):
+            return serving.serve_job(model_dir, args.jobs_dir, args.port, args.name or "model")
+        return serving.serve_script(model_dir, args.port, args.name or "model", args.entry_point, args.source_dir)
+    finally:
+        _remove(unpacked)
+
+
+def _add_script_arguments(p):
+    p.add_argument("--entry-point", help="script mode: the inference module in code/ (default $SAGEMAKER_PROGRAM "
+                                         "or inference.py); a model dir with code/inference.py is script mode anyway")
+    p.add_argument("--source-dir", help="script mode: serve this folder as the model's code/ (as the SDK repacks it)")
 
 
 def add_parser(subparsers):
@@ -56,15 +101,17 @@ def add_parser(subparsers):
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("package", help="make a TorchServe .mar from a job's model dir")
-    p.add_argument("job", help="job name (jobs/<name>/model) or a model dir")
+    p.add_argument("job", help="job name (jobs/<name>/model), a model dir or a model.tar.gz")
     p.add_argument("--export-path", default="model-store")
     p.add_argument("--name", help="model name (default: the job name)")
     p.add_argument("--jobs-dir", help="default $LOCALSAGE_JOBS_DIR or jobs")
+    _add_script_arguments(p)
     p.set_defaults(func=cmd_package)
 
     p = subparsers.add_parser("serve", help="TorchServe on 127.0.0.1 with a job's model (foreground)")
-    p.add_argument("job", help="job name (jobs/<name>/model) or a model dir")
+    p.add_argument("job", help="job name (jobs/<name>/model), a model dir or a model.tar.gz")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--name", help="model name (default: the job name)")
     p.add_argument("--jobs-dir", help="default $LOCALSAGE_JOBS_DIR or jobs")
+    _add_script_arguments(p)
     p.set_defaults(func=cmd_serve)
