@@ -101,9 +101,10 @@ def final_metrics(job_dir: Path) -> dict:
     return final
 
 
-def prepare(name, channels: dict, hyperparameters: dict, jobs_dir, instance_count=1) -> Path:
+def prepare(name, channels: dict, hyperparameters: dict, jobs_dir, instance_count=1, restart=False) -> Path:
+    """restart: the folder holds only the checkpoints/ of a Stopped/Failed run of this name (reuse_for_restart)."""
     job_dir = (Path(jobs_dir) / name).resolve()
-    if job_dir.exists():
+    if job_dir.exists() and not restart:
         raise FileExistsError(f"job {name!r} already exists at {job_dir}")
     contract.make_dirs(job_dir)
     contract.write_config(job_dir, hyperparameters, list(channels))
@@ -162,13 +163,13 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     scraper = metrics.Scraper(metric_definitions)  # bad regexes fail here, before any job folder exists
     channels = channels_for(data)
     job_path = (Path(jobs_dir) / name).resolve()
-    reuse_for_restart(job_path)
+    restart = reuse_for_restart(job_path)
     if script is not None:
         submit = str(contract.code_dir(job_path)) if backend == "process" else contract.container_path(contract.CODE_SUBDIR)
         hps = script_hyperparameters(script, hyperparameters or {}, submit, name)
     else:
         hps = to_strings(hyperparameters or {})
-    job_dir = prepare(name, channels, hps, jobs_dir, instance_count)
+    job_dir = prepare(name, channels, hps, jobs_dir, instance_count, restart=restart)
     env = dict(env or {})
     if script is not None:
         copy_source(script, job_dir)
