@@ -199,6 +199,13 @@ def test_torchrun_command_follows_the_toolkit():
     assert forced[forced.index("--nproc_per_node") + 1] == "2"
 
 
+def test_the_reason_is_the_workers_traceback_not_torchruns():
+    lines = ["[rank1]: Traceback (most recent call last):", '[rank1]:   File "t.py", line 3', "[rank1]: KeyError: 'x'",
+             "Traceback (most recent call last):", '  File "torchrun", line 8',
+             "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: "]
+    assert run_mod.error_message(lines).endswith("KeyError: 'x'")
+
+
 def test_failure_file_shape():
     text = run_mod.failure_text(3, run_mod.error_message(
         ["noise", "Traceback (most recent call last):", '  File "t.py", line 1', "ValueError: boom", "tail"]),
@@ -315,7 +322,8 @@ def test_checkpoints_survive_a_restart_with_the_same_name(small_data, tmp_path):
 def test_shell_entry_point(small_data, tmp_path):
     (tmp_path / "run.sh").write_text('echo "args: $@"; echo "model: $SM_MODEL_DIR"\n')
     record = runner.train(small_data, {"epochs": 2}, jobs_dir=tmp_path / "jobs", echo=False, name="sh",
-                          entry_point=str(tmp_path / "run.sh"))
+                          entry_point=str(tmp_path / "run.sh"), debug=False)
+    assert not contract.debughookconfig_file(record["JobDir"]).exists()  # --no-debug-tensors
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     log = (Path(record["JobDir"]) / runner.LOG).read_text()
     assert "args: --epochs 2" in log and f"model: {record['JobDir']}/model" in log
@@ -355,7 +363,7 @@ def test_the_scripts_smdebug_tensors_exist(example_job):
 def test_two_processes_train_data_parallel_with_torch_distributed(small_data, tmp_path):
     record = runner.train(small_data, EXAMPLE_HP, jobs_dir=tmp_path, echo=False, name="ddp",
                           entry_point="train.py", source_dir=EXAMPLE, distribution="torch_distributed",
-                          processes_per_host=2, debug=False)
+                          processes_per_host=2, metric_definitions=[TEST_LOSS])
     log = (Path(record["JobDir"]) / runner.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     assert "rank 0/2" in log and "rank 1/2" in log, log[-3000:]
@@ -417,7 +425,7 @@ def test_the_sdks_pytorch_estimator_trains_the_example(image, small_data, tmp_pa
 def test_two_instances_torch_distributed_in_sdk_local_mode(image, small_data, tmp_path):
     record = runner.train(small_data, EXAMPLE_HP, backend="sagemaker-local", image=image, jobs_dir=tmp_path,
                           echo=False, name="sm-script-2", instance_count=2, entry_point="train.py",
-                          source_dir=EXAMPLE, distribution="torch_distributed", debug=False)
+                          source_dir=EXAMPLE, distribution="torch_distributed")
     log = (Path(record["JobDir"]) / runner.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     assert "rank 0/2" in log and "rank 1/2" in log, log[-3000:]

@@ -86,7 +86,8 @@ def cmd_jobs(args):
     for r in runner.list_jobs(args.jobs_dir):
         final = {m["MetricName"]: m["Value"] for m in r.get("FinalMetricDataList", [])}
         hps = " ".join(f"{k}={v}" for k, v in sorted(r.get("HyperParameters", {}).items()))
-        shown = " ".join(f"{k}={fmt(final[k])}" for k in ("valid_acc", "valid_loss", "test_acc") if k in final)
+        names = [k for k in ("valid_acc", "valid_loss", "test_acc") if k in final] or list(final)  # script jobs: theirs
+        shown = " ".join(f"{k}={fmt(final[k])}" for k in names)
         rows.append((r["TrainingJobName"], r["TrainingJobStatus"], fmt(r.get("TrainingTimeInSeconds", "")), shown, hps))
     if not rows:
         print("no jobs")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -41,6 +42,7 @@ GRACE_SECONDS = float(os.environ.get("LOCALSAGE_SCRIPT_GRACE_SECONDS", 25))  # <
 FAILED_EXIT = 1
 ERROR_TYPE = "ExecuteUserScriptError"
 MESSAGE_LIMIT = 1000
+RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
 
 
 def log(message: str) -> None:
@@ -151,7 +153,7 @@ class Tee(threading.Thread):
 
 def error_message(lines) -> str:
     """The last Python traceback the program printed (not torchrun's own), else the last stderr lines."""
-    lines = list(lines)
+    lines = [RANK_PREFIX.sub("", line) for line in lines]  # torchrun's "[rank0]: " before a worker's lines
     blocks, start = [], None
     for i, line in enumerate(lines):
         if line.startswith("Traceback (most recent call last)"):
