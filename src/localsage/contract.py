@@ -246,3 +246,7 @@ def default_debughookconfig(local_path, hook_parameters: dict | None = None) -> 
         "CollectionConfigurations": [{"CollectionName": name, "CollectionParameters": dict(params)}
                                      for name, params in DEFAULT_COLLECTIONS],
     }
+
+
+def profiler_dir(root) -> Path:
+    return Path(root) / "output" / "profiler"

@@ -211,6 +211,38 @@ class Forwarder:
         self._send(signal.SIGKILL)
 
 
+def start_sampler(root):
+    """The system profiler (CPU/memory/GPU every 0.5 s into output/profiler) around the program;
+    LOCALSAGE_PROFILER=off turns it off. Never a reason for the job to fail."""
+    if os.environ.get("LOCALSAGE_PROFILER", "").lower() in ("off", "false", "0"):
+        return None
+    try:
+        from ..debugger import sampler as sampler_mod
+
+        profiler_dir = contract.profiler_dir(root)
+        sampler = sampler_mod.SystemSampler(profiler_dir)
+        sampler.start()
+        sampler_mod.write_job_info(profiler_dir, start=time.time(), cores=sampler_mod.cores(),
+                                   gpus=len(sampler.handles))
+        return sampler
+    except Exception as exc:  # psutil missing, an unwritable output dir
+        log(f"system profiler not started: {exc}")
+        return None
+
+
+def stop_sampler(sampler, root):
+    if sampler is None:
+        return
+    try:
+        from ..debugger import sampler as sampler_mod
+
+        sampler.stop()
+        sampler_mod.write_job_info(contract.profiler_dir(root), end=time.time(),
+                                   sampler_cpu_s=round(sampler.cpu_seconds, 4), samples=sampler.samples)
+    except Exception as exc:
+        log(f"system profiler: {exc}")
+
+
 def main(root=None, environ=None) -> int:
     environ = dict(os.environ if environ is None else environ)
     forwarder = Forwarder()
@@ -237,6 +269,7 @@ def main(root=None, environ=None) -> int:
     if forwarder.signalled:
         return 128 + forwarder.signalled
     log(f"running {' '.join(cmd)} in {code}")
+    sampler = start_sampler(tenv.root)
     proc = subprocess.Popen(cmd, cwd=code, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
                             bufsize=1, start_new_session=True)
     forwarder.proc = proc
@@ -244,6 +277,7 @@ def main(root=None, environ=None) -> int:
     tee.start()
     code_ = proc.wait()
     tee.join(timeout=5)
+    stop_sampler(sampler, tenv.root)
     exit_code = 128 - code_ if code_ < 0 else code_
     if exit_code == 0:
         contract.success_file(tenv.root).parent.mkdir(parents=True, exist_ok=True)
