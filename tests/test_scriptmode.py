@@ -431,3 +431,22 @@ def test_two_instances_torch_distributed_in_sdk_local_mode(image, small_data, tm
     assert "rank 0/2" in log and "rank 1/2" in log, log[-3000:]
     assert "--master_addr" in log and "--node_rank" in log
     assert "model.pth" in tar_names(Path(record["JobDir"]) / "model.tar.gz")
+
+
+def test_the_train_command_runs_a_script(probe_source, small_data, tmp_path):
+    src, wheels = probe_source
+    cmd = [sys.executable, "-m", "localsage", "train", "--entry-point", "probe.py", "--source-dir", str(src),
+           "--data", str(small_data), "--jobs-dir", str(tmp_path), "--name", "cli", "--hp", "batch-size=64",
+           "--hp", "arch=resnet18", "--hp", "flag=true", "--metric-definition", "loss=probe: loss=([0-9.]+)",
+           "--env", "PIP_NO_INDEX=1", "--env", f"PIP_FIND_LINKS={wheels}", "--env", "FOO=bar"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads((tmp_path / "cli" / "model" / "probe.json").read_text())
+    assert out["argv"][1:] == ["--arch", "resnet18", "--batch-size", "64", "--flag", "True"]
+    assert out["env"]["FOO"] == "bar"
+    record = runner.read_record(tmp_path / "cli")
+    assert record["FinalMetricDataList"][0]["Value"] == 0.5
+    bad = subprocess.run(cmd[:-10] + ["--name", "bad", "--metric-definition", "x=no group"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "capture group" in bad.stderr
+    assert not (tmp_path / "bad").exists()

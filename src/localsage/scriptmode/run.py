@@ -273,6 +273,8 @@ def main(root=None, environ=None) -> int:
     proc = subprocess.Popen(cmd, cwd=code, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
                             bufsize=1, start_new_session=True)
     forwarder.proc = proc
+    if forwarder.signalled:  # a signal that came while the program was starting
+        forwarder._send(signal.SIGTERM)
     tee = Tee(proc.stderr)
     tee.start()
     code_ = proc.wait()
