@@ -4,6 +4,7 @@ What a SageMaker PyTorch user deploys with `PyTorchModel(entry_point="inference.
 it unchanged (`localsage serve`, the image's `serve`, SDK local mode). The model dir:
 
     model.pth                     state_dict of torchvision resnet18/34/50 (arch read from the weights)
+    model_info.json               optional {"arch", "classes": [...]}, what train.py writes
     index_to_name.json            optional {"0": "Affenpinscher", ...}   (or code/classes.json: a list)
     code/inference.py             this file
 
@@ -49,6 +50,12 @@ def _arch(state):
 
 
 def _classes(model_dir, num_classes):
+    info = os.path.join(model_dir, "model_info.json")
+    if os.path.isfile(info):
+        with open(info) as f:
+            classes = json.load(f).get("classes")
+        if classes and len(classes) == num_classes:
+            return list(classes)
     index = os.path.join(model_dir, "index_to_name.json")
     listed = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classes.json")
     if os.path.isfile(index):
