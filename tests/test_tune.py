@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import FAST_HP, TINY_HP
-from localsage import metrics, runner, tune
+from localsage import cloud, metrics, runner, tune
 from localsage.cli import main as cli_main
 
 TINY_FIXED = {k: v for k, v in TINY_HP.items() if k not in ("lr", "batch-size")}
@@ -248,15 +248,19 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
     config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 3}, trials=3, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
     proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "kill", "--jobs-dir", jobs),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, tune.HEARTBEAT_ENV: "0.5"})
     journal = jobs / "tune-kill" / "journal.log"
     deadline = time.time() + 400
+    beats = {}
     while time.time() < deadline:
         time.sleep(1)
         trials = load("kill", jobs).get_trials() if journal.exists() else []
         started = [tr for tr in trials if tr.state.name == "RUNNING" and "job_dir" in tr.user_attrs
                    and (Path(tr.user_attrs["job_dir"]) / runner.RECORD).exists()]
-        if started and any(tr.state.name == "COMPLETE" for tr in trials):
+        for tr in started:  # the tuner refreshes the heartbeat of the trial it runs
+            beats.setdefault(tr.number, set()).add(tr.user_attrs["heartbeat"])
+        if any(len(b) > 1 for b in beats.values()) and any(tr.state.name == "COMPLETE" for tr in trials):
             break
     else:
         proc.kill()
@@ -337,3 +341,162 @@ def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres
     assert sum(per_machine) == 4 and min(per_machine) >= 1, per_machine  # both tuners ran trials of the one study
     jobs_of = {tr.user_attrs["job_name"] for tr in trials}
     assert jobs_of == {r["TrainingJobName"] for i in range(2) for r in runner.list_jobs(tmp_path / f"machine{i}")}
+
+
+# ---------------------------------------------------------------- the package: layers, sizes, a light CLI
+
+def test_package_modules_are_small_and_the_cli_imports_no_optuna_or_torch():
+    folder = Path(tune.__file__).parent
+    sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert {"space.py", "settings.py", "study.py", "workers.py", "results.py", "sagemaker.py"} <= set(sizes)
+    assert max(sizes.values()) <= 400, sizes
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert "._storage" not in text and "._trial_id" not in text, f"{path.name} uses Optuna's private API"
+        assert "localsage.cli" not in text and "from ..cli" not in text and "argparse" not in text, path.name
+    assert "Estimator(" not in (folder / "sagemaker.py").read_text()  # cloud.estimator builds it
+    probe = ("import sys, localsage.cli.tune, localsage.cli; localsage.cli.build_parser(); "
+             "print(sorted(m for m in ('optuna', 'torch', 'sagemaker', 'sqlalchemy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_trial_job_names_fit_sagemaker():
+    pattern = re.compile(cloud.NAME_PATTERN)
+    long = "my_very_long_study_name_for_the_dog_breeds_with_resnet50_and_more"
+    names = [tune.trial_job_name(s, n) for s in ("tune", "a_b", "__x__", long, long + "2") for n in (0, 7, 1234)]
+    for name in names:
+        assert pattern.fullmatch(name) and len(name) <= 63, name
+    assert tune.trial_job_name("tune", 7).startswith("tune-t007-")
+    assert tune.trial_job_name("a_b", 1).startswith("a-b-")
+    # two long study names that share their first characters still give different trial names
+    assert tune.trial_job_name(long, 1)[:-24] != tune.trial_job_name(long + "2", 1)[:-24]
+
+
+# ---------------------------------------------------------------- liveness that survives containers
+
+def test_resume_fails_trials_by_heartbeat_not_by_hostname_or_pid(tmp_path, small_data):
+    t = tune.build({"fixed": TINY_FIXED}, {"data": str(small_data), "study": "beats", "trials": 5}, jobs_dir=tmp_path)
+    study = tune.Study(t, echo=False, log=lambda line: None).study
+    now = time.time()
+    workers = {
+        # the tuner ran in a container: another hostname, and its PID now belongs to a live process
+        "old-container": ({"host": "3f2a9c1d7e4b", "pid": os.getpid()}, now - 3600),
+        # this host, a PID that was reused by a live process: only the heartbeat tells
+        "reused-pid": ({"host": socket.gethostname(), "pid": os.getpid()}, now - 3600),
+        # a live tuner on another machine: fresh heartbeat, left alone
+        "live-elsewhere": ({"host": "other-machine", "pid": 1}, now),
+    }
+    numbers = {}
+    for label, (worker, beat) in workers.items():
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("heartbeat", beat)
+        numbers[label] = trial.number
+    lines = []
+    tune.Study(t, resume=True, echo=False, log=lines.append)
+    trials = load("beats", tmp_path).get_trials()
+    for label in ("old-container", "reused-pid"):
+        trial = trials[numbers[label]]
+        assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True, label
+        assert "no heartbeat for" in trial.user_attrs["failure_reason"]
+        assert not tune.counted(trial)
+    assert trials[numbers["live-elsewhere"]].state.name == "RUNNING"
+    assert any("left alone" in line for line in lines)
+
+
+# ---------------------------------------------------------------- storage URLs keep their secrets
+
+def test_storage_password_is_never_printed_and_the_url_can_come_from_the_environment(tmp_path, small_data, capsys,
+                                                                                     monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    url = f"postgresql+psycopg://tune:Zq9s3cretpw@127.0.0.1:{port}/db"
+    assert tune.safe_url(url) == f"postgresql+psycopg://tune:***@127.0.0.1:{port}/db"
+    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED)
+    runs = [["--storage", url], ["--storage", url.replace("+psycopg", "+nodriver")], ["--storage", "postgresql://tune:Zq9s3cretpw@host:notaport/db"]]
+    for extra in runs:
+        code = cli_main(["tune", "--config", str(config), "--data", str(small_data), "--jobs-dir", str(tmp_path / "j"),
+                         "--study", "pw", *extra])
+        captured = capsys.readouterr()
+        assert code == 2, captured
+        assert "Zq9s3cretpw" not in captured.out + captured.err
+        assert "storage" in captured.err
+    monkeypatch.setenv(tune.STORAGE_ENV, url)
+    assert tune.build({}, {}).storage == url  # --storage absent: the environment's URL
+    assert tune.build({}, {"storage": "x.log"}).storage == "x.log"  # the command line wins
+    for argv in (["--config", str(config), "--data", str(small_data)], ["--resume"]):
+        code = cli_main(["tune", *argv, "--jobs-dir", str(tmp_path / "j"), "--study", "pw"])
+        captured = capsys.readouterr()
+        assert code == 2 and "Zq9s3cretpw" not in captured.out + captured.err
+        assert f"127.0.0.1:{port}" in captured.err and "***" in captured.err
+
+
+# ---------------------------------------------------------------- what every trial shares, checked once
+
+def test_missing_weights_or_bad_data_stop_the_study_before_any_trial(tmp_path, small_data, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # a fresh machine: no cached weights
+
+    def offline(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    jobs = tmp_path / "jobs"
+    # the README's `make tune DATA=data/demo`: the default arch resnet50 with its DEFAULT weights
+    code = cli_main(["tune", "--data", str(small_data), "--jobs-dir", str(jobs), "--trials", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "every trial would fail the same way" in err and "resnet50" in err and "weights=none" in err
+    assert not jobs.exists() or not any(jobs.glob("*/job.json"))  # no trial ran
+    broken = tmp_path / "broken"
+    shutil.copytree(small_data, broken)
+    shutil.rmtree(broken / "valid")
+    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED)
+    code = cli_main(["tune", "--config", str(config), "--data", str(broken), "--jobs-dir", str(jobs), "--trials", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "every trial would fail on the data" in err and "valid split not found" in err
+    assert not any(jobs.glob("*/job.json"))
+
+
+# ---------------------------------------------------------------- SIGTERM: trials stopped, nothing left behind
+
+def _processes_of(job_dir: Path) -> list:
+    """PIDs of live processes whose environment points into the job folder."""
+    from localsage import contract
+
+    mark = f"{contract.ROOT_ENV}={Path(job_dir).resolve()}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_stops_the_running_trials_and_leaves_no_process(tmp_path, small_data):
+    jobs = tmp_path / "jobs"
+    config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 200, "max-steps": 0}, trials=2,
+                          pruner="none", space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
+    proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "sig_term", "--jobs-dir", jobs),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    job_dir = None
+    while time.time() < deadline and job_dir is None:
+        time.sleep(0.5)
+        for log in jobs.glob("sig-term-t000-*/train.log"):
+            if "epoch=1;" in log.read_text() and _processes_of(log.parent):
+                job_dir = log.parent
+    assert job_dir is not None, "the first trial never ran an epoch"
+    assert re.fullmatch(cloud.NAME_PATTERN, job_dir.name) and len(job_dir.name) <= 63
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert _processes_of(job_dir) == []  # the job's process is gone too
+    record = runner.describe(job_dir.name, jobs)
+    assert record["TrainingJobStatus"] == "Stopped" and "SIGTERM" in record["StopReason"]
+    (trial,) = load("sig_term", jobs).get_trials()  # no second trial started
+    assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True and not tune.counted(trial)
+    assert "SIGTERM" in trial.user_attrs["failure_reason"]
