@@ -207,6 +207,7 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
     assert final["valid_acc"] >= 0.9, final
 
 
+@pytest.mark.integration
 def test_pruning_stops_bad_learning_rates_early(tmp_path, small_data):
     jobs = tmp_path / "jobs"
     epochs = 4
@@ -227,6 +228,7 @@ def test_pruning_stops_bad_learning_rates_early(tmp_path, small_data):
         assert max(tr.intermediate_values) <= record["EpochsCompleted"] + 1
 
 
+@pytest.mark.integration
 def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path, small_data):
     jobs = tmp_path / "jobs"
     config = {"fixed": TINY_FIXED, "space": {"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"},
@@ -243,6 +245,7 @@ def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path,
     assert json.loads((jobs / "tune-crash" / "best_hyperparameters.json").read_text())["freeze"] == "none"
 
 
+@pytest.mark.integration
 def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, small_data):
     jobs = tmp_path / "jobs"
     config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 3}, trials=3, pruner="none",
@@ -328,11 +331,16 @@ def postgres():
 def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres):
     config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED, trials=4, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
-    procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--storage", postgres, "--study", "pg",
+    # the second machine takes the URL (with a password: the test server trusts any) from the environment
+    secret = postgres.replace("tune@", "tune:pgSecret42@")
+    storage = [["--storage", postgres], []]
+    env = [os.environ, {**os.environ, tune.STORAGE_ENV: secret}]
+    procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, *storage[i], "--study", "pg",
                                        "--jobs-dir", tmp_path / f"machine{i}"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env[i]) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
+    assert "pgSecret42" not in outs[1]
     trials = optuna.load_study(study_name="pg", storage=postgres).get_trials()
     assert sorted(tr.number for tr in trials) == list(range(4))  # no collision, total = the budget
     assert all(tr.state.name == "COMPLETE" for tr in trials)
@@ -476,6 +484,7 @@ def _processes_of(job_dir: Path) -> list:
     return found
 
 
+@pytest.mark.integration
 def test_sigterm_stops_the_running_trials_and_leaves_no_process(tmp_path, small_data):
     jobs = tmp_path / "jobs"
     config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 200, "max-steps": 0}, trials=2,
