@@ -10,7 +10,7 @@ HP_FILE ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo-data train-local demo bench clean
+.PHONY: help install test test-fast demo-data train-local demo bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ install: $(BIN)/localsage ## create .venv with the pinned dependencies and local
 
 test: install ## run the test suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install ## unit tests only (no training jobs, TorchServe, containers or databases)
+	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
 $(DATA)/train:
 	$(BIN)/localsage demo-data $(DATA)

@@ -24,6 +24,20 @@ FAST_HP = {
 TINY_HP = {**FAST_HP, "image-size": "32", "epochs": "1", "max-steps": "2", "batch-size": "8", "debug": "false"}
 
 
+# The fast lane (`make test-fast`): every test that uses none of these fixtures and carries no
+# docker/slow/integration mark. Anything that trains through the runner, starts TorchServe or a
+# container, or a database is an integration test.
+HEAVY_FIXTURES = {"trained_job", "engine", "image", "server", "model_dir", "served_model_dir", "mar", "postgres",
+                  "predict_url", "test_images"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        heavy = HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if heavy or any(item.get_closest_marker(m) for m in ("docker", "slow")):
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_configure(config):
     # the decoded-image cache of every job the tests start (process backend) goes to a folder of this run
     import tempfile

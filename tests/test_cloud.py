@@ -58,9 +58,9 @@ def aws(monkeypatch):
 
 @pytest.fixture
 def sent(monkeypatch):
-    """Every request our code sends through cloud.aws_session(): [(operation, api params)] (moto still answers)."""
+    """Every request our code sends through cloud.session.aws_session(): [(operation, api params)] (moto still answers)."""
     calls = []
-    real = cloud.aws_session
+    real = cloud.session.aws_session
 
     def spying(region=None):
         session = real(region)
@@ -68,7 +68,7 @@ def sent(monkeypatch):
                                 lambda params, model, **_: calls.append((model.name, dict(params))))
         return session
 
-    monkeypatch.setattr(cloud, "aws_session", spying)
+    monkeypatch.setattr(cloud.session, "aws_session", spying)
     return calls
 
 
@@ -473,7 +473,7 @@ def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
     name = "dogs-stop"
     after_stop = iter(["Stopping", "Stopped"])
     stops, described = [], []
-    real = cloud.aws_session
+    real = cloud.session.aws_session
 
     def describe(params, model, **_):
         described.append(1)
@@ -495,7 +495,7 @@ def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
         s.events.register("before-call.sagemaker.StopTrainingJob", stop)
         return s
 
-    monkeypatch.setattr(cloud, "aws_session", session)
+    monkeypatch.setattr(cloud.session, "aws_session", session)
     logs = aws.client("logs")
     logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
     logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
@@ -541,3 +541,268 @@ def test_cli_train_with_yes_runs_the_job(aws, tmp_path, capsys):
     assert record["TrainingJobStatus"] == "Completed" and record["TrainingJobArn"].endswith(f"training-job/{name}")
     assert record["SageMaker"]["Spot"] is True and record["ResourceConfig"]["InstanceCount"] == 2
     assert (tmp_path / name / "model" / "model.pth").read_bytes() == b"weights"
+
+
+# ---------------------------------------------------------------------------------------------
+# script mode: a user's entry point and source dir (training), inference.py repacked (deploy)
+
+
+def test_importing_the_cloud_package_is_cheap():
+    import subprocess
+    import sys
+
+    code = ("import sys, localsage.cloud as c; [getattr(c, name) for name in c.__all__]; "
+            "print(sorted(m for m in ('boto3', 'botocore', 'sagemaker', 'docker', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # every name of the package resolves, none of them imports an SDK
+
+
+def test_serving_env_is_the_serving_defaults_as_strings():
+    assert cloud.SERVING_ENV == {cloud.SERVING_ENV_VARS[k]: str(v) for k, v in cloud.SERVING_DEFAULTS.items()}
+    assert cloud.SERVING_ENV["SAGEMAKER_TS_BATCH_SIZE"] == "8"
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A user's script-mode source dir: entry point, a helper package, requirements, inference.py."""
+    src = tmp_path / "my-project"
+    (src / "utils").mkdir(parents=True)
+    (src / "train_model.py").write_text("import utils.helper\nprint('Test set: Average loss: 0.25')\n")
+    (src / "utils" / "helper.py").write_text("X = 1\n")
+    (src / "requirements.txt").write_text("tqdm\n")
+    (src / "inference.py").write_text("def model_fn(model_dir):\n    return None\n")
+    return src
+
+
+TEST_LOSS = "test_loss=Test set: Average loss: ([0-9.]+)"
+
+
+def _members(data: bytes) -> dict:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.lstrip("./"): tar.extractfile(m).read() if m.isfile() else None
+                for m in tar.getmembers() if m.name.strip("./")}
+
+
+def test_source_package_hyperparameters_and_archive(project, tmp_path):
+    hps, package = cloud.source_package(project, "train_model.py", "s3://dogs-bucket/job-1/source",
+                                        job_name="job-1", region=REGION)
+    assert hps == {"sagemaker_submit_directory": '"s3://dogs-bucket/job-1/source/sourcedir.tar.gz"',
+                   "sagemaker_program": '"train_model.py"', "sagemaker_container_log_level": "20",
+                   "sagemaker_job_name": '"job-1"', "sagemaker_region": f'"{REGION}"'}
+    assert package.s3_uri == "s3://dogs-bucket/job-1/source/sourcedir.tar.gz"
+    assert package.files == ["inference.py", "requirements.txt", "train_model.py", "utils/helper.py"]
+    members = _members(package.build(tmp_path / "sourcedir.tar.gz").read_bytes())
+    assert members["train_model.py"] == (project / "train_model.py").read_bytes()
+    assert members["utils/helper.py"] == b"X = 1\n" and "requirements.txt" in members
+    # no source dir: the entry point file alone, at the archive's root
+    hps, alone = cloud.source_package(None, str(project / "train_model.py"), "s3://b/j/source")
+    assert json.loads(hps["sagemaker_program"]) == "train_model.py" and alone.files == ["train_model.py"]
+    assert set(_members(alone.build(tmp_path / "alone.tar.gz").read_bytes())) == {"train_model.py"}
+    with pytest.raises(cloud.CloudError, match="no file named 'missing.py'"):
+        cloud.source_package(project, "missing.py", "s3://b/j/source")
+    with pytest.raises(cloud.CloudError, match="not found"):
+        cloud.source_package(tmp_path / "nowhere", "train_model.py", "s3://b/j/source")
+
+
+def test_user_hyperparameters_are_json_encoded_like_the_sdk():
+    assert cloud.encode_hyperparameters({"epochs": "5", "arch": "resnet50", "lr": "0.0015", "augment": "true",
+                                         "batch-size": 64, "name": '"quoted"'}) == {
+        "epochs": "5", "arch": '"resnet50"', "lr": "0.0015", "augment": "true", "batch-size": "64",
+        "name": '"quoted"'}
+
+
+@pytest.mark.parametrize("distribution", [None, "torch_distributed"])
+def test_script_mode_matches_the_sdk_pytorch_estimator(aws, project, distribution):
+    """The real SDK's PyTorch(entry_point, source_dir[, distribution]) against moto, and ours, for
+    the same job: the same hyperparameters, the same S3 key, the same archive members."""
+    from sagemaker.pytorch import PyTorch
+
+    aws.client("s3").create_bucket(Bucket="dogs-bucket")
+    sdk_calls = []
+    boto_session = cloud.aws_session(REGION)
+    boto_session.events.register("provide-client-params.sagemaker.CreateTrainingJob",
+                                 lambda params, **_: sdk_calls.append(dict(params)))
+    count = 2 if distribution else 1
+    estimator = PyTorch(entry_point="train_model.py", source_dir=str(project), image_uri=IMAGE, role=ROLE,
+                        instance_count=count, instance_type="ml.g4dn.xlarge", output_path=OUTPUT,
+                        hyperparameters={"epochs": 5, "arch": "resnet50", "lr": 0.0015},
+                        distribution={distribution: {"enabled": True}} if distribution else None,
+                        sagemaker_session=cloud.sagemaker_session(boto_session))
+    estimator.fit({"training": DATA}, wait=False, logs=False, job_name="sdk-job")
+    sdk_hps = sdk_calls[0]["HyperParameters"]
+    sdk_archive = aws.client("s3").get_object(Bucket="dogs-bucket", Key="sdk-job/source/sourcedir.tar.gz")["Body"].read()
+
+    opts = options(entry_point="train_model.py", source_dir=str(project), distribution=distribution)
+    upload, create = cloud.training_requests(DATA, {"epochs": "5", "arch": "resnet50", "lr": "0.0015"}, opts, "sdk-job",
+                                             instance_count=count)
+    assert create["request"]["HyperParameters"] == sdk_hps
+    assert ("sagemaker_torch_distributed_enabled" in sdk_hps) == bool(distribution)
+    assert upload["S3Uri"] == json.loads(sdk_hps["sagemaker_submit_directory"])
+    assert sorted(f for f, data in _members(sdk_archive).items() if data is not None) == upload["Files"]
+
+
+def _train_args(argv, entry_point=None, source_dir=None, metric_definitions=()):
+    """`localsage train` arguments with script mode's flags: given as flags where cli/jobs.py defines
+    them, else set on the parsed namespace (what cli/cloud reads with getattr)."""
+    extra = (["--entry-point", entry_point] if entry_point else []) + (
+        ["--source-dir", str(source_dir)] if source_dir else []) + [
+        x for d in metric_definitions for x in ("--metric-definition", d)]
+    parser = cli.build_parser()
+    args, unknown = parser.parse_known_args(argv + extra)
+    if unknown:
+        args = parser.parse_args(argv)
+        args.entry_point, args.source_dir = entry_point, str(source_dir) if source_dir else None
+        args.metric_definition = list(metric_definitions) or None
+    return args
+
+
+def test_cli_train_script_dry_run_shows_the_upload_and_uploads_nothing(capsys, project):
+    before = sorted(p.name for p in project.rglob("*"))
+    args = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--name", "dogs-script", "--dry-run",
+                        "--hp", "epochs=5", "--hp", "arch=resnet50"],
+                       entry_point="train_model.py", source_dir=project, metric_definitions=[TEST_LOSS])
+    assert args.func(args) == 0
+    upload, create = json.loads(capsys.readouterr().out)
+    assert upload["S3Uri"] == "s3://dogs-bucket/dogs-script/source/sourcedir.tar.gz"
+    assert upload["Program"] == "train_model.py" and "utils/helper.py" in upload["Files"]
+    req = create["request"]
+    assert create["operation"] == "CreateTrainingJob"
+    assert req["HyperParameters"] == {"epochs": "5", "arch": '"resnet50"', "sagemaker_program": '"train_model.py"',
+                                      "sagemaker_submit_directory": f'"{upload["S3Uri"]}"',
+                                      "sagemaker_container_log_level": "20", "sagemaker_job_name": '"dogs-script"',
+                                      "sagemaker_region": '"us-east-1"'}
+    assert req["AlgorithmSpecification"]["MetricDefinitions"] == [
+        {"Name": "test_loss", "Regex": "Test set: Average loss: ([0-9.]+)"}]
+    assert req["AlgorithmSpecification"]["TrainingImage"].endswith("/localsage:latest")  # the same image
+    assert sorted(p.name for p in project.rglob("*")) == before  # no archive written
+
+
+@pytest.mark.parametrize("definition, message", [
+    ("test_loss", "NAME=REGEX"), ("test_loss=loss: [0-9.]+", "capture the value"),
+    ("test_loss=loss: ([0-9.+)", "bad regex")])
+def test_bad_metric_definitions_are_refused_before_anything(capsys, project, definition, message):
+    args = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--dry-run"],
+                       entry_point="train_model.py", source_dir=project, metric_definitions=[definition])
+    assert args.func(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_script_mode_errors_are_clear_and_create_nothing(aws, capsys, project, tmp_path):
+    jobs = tmp_path / "jobs"
+    base = ["train", "--backend", "sagemaker", "--data", DATA, "--role", ROLE, "--image", IMAGE, "--yes",
+            "--jobs-dir", str(jobs)]
+    args = _train_args(base, entry_point="missing.py", source_dir=project)
+    assert args.func(args) == 2
+    assert "no file named 'missing.py'" in capsys.readouterr().err
+    args = _train_args(base, source_dir=project)
+    assert args.func(args) == 2
+    assert "--source-dir needs --entry-point" in capsys.readouterr().err
+    args = _train_args(base)
+    args.distribution = "torch_distributed"
+    assert args.func(args) == 2
+    assert "needs --entry-point" in capsys.readouterr().err
+    assert not jobs.exists()
+    assert aws.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_script_mode_run_uploads_the_source_then_creates_the_job(aws, sent, capsys, project, tmp_path):
+    name = "dogs-script-run"
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="dogs-bucket")
+    s3.put_object(Bucket="dogs-bucket", Key=f"localsage/jobs/{name}/output/model.tar.gz",
+                  Body=_tar_gz({"model.pth": b"weights"}))
+    args = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--role", ROLE, "--image", IMAGE, "--yes",
+                        "--hp", "epochs=2", "--name", name, "--jobs-dir", str(tmp_path)],
+                       entry_point="train_model.py", source_dir=project, metric_definitions=[TEST_LOSS])
+    assert args.func(args) == 0, capsys.readouterr()
+    archive = s3.get_object(Bucket="dogs-bucket", Key=f"{name}/source/sourcedir.tar.gz")
+    assert archive["ServerSideEncryption"] == "aws:kms"
+    assert _members(archive["Body"].read())["train_model.py"] == (project / "train_model.py").read_bytes()
+    job = aws.client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert json.loads(job["HyperParameters"]["sagemaker_submit_directory"]) == \
+        f"s3://dogs-bucket/{name}/source/sourcedir.tar.gz"
+    assert job["HyperParameters"]["epochs"] == "2"
+    # the upload came before the job that needs it, and the job sent is the dry run's
+    ops = [op for op, _ in sent]
+    assert ops.index("PutObject") < ops.index("CreateTrainingJob")
+    created = next(params for op, params in sent if op == "CreateTrainingJob")
+    opts = options(entry_point="train_model.py", source_dir=str(project), metric_definitions=[TEST_LOSS])
+    assert created == cloud.training_request(DATA, {"epochs": "2"}, opts, name)["request"]
+    record = runner.describe(name, tmp_path)
+    assert record["TrainingJobStatus"] == "Completed"
+    assert record["HyperParameters"]["sagemaker_program"] == '"train_model.py"'
+    assert record["AlgorithmSpecification"]["MetricDefinitions"] == [
+        {"Name": "test_loss", "Regex": "Test set: Average loss: ([0-9.]+)"}]
+
+
+SCRIPT_ENV = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+              "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": REGION}
+
+
+def test_cli_deploy_entry_point_dry_run_shows_the_repacked_model(capsys, tmp_path, trained_job_like, project):
+    code = cli.main(["deploy", trained_job_like, "--jobs-dir", str(tmp_path / "jobs"), "--dry-run",
+                     "--output-path", "s3://dogs-bucket/models", "--entry-point", "inference.py",
+                     "--source-dir", str(project)])
+    assert code == 0
+    repack, model, config, _ = json.loads(capsys.readouterr().out)
+    destination = "s3://dogs-bucket/models/localsage-local-job/model.tar.gz"
+    assert repack["RepackedModelData"] == destination and repack["Program"] == "inference.py"
+    assert repack["ModelData"].endswith("local-job/model.tar.gz")
+    assert {"code/inference.py", "code/requirements.txt", "code/utils/helper.py"} <= set(repack["Adds"])
+    container = model["request"]["PrimaryContainer"]
+    assert container["ModelDataUrl"] == destination
+    assert container["Environment"] == SCRIPT_ENV  # the inference toolkit's batching, not the built-in model's
+    assert config["request"]["ProductionVariants"][0]["InstanceType"] == "ml.g4dn.xlarge"
+    # the entry point alone (no source dir), with an explicit batch size
+    assert cli.main(["deploy", "s3://dogs-bucket/m/model.tar.gz", "--dry-run", "--endpoint-name", "ep-1",
+                     "--entry-point", str(project / "inference.py"), "--batch-size", "4"]) == 0
+    repack, model, *_ = json.loads(capsys.readouterr().out)
+    assert repack["Adds"] == ["code/inference.py"] and repack["RepackedModelData"] == "s3://dogs-bucket/ep-1/model.tar.gz"
+    assert model["request"]["PrimaryContainer"]["Environment"] == {**SCRIPT_ENV, "SAGEMAKER_TS_BATCH_SIZE": "4"}
+
+
+def test_deploy_entry_point_errors(capsys, project):
+    assert cli.main(["deploy", "s3://b/model.tar.gz", "--dry-run", "--source-dir", str(project)]) == 2
+    assert "--source-dir needs --entry-point" in capsys.readouterr().err
+    assert cli.main(["deploy", "s3://b/model.tar.gz", "--dry-run", "--entry-point", "utils/helper.py",
+                     "--source-dir", str(project)]) == 2
+    assert "at the top of the source dir" in capsys.readouterr().err
+    assert cli.main(["deploy", "s3://b/model.tar.gz", "--dry-run", "--entry-point", "nope.py"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_deploy_entry_point_repacks_like_the_sdk_pytorch_model(aws, capsys, project):
+    """`deploy --entry-point --yes` against moto, beside the real SDK's PyTorchModel(entry_point,
+    source_dir).deploy for the same model: the same repacked archive, environment and URI layout."""
+    from sagemaker.pytorch import PyTorchModel
+
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="dogs-bucket")
+    original = _tar_gz({"model.pth": b"weights", "code/old.py": b"stale"})
+    s3.put_object(Bucket="dogs-bucket", Key="jobs/j/output/model.tar.gz", Body=original)
+    source = "s3://dogs-bucket/jobs/j/output/model.tar.gz"
+
+    sdk_model = PyTorchModel(model_data=source, entry_point="inference.py", source_dir=str(project), image_uri=IMAGE,
+                             role=ROLE, framework_version="2.1", py_version="py310", name="sdk-ep",
+                             code_location="s3://dogs-bucket/models",
+                             sagemaker_session=cloud.sagemaker_session(cloud.aws_session(REGION)))
+    sdk_model.deploy(initial_instance_count=1, instance_type="ml.g4dn.xlarge", endpoint_name="sdk-ep", wait=False)
+    sm = aws.client("sagemaker")
+    sdk_container = sm.describe_model(ModelName="sdk-ep")["PrimaryContainer"]
+    assert sdk_container["ModelDataUrl"] == "s3://dogs-bucket/models/sdk-ep/model.tar.gz"
+
+    assert cli.main(["deploy", source, "--endpoint-name", "dogs-ep", "--output-path", "s3://dogs-bucket/models",
+                     "--entry-point", "inference.py", "--source-dir", str(project), "--role", ROLE, "--image", IMAGE,
+                     "--yes", "--no-wait"]) == 0, capsys.readouterr()
+    container = sm.describe_model(ModelName="dogs-ep")["PrimaryContainer"]
+    assert container["ModelDataUrl"] == "s3://dogs-bucket/models/dogs-ep/model.tar.gz"
+    assert container["Environment"] == sdk_container["Environment"] == SCRIPT_ENV
+
+    def repacked(key):
+        return _members(s3.get_object(Bucket="dogs-bucket", Key=key)["Body"].read())
+
+    ours, sdk = repacked("models/dogs-ep/model.tar.gz"), repacked("models/sdk-ep/model.tar.gz")
+    assert ours == sdk
+    assert ours["model.pth"] == b"weights" and ours["code/inference.py"] == (project / "inference.py").read_bytes()
+    assert "code/old.py" not in ours  # code/ is the source dir, replaced whole
+    assert s3.get_object(Bucket="dogs-bucket", Key="jobs/j/output/model.tar.gz")["Body"].read() == original

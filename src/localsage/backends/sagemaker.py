@@ -1,7 +1,8 @@
 """Run a job as a real SageMaker training job with the project's ECR image.
 
 The job's channels are S3 URIs; JobSpec.options carries cloud.TrainingOptions (output path, role,
-instance type, spot...). The backend creates the job with the sagemaker SDK's Estimator, writes its
+instance type, spot, script mode's entry point...). The backend uploads a script's sourcedir.tar.gz,
+creates the job with the sagemaker SDK's Estimator, writes its
 ARN to <job>/backend.json (the runner merges it into the job record), streams the CloudWatch log
 lines to `log` (so metrics reach the runner like any backend), calls StopTrainingJob when `stop` is
 set, and on completion downloads model.tar.gz / output.tar.gz into the job folder so the job can be
@@ -15,7 +16,9 @@ import tarfile
 import time
 from pathlib import Path
 
-from .. import cloud, contract
+from .. import contract
+from ..cloud import s3, session, training
+from ..cloud.constants import TRAINING_LOG_GROUP
 
 FINAL = ("Completed", "Failed", "Stopped")
 BACKEND_FILE = "backend.json"  # runner.BACKEND_INFO: merged into the job record
@@ -24,15 +27,15 @@ BACKEND_FILE = "backend.json"  # runner.BACKEND_INFO: merged into the job record
 def save(job_dir: Path, info: dict) -> None:
     """What the runner merges into the job record (written as soon as the ARN is known)."""
     tmp = Path(job_dir) / f".{BACKEND_FILE}.tmp"
-    from ..metrics import METRIC_DEFINITIONS
-
     fields = {
         "TrainingJobArn": info.get("TrainingJobArn"),
         "AlgorithmSpecification": {"TrainingImage": info.get("TrainingImage"), "TrainingInputMode": "File",
-                                   "MetricDefinitions": METRIC_DEFINITIONS},
+                                   "MetricDefinitions": info.get("MetricDefinitions") or []},
         "ResourceConfig": {"InstanceType": info.get("InstanceType"), "InstanceCount": info.get("InstanceCount")},
         "SageMaker": info,
     }
+    if info.get("HyperParameters"):  # what SageMaker was sent (script mode adds sagemaker_program...)
+        fields["HyperParameters"] = info["HyperParameters"]
     tmp.write_text(json.dumps(fields, indent=2, default=str))
     os.replace(tmp, Path(job_dir) / BACKEND_FILE)
 
@@ -48,7 +51,7 @@ class LogTail:
         events = []
         try:
             pages = self.client.get_paginator("filter_log_events").paginate(
-                logGroupName=cloud.TRAINING_LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/", startTime=self.start)
+                logGroupName=TRAINING_LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/", startTime=self.start)
             for page in pages:
                 events.extend(e for e in page["events"] if e["eventId"] not in self.seen
                               and e["logStreamName"].startswith(f"{self.job_name}/"))
@@ -66,12 +69,12 @@ class LogTail:
         return lines
 
 
-def _fetch(s3, uri: str, dest_dir: Path, log) -> bool:
+def _fetch(s3_client, uri: str, dest_dir: Path, log) -> bool:
     """Download an s3://.../*.tar.gz and unpack it into dest_dir; False when it is not there."""
-    bucket, key = cloud.split_s3(uri)
+    bucket, key = s3.split_s3(uri)
     archive = dest_dir.parent / f".{dest_dir.name}.download.tar.gz"
     try:
-        s3.download_file(bucket, key, str(archive))
+        s3_client.download_file(bucket, key, str(archive))
     except Exception as exc:  # botocore ClientError 404 and friends
         log(f"could not download {uri}: {exc}")
         return False
@@ -83,10 +86,10 @@ def _fetch(s3, uri: str, dest_dir: Path, log) -> bool:
 
 
 def run(job, log, stop) -> int:
-    opts = cloud.TrainingOptions.from_dict(getattr(job, "options", None) or {})
-    boto_session = cloud.aws_session(opts.region)
+    opts = training.TrainingOptions.from_dict(getattr(job, "options", None) or {})
+    boto_session = session.aws_session(opts.region)
     data = {ch: str(src) for ch, src in job.channels.items()}
-    info = cloud.start_training(data, job.hyperparameters, opts, job.name, job.instance_count, job.env, boto_session)
+    info = training.start_training(data, job.hyperparameters, opts, job.name, job.instance_count, job.env, boto_session)
     save(job.dir, info)
     log(f"SageMaker training job {info['TrainingJobArn']} ({job.instance_count} x {opts.instance_type}"
         + (", spot" if opts.spot else "") + ")")
@@ -124,16 +127,18 @@ def run(job, log, stop) -> int:
     if s3_model:
         info["S3ModelArtifacts"] = s3_model
     save(job.dir, info)
+    # the job folder's /opt/ml layout: not this process's SM_* variables, and no GPU count (this is the host)
+    layout = contract.load(job.dir, env={"SM_NUM_GPUS": "0"})
     if status == "Completed":
-        s3 = boto_session.client("s3")
-        if not _fetch(s3, info["S3ModelArtifacts"], job.dir / "model", log):
-            contract.write_failure(job.dir / "output" / "failure",
+        s3_client = boto_session.client("s3")
+        if not _fetch(s3_client, info["S3ModelArtifacts"], layout.model_dir, log):
+            contract.write_failure(layout.failure_file,
                                    f"the SageMaker job completed but {info['S3ModelArtifacts']} could not be downloaded")
             return 1
-        _fetch(s3, info["S3ModelArtifacts"].rsplit("/", 1)[0] + "/output.tar.gz", job.dir / "output" / "data", log)
+        _fetch(s3_client, info["S3ModelArtifacts"].rsplit("/", 1)[0] + "/output.tar.gz", layout.output_data_dir, log)
         return 0
     reason = described.get("FailureReason") or f"SageMaker training job {status.lower()}"
-    contract.write_failure(job.dir / "output" / "failure", reason)
+    contract.write_failure(layout.failure_file, reason)
     return 1
 
 
@@ -143,7 +148,7 @@ def refresh(record: dict) -> dict:
     if record.get("TrainingJobStatus") in FINAL and info.get("TrainingJobStatus") in FINAL:
         return record
     try:
-        boto_session = cloud.aws_session(info.get("Region"))
+        boto_session = session.aws_session(info.get("Region"))
         described = boto_session.client("sagemaker").describe_training_job(TrainingJobName=record["TrainingJobName"])
     except Exception as exc:  # no credentials or network: show the stored record and why it is not fresh
         return {**record, "SageMaker": {**info, "RefreshError": str(exc)}}

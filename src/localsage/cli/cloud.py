@@ -1,5 +1,8 @@
 """`localsage push | upload-data | deploy | endpoint`, the SageMaker options of `train`, and
-`train --backend sagemaker` (validate, dry-run or confirm, then run through the runner)."""
+`train --backend sagemaker` (validate, dry-run or confirm, then run through the runner).
+
+Script mode's `--entry-point`, `--source-dir`, `--metric-definition` and `--distribution` of `train` are defined with
+the other `train` flags (cli/jobs.py); they are read here with getattr, so `train` works without them."""
 from __future__ import annotations
 
 import os
@@ -7,16 +10,17 @@ import os
 from .common import cloud_guard, parse_hp, print_table
 
 # cheap to import (standard library only): the parser needs its constants
-from ..cloud import DEFAULT_INSTANCE_TYPE, DEFAULT_REPOSITORY, ROLE_ENV, SERVING_ENV
+from ..cloud.constants import (DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN, DEFAULT_REPOSITORY, DEFAULT_VOLUME_SIZE, ROLE_ENV,
+                               SERVING_DEFAULTS, SERVING_ENV_VARS)
 
 
 def add_train_arguments(p) -> None:
     g = p.add_argument_group("SageMaker (--backend sagemaker; --data is then an s3:// URI)")
     g.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
     g.add_argument("--spot", action="store_true", help="managed spot training (checkpoints to S3, resumes)")
-    g.add_argument("--max-run", type=int, default=4 * 3600, help="seconds of training before SageMaker stops the job")
+    g.add_argument("--max-run", type=int, default=DEFAULT_MAX_RUN, help="seconds of training before SageMaker stops the job")
     g.add_argument("--max-wait", type=int, help="spot: seconds including waits for capacity (default 2 x max-run)")
-    g.add_argument("--volume-size", type=int, default=30, help="GB of EBS per instance")
+    g.add_argument("--volume-size", type=int, default=DEFAULT_VOLUME_SIZE, help="GB of EBS per instance")
     g.add_argument("--no-debug-tensors", dest="debug_tensors", action="store_false",
                    help="do not save Debugger tensors to S3")
     g.add_argument("--role", help=f"SageMaker execution role ARN or name (default ${ROLE_ENV})")
@@ -37,19 +41,27 @@ def training_options(args):
     return cloud.TrainingOptions(output_path=args.output_path or cloud.default_output_path(args.data), role=args.role,
                                  image=args.image, instance_type=args.instance_type, region=args.region,
                                  spot=args.spot, max_run=args.max_run, max_wait=args.max_wait,
-                                 volume_size=args.volume_size, debug_tensors=args.debug_tensors)
+                                 volume_size=args.volume_size, debug_tensors=args.debug_tensors,
+                                 entry_point=getattr(args, "entry_point", None),
+                                 source_dir=getattr(args, "source_dir", None),
+                                 metric_definitions=getattr(args, "metric_definition", None) or None,
+                                 distribution=None if getattr(args, "distribution", None) in (None, "", "none")
+                                 else args.distribution)
 
 
 @cloud_guard
 def train_on_sagemaker(args) -> int:
     from .. import cloud, hyperparameters, runner
 
-    hps = hyperparameters.to_strings(parse_hp(args.hp, args.hp_file))
-    hyperparameters.parse(hps)  # bad values fail here, not after an instance was billed
+    hps = parse_hp(args.hp, args.hp_file)
     opts = training_options(args)
+    if not opts.entry_point:  # the built-in trainer: bad values fail here, not after an instance was billed
+        hps = hyperparameters.to_strings(hps)
+        hyperparameters.parse(hps)
+    cloud.check_options(opts)
     name = cloud.check_job_name(args.name or runner.job_name())
     if args.dry_run:
-        cloud.print_requests([cloud.training_request(args.data, hps, opts, name, args.instance_count)])
+        cloud.print_requests(cloud.training_requests(args.data, hps, opts, name, args.instance_count))
         return 0
     cloud.aws_session(opts.region)
     cloud.require_role(opts.role)
@@ -59,28 +71,43 @@ def train_on_sagemaker(args) -> int:
     return 0 if record["TrainingJobStatus"] == "Completed" else 1
 
 
+def deploy_options(args, name):
+    """DeployOptions and the local model.tar.gz to upload first (None when it is on S3 or repacked)."""
+    from .. import cloud, runner
+
+    record = None if args.model.startswith("s3://") else runner.describe(args.model, args.jobs_dir)
+    data, local = cloud.model_data(args.model, record, args.output_path)
+    repack = None
+    if args.entry_point:  # a user's inference script: model.tar.gz + code/, as PyTorchModel repacks it
+        code_location = args.output_path or "s3://" + cloud.split_s3(data)[0]
+        repack = cloud.repack_plan(local or data, args.entry_point, args.source_dir,
+                                   cloud.repacked_uri(code_location, name))
+        data, local = repack.destination, None
+    elif args.source_dir:
+        raise cloud.CloudError("--source-dir needs --entry-point (the inference script in it)")
+    env = {SERVING_ENV_VARS[k]: getattr(args, k) for k in SERVING_DEFAULTS}
+    opts = cloud.DeployOptions(model_data=data, endpoint_name=name, role=args.role, image=args.image,
+                               instance_type=args.instance_type, instance_count=args.instance_count,
+                               region=args.region, env={k: v for k, v in env.items() if v is not None}, repack=repack)
+    return opts, local
+
+
 def cmd_deploy(args) -> int:
     from .. import cloud
 
-    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": args.workers, "SAGEMAKER_TS_BATCH_SIZE": args.batch_size,
-           "SAGEMAKER_TS_MAX_BATCH_DELAY": args.max_batch_delay, "SAGEMAKER_MODEL_SERVER_TIMEOUT": args.timeout}
     name = cloud.endpoint_name(args.model, args.endpoint_name)
-
-    def options():
-        data = cloud.model_data(args.model, args.jobs_dir, args.output_path, args.region, dry_run=args.dry_run)
-        return cloud.DeployOptions(model_data=data, endpoint_name=name, role=args.role, image=args.image,
-                                   instance_type=args.instance_type, instance_count=args.instance_count,
-                                   region=args.region, env={k: v for k, v in env.items() if v is not None})
-
     if args.dry_run:
-        cloud.print_requests(cloud.deploy_requests(options()))
+        opts, _ = deploy_options(args, name)  # nothing is uploaded or repacked
+        cloud.print_requests(cloud.deploy_requests(opts))
         return 0
     cloud.aws_session(args.region)
     cloud.require_role(args.role)
+    opts, local = deploy_options(args, name)
     cloud.confirm([f"This creates a SageMaker real-time endpoint {name}: {args.instance_count} x {args.instance_type}, "
-                   f"model {args.model}",
+                   f"model {args.model}" + (f" with code/{opts.repack.program}" if opts.repack else ""),
                    f"  billed per instance-hour until you run: localsage endpoint delete {name}"], args.yes)
-    opts = options()
+    if local:
+        cloud.upload_model(local, opts.model_data, args.region)
     print(f"creating endpoint {name} from {opts.model_data} (this takes several minutes)...", flush=True)
     cloud.deploy(opts, wait=not args.no_wait)
     print(f"endpoint {name} {'is being created' if args.no_wait else 'is InService'}\n"
@@ -145,11 +172,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--image", help="ECR image URI (default <account>.dkr.ecr.<region>.amazonaws.com/localsage:latest)")
     p.add_argument("--role", help=f"SageMaker execution role ARN or name (default ${ROLE_ENV})")
-    p.add_argument("--output-path", help="s3://bucket/prefix to upload a locally trained job's model.tar.gz to")
-    p.add_argument("--workers", help="SAGEMAKER_MODEL_SERVER_WORKERS (default %s)" % SERVING_ENV["SAGEMAKER_MODEL_SERVER_WORKERS"])
-    p.add_argument("--batch-size", help="SAGEMAKER_TS_BATCH_SIZE (default %s)" % SERVING_ENV["SAGEMAKER_TS_BATCH_SIZE"])
-    p.add_argument("--max-batch-delay", help="SAGEMAKER_TS_MAX_BATCH_DELAY in ms (default %s)" % SERVING_ENV["SAGEMAKER_TS_MAX_BATCH_DELAY"])
-    p.add_argument("--timeout", help="SAGEMAKER_MODEL_SERVER_TIMEOUT in s (default %s)" % SERVING_ENV["SAGEMAKER_MODEL_SERVER_TIMEOUT"])
+    p.add_argument("--output-path", help="s3://bucket/prefix to upload a locally trained job's model.tar.gz "
+                   "(and a repacked model) to")
+    p.add_argument("--entry-point", help="inference script (model_fn/input_fn/predict_fn/output_fn): model.tar.gz "
+                   "is repacked with it under code/ and SAGEMAKER_PROGRAM set, as the SDK's PyTorchModel does")
+    p.add_argument("--source-dir", help="folder holding --entry-point (and requirements.txt...): copied whole to code/")
+    units = {"max_batch_delay": " in ms", "timeout": " in s"}
+    for key, default in SERVING_DEFAULTS.items():  # --workers --batch-size --max-batch-delay --timeout
+        p.add_argument("--" + key.replace("_", "-"), help=f"{SERVING_ENV_VARS[key]}{units.get(key, '')} (default {default}; "
+                       "a script model: the inference toolkit's)")
     p.add_argument("--jobs-dir")
     p.add_argument("--region")
     p.add_argument("--no-wait", action="store_true", help="return once creation started")
