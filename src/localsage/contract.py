@@ -20,6 +20,15 @@ from pathlib import Path
 ROOT_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_ROOT = "/opt/ml"
 CHECKPOINT_ENV = "SM_CHECKPOINT_DIR"
+CODE_SUBDIR = "code"  # /opt/ml/code: SDK local mode (local_code) mounts the source dir here
+SUCCESS_FILE = "success"
+METRIC_POINTS_FILE = "metric_points.jsonl"  # one row per metric_definitions match (script jobs)
+DEBUGHOOKCONFIG_FILE = "debughookconfig.json"
+SMDEBUG_CONFIG_ENV = "SMDEBUG_CONFIG_FILE_PATH"  # smdebug reads its hook config from this path when set
+DEBUG_HOOK_ENV = "LOCALSAGE_DEBUG_HOOK"  # "off": no default debughookconfig.json; else JSON of HookParameters
+PIP_TARGET_ENV = "LOCALSAGE_PIP_TARGET"  # process backend: requirements.txt goes here, never into our venv
+PROGRAM_ENV = "SAGEMAKER_PROGRAM"  # wins over the sagemaker_program hyperparameter
+TRAINING_MODULE_ENV = "SAGEMAKER_TRAINING_MODULE"
 CHANNELS = ("train", "valid", "test")
 COMBINED_CHANNEL = "training"  # one channel holding train/ valid/ test/ (the dogImages layout on S3)
 
@@ -105,7 +114,8 @@ def _count_gpus() -> int:
         return 0
 
 
-def load(root=None, env=None) -> Contract:
+def load(root=None, env=None, gpus=None) -> Contract:
+    """gpus: a callable counting GPUs when SM_NUM_GPUS is unset (default: torch's count)."""
     env = os.environ if env is None else env
     root = root_dir(root, env)
     cfg = config_dir(root)
@@ -128,7 +138,7 @@ def load(root=None, env=None) -> Contract:
     hosts = env.get("SM_HOSTS")
     hosts = tuple(json.loads(hosts)) if hosts else tuple(resources.get("hosts") or ["algo-1"])
     current = env.get("SM_CURRENT_HOST") or resources.get("current_host") or hosts[0]
-    gpus = env.get("SM_NUM_GPUS")
+    gpus_env = env.get("SM_NUM_GPUS")
     output_dir = root / "output"
     return Contract(
         root=root,
@@ -144,7 +154,7 @@ def load(root=None, env=None) -> Contract:
         debughookconfig=_read_json(cfg / "debughookconfig.json", None),
         hosts=hosts,
         current_host=current,
-        num_gpus=int(gpus) if gpus is not None else _count_gpus(),
+        num_gpus=int(gpus_env) if gpus_env is not None else (gpus or _count_gpus)(),
     )
 
 
@@ -185,3 +195,58 @@ def write_failure(path, reason: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(reason.strip() + "\n")
+
+
+# ---------------------------------------------------------------- script mode (the toolkit's layout)
+
+def code_dir(root=None) -> Path:
+    """/opt/ml/code (or <job>/code on the process backend)."""
+    return root_dir(root) / CODE_SUBDIR
+
+
+def container_path(*parts) -> str:
+    """A path inside a training container (/opt/ml/...), whatever the local root is."""
+    return str(Path(DEFAULT_ROOT, *parts))
+
+
+def success_file(root) -> Path:
+    return Path(root) / "output" / SUCCESS_FILE
+
+
+def metric_points_file(root) -> Path:
+    return Path(root) / "output" / "data" / METRIC_POINTS_FILE
+
+
+def debughookconfig_file(root) -> Path:
+    return config_dir(root) / DEBUGHOOKCONFIG_FILE
+
+
+def tensors_dir(root) -> Path:
+    return Path(root) / "output" / "tensors"
+
+
+# What the built-in trainer saves (debugger/hook.py), as SageMaker's CollectionConfigurations.
+DEFAULT_COLLECTIONS = (
+    ("losses", {"train.save_interval": "10", "eval.save_interval": "1"}),
+    ("labels_predictions", {"include_regex": "CrossEntropyLoss_input_.*",
+                            "train.save_interval": "10", "eval.save_interval": "1"}),
+    ("weights", {"save_interval": "500"}),
+    ("biases", {"save_interval": "500"}),
+    ("gradients", {"save_interval": "500"}),
+)
+
+
+def default_debughookconfig(local_path, hook_parameters: dict | None = None) -> dict:
+    """debughookconfig.json in the shape SageMaker writes for a DebuggerHookConfig.
+
+    hook_parameters: the SDK's DebuggerHookConfig(hook_parameters=...), e.g. {"train.save_interval": "100"}."""
+    return {
+        "LocalPath": str(local_path),
+        "HookParameters": {str(k): str(v) for k, v in (hook_parameters or {}).items()},
+        "CollectionConfigurations": [{"CollectionName": name, "CollectionParameters": dict(params)}
+                                     for name, params in DEFAULT_COLLECTIONS],
+    }
+
+
+def profiler_dir(root) -> Path:
+    return Path(root) / "output" / "profiler"

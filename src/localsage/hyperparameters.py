@@ -2,9 +2,15 @@
 
 SageMaker passes hyperparameters as strings; `parse` turns them into typed values and rejects
 unknown names and bad values with a message that names the problem.
+
+The SageMaker SDK's framework estimators `json.dumps` every value (`"arch": "\"resnet50\""`,
+`"lr": "0.001"`) and SageMaker adds keys of its own (`sagemaker_program`, ... and, for tuning
+jobs, `_tuning_objective_metric`). `decode` / `split_reserved` undo that the way AWS's training
+toolkit does; `parse` applies both first, so the built-in trainer accepts an SDK estimator's map.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -107,9 +113,73 @@ def defaults() -> dict:
     return {p.name: p.default for p in PARAMS}
 
 
+# Keys SageMaker and its SDK add for the container (never the program's own hyperparameters).
+TUNING_OBJECTIVE_KEY = "_tuning_objective_metric"
+RESERVED_PREFIX = "sagemaker_"
+PROGRAM_KEY = "sagemaker_program"
+SUBMIT_DIR_KEY = "sagemaker_submit_directory"
+TORCH_DISTRIBUTED_KEY = "sagemaker_torch_distributed_enabled"
+PROCESSES_PER_HOST_KEY = "sagemaker_mpi_num_of_processes_per_host"
+LOG_LEVEL_KEY = "sagemaker_container_log_level"
+
+
+# The toolkit's own keys (params.SAGEMAKER_HYPERPARAMETERS): removed from the framework parameters too.
+TOOLKIT_KEYS = frozenset({
+    PROGRAM_KEY, SUBMIT_DIR_KEY, "sagemaker_enable_cloudwatch_metrics", "sagemaker_region", LOG_LEVEL_KEY,
+    "sagemaker_job_name", "default_user_module_name", TUNING_OBJECTIVE_KEY, "sagemaker_s3_output",
+})
+
+
+def is_reserved(key) -> bool:
+    key = str(key)
+    return key in TOOLKIT_KEYS or key.startswith(RESERVED_PREFIX)
+
+
+def framework_params(reserved: dict) -> dict:
+    """SM_FRAMEWORK_PARAMS: the reserved keys that are not the toolkit's own (e.g. distribution settings)."""
+    return {k: v for k, v in reserved.items() if k not in TOOLKIT_KEYS}
+
+
+def decode_value(value):
+    """One value as the training toolkit reads it: JSON when it parses, else the raw string."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def decode(raw: dict) -> dict:
+    return {str(k): decode_value(v) for k, v in (raw or {}).items()}
+
+
+def encode(values: dict) -> dict:
+    """The SDK's framework-estimator form: every value `json.dumps`-ed."""
+    return {str(k): json.dumps(v) for k, v in (values or {}).items()}
+
+
+def split_reserved(values: dict) -> tuple[dict, dict]:
+    """(the program's hyperparameters, SageMaker's reserved keys)."""
+    user = {k: v for k, v in (values or {}).items() if not is_reserved(k)}
+    reserved = {k: v for k, v in (values or {}).items() if is_reserved(k)}
+    return user, reserved
+
+
+def _unwrap(value):
+    """A JSON string literal (`"\"resnet50\""`) -> its text; anything else unchanged (the typed
+    conversion below reads `0.001`, `true`, `64` itself)."""
+    decoded = decode_value(value)
+    return decoded if isinstance(value, str) and isinstance(decoded, str) else value
+
+
 def parse(raw: dict) -> dict:
-    """Typed hyperparameters from SageMaker's string map; raise HyperparameterError on any problem."""
-    raw = {str(k).replace("_", "-"): v for k, v in (raw or {}).items()}
+    """Typed hyperparameters from SageMaker's string map; raise HyperparameterError on any problem.
+
+    Reserved keys (`sagemaker_*`, `_tuning_objective_metric`) are dropped and JSON-encoded string
+    values unwrapped before anything is validated."""
+    raw, _ = split_reserved(raw)
+    raw = {str(k).replace("_", "-"): _unwrap(v) for k, v in raw.items()}
     unknown = sorted(set(raw) - set(SPEC))
     if unknown:
         raise HyperparameterError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 NAMES = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time", "images_per_sec")
 FINAL_NAMES = ("test_loss", "test_acc")
@@ -51,3 +52,63 @@ def read_jsonl(path) -> list:
             return [json.loads(line) for line in f if line.strip()]
     except FileNotFoundError:
         return []
+
+
+# ---------------------------------------------------------------- metric_definitions (script jobs)
+
+def definition(text: str) -> dict:
+    """`NAME=REGEX` (the CLI's --metric-definition) -> {"Name": ..., "Regex": ...}; the regex must compile."""
+    name, sep, pattern = str(text).partition("=")
+    if not sep or not name.strip() or not pattern:
+        raise ValueError(f"a metric definition is NAME=REGEX, got {text!r}")
+    return check_definition({"Name": name.strip(), "Regex": pattern})
+
+
+def check_definition(d: dict) -> dict:
+    try:
+        name, pattern = str(d["Name"]), str(d["Regex"])
+    except (KeyError, TypeError):
+        raise ValueError(f"a metric definition needs Name and Regex, got {d!r}") from None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"metric {name!r}: bad regex {pattern!r}: {exc}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"metric {name!r}: the regex {pattern!r} needs a capture group for the value")
+    return {"Name": name, "Regex": pattern}
+
+
+class Scraper:
+    """SageMaker's metric_definitions over a job's log: every match of a regex's first group is a point.
+
+    Points: {"name", "value", "timestamp", "ordinal"} (ordinal = 1-based count of that name's matches),
+    appended to `path` (output/data/metric_points.jsonl) as they are found."""
+
+    def __init__(self, definitions, path=None):
+        self.definitions = [check_definition(d) for d in definitions or []]
+        self.patterns = [(d["Name"], re.compile(d["Regex"])) for d in self.definitions]
+        self.path = path
+        self.counts, self.last = {}, {}
+
+    def scan(self, line: str) -> list[dict]:
+        points = []
+        for name, pattern in self.patterns:
+            for m in pattern.finditer(line):
+                try:
+                    value = float(m.group(1))
+                except (TypeError, ValueError):
+                    continue
+                self.counts[name] = self.counts.get(name, 0) + 1
+                point = {"name": name, "value": value, "timestamp": time.time(), "ordinal": self.counts[name]}
+                self.last[name] = point
+                points.append(point)
+        if points and self.path is not None:
+            with open(self.path, "a") as f:
+                for p in points:
+                    f.write(json.dumps(p) + "\n")
+        return points
+
+    def final(self) -> list[dict]:
+        """FinalMetricDataList: the last value of each name, in definition order."""
+        return [{"MetricName": n, "Value": self.last[n]["value"], "Timestamp": self.last[n]["timestamp"]}
+                for n, _ in self.patterns if n in self.last]

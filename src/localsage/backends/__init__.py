@@ -24,6 +24,9 @@ class JobSpec:
     instance_count: int = 1
     env: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # backend-specific settings (e.g. cloud.TrainingOptions for sagemaker)
+    # script jobs: {"entry_point", "source_dir" (the job's code/), "hyperparameters" (the script's own,
+    # not encoded), "distribution", "processes_per_host"}; None for the built-in trainer
+    script: dict | None = None
 
 
 def get(name: str):

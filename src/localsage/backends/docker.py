@@ -12,6 +12,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from .. import contract
 from . import STOP_GRACE_SECONDS
 
 DEFAULT_IMAGE = os.environ.get("LOCALSAGE_IMAGE", "localsage:latest")
@@ -52,6 +53,9 @@ def mounts(job) -> dict:
         host = job_dir / sub
         host.mkdir(parents=True, exist_ok=True)
         volumes[str(host)] = {"bind": f"{OPT_ML}/{sub}", "mode": mode}
+    code = contract.code_dir(job_dir)  # a script job's copy of its source dir
+    if getattr(job, "script", None) and code.is_dir():
+        volumes[str(code)] = {"bind": contract.container_path(contract.CODE_SUBDIR), "mode": "rw"}
     for channel, src in job.channels.items():
         volumes[str(Path(src).resolve())] = {"bind": f"{OPT_ML}/input/data/{channel}", "mode": "ro"}
     return volumes

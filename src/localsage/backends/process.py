@@ -1,4 +1,8 @@
-"""Run the `train` entrypoint as a child process with SAGEMAKER_BASE_DIR pointing at the job folder."""
+"""Run the `train` entrypoint as a child process with SAGEMAKER_BASE_DIR pointing at the job folder.
+
+`localsage.entry` is the image's `train`: the built-in trainer, or the user's script for a script job
+(its requirements go to <job>/code/.deps through LOCALSAGE_PIP_TARGET, set by the runner).
+"""
 from __future__ import annotations
 
 import os
@@ -17,7 +21,7 @@ def run(job, log, stop: threading.Event) -> int:
     env[contract.ROOT_ENV] = str(job.dir)
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "localsage.train"],
+        [sys.executable, "-m", "localsage.entry"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -124,6 +124,19 @@ def unpack(tar_path: Path, dest: Path) -> None:
         tar.extractall(dest, filter="data")
 
 
+def script_estimator(script: dict, common: dict):
+    """A script job through the SDK's own PyTorch estimator: it JSON-encodes the hyperparameters, adds
+    sagemaker_program / sagemaker_submit_directory and (local_code) mounts the source dir at /opt/ml/code."""
+    with local_aws_env():
+        from sagemaker.pytorch import PyTorch
+
+    hps = dict(script.get("hyperparameters") or {})
+    if script.get("processes_per_host"):
+        hps["sagemaker_mpi_num_of_processes_per_host"] = int(script["processes_per_host"])
+    return PyTorch(entry_point=script["entry_point"], source_dir=script["source_dir"], hyperparameters=hps,
+                   distribution=script.get("distribution") or None, debugger_hook_config=False, **common)
+
+
 def run(job, log, stop: threading.Event) -> int:
     import docker
 
@@ -156,17 +169,20 @@ def run(job, log, stop: threading.Event) -> int:
     code = 0
     try:
         with local_aws_env(), contextlib.redirect_stdout(writer):
-            estimator = Estimator(
+            common = dict(
                 image_uri=image,
                 role=DUMMY_ROLE,
                 instance_count=job.instance_count,
                 instance_type="local_gpu" if gpus_available(engine) else "local",
-                hyperparameters=dict(job.hyperparameters),
                 environment=dict(job.env or {}),
                 output_path=f"file://{results}",
                 sagemaker_session=session(work, job.name),
                 disable_profiler=True,
             )
+            if getattr(job, "script", None):
+                estimator = script_estimator(job.script, common)
+            else:
+                estimator = Estimator(hyperparameters=dict(job.hyperparameters), **common)
             channels = {ch: f"file://{Path(src).resolve()}" for ch, src in job.channels.items()}
             try:
                 estimator.fit(channels, job_name=sdk_job_name(job.name), wait=True, logs=True)

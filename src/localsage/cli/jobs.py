@@ -14,15 +14,63 @@ def cmd_demo_data(args):
     print(f"demo data written to {root} ({args.classes} classes, {args.per_class} images each, {args.size}px)")
 
 
+CLOUD_MAX_RUN = 4 * 3600  # --max-run's default for --backend sagemaker; local jobs have none unless given
+
+
+def pairs(items, flag) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def script_options(args) -> dict:
+    """runner.train keywords of a script job (--entry-point and friends); {} for the built-in trainer."""
+    from ..metrics import definition
+
+    try:
+        definitions = [definition(d) for d in args.metric_definition or []]
+    except ValueError as exc:
+        raise SystemExit(f"--metric-definition: {exc}") from None
+    opts = {"metric_definitions": definitions or None, "env": pairs(args.env, "--env") or None,
+            "max_run": args.max_run, "debug": getattr(args, "debug_tensors", True)}
+    if args.entry_point:
+        opts.update(entry_point=args.entry_point, source_dir=args.source_dir, distribution=args.distribution,
+                    processes_per_host=args.processes_per_host, inference_entry_point=args.inference_entry_point,
+                    debugger_hook_config=pairs(args.debugger_hook_config, "--debugger-hook-config") or None)
+    elif args.source_dir or args.distribution or args.inference_entry_point:
+        raise SystemExit("--source-dir, --distribution and --inference-entry-point need --entry-point")
+    return opts
+
+
+def train_data(args):
+    channels = pairs(args.channel, "--channel")
+    if channels and args.data:
+        raise SystemExit("give --data or --channel NAME=PATH, not both")
+    if not channels and not args.data:
+        raise SystemExit("train needs --data DIR (one 'training' channel) or --channel NAME=PATH")
+    return channels or args.data
+
+
 def cmd_train(args):
     if args.backend == "sagemaker":
         from .cloud import train_on_sagemaker
 
+        if args.max_run is None:
+            args.max_run = CLOUD_MAX_RUN
         return train_on_sagemaker(args)
     from .. import runner
+    from ..hyperparameters import decode_value
 
-    record = runner.train(args.data, parse_hp(args.hp, args.hp_file), backend=args.backend, name=args.name,
-                          jobs_dir=args.jobs_dir, image=args.image, instance_count=args.instance_count)
+    opts = script_options(args)
+    hps = parse_hp(args.hp, args.hp_file)
+    if args.entry_point:  # the script's own values: `--hp epochs=5` is 5, as hyperparameters={"epochs": 5}
+        hps = {k: decode_value(v) for k, v in hps.items()}
+    record = runner.train(train_data(args), hps, backend=args.backend, name=args.name,
+                          jobs_dir=args.jobs_dir, image=args.image, instance_count=args.instance_count, **opts)
     return 0 if record["TrainingJobStatus"] == "Completed" else 1
 
 
@@ -38,7 +86,8 @@ def cmd_jobs(args):
     for r in runner.list_jobs(args.jobs_dir):
         final = {m["MetricName"]: m["Value"] for m in r.get("FinalMetricDataList", [])}
         hps = " ".join(f"{k}={v}" for k, v in sorted(r.get("HyperParameters", {}).items()))
-        shown = " ".join(f"{k}={fmt(final[k])}" for k in ("valid_acc", "valid_loss", "test_acc") if k in final)
+        names = [k for k in ("valid_acc", "valid_loss", "test_acc") if k in final] or list(final)  # script jobs: theirs
+        shown = " ".join(f"{k}={fmt(final[k])}" for k in names)
         rows.append((r["TrainingJobName"], r["TrainingJobStatus"], fmt(r.get("TrainingTimeInSeconds", "")), shown, hps))
     if not rows:
         print("no jobs")
@@ -73,7 +122,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("train", help="run a training job")
-    p.add_argument("--data", required=True, help="folder with train/ valid/ [test/] (one 'training' channel)")
+    p.add_argument("--data", help="folder with train/ valid/ [test/] (one 'training' channel)")
+    p.add_argument("--channel", action="append", metavar="NAME=PATH", help="an input channel (repeatable; instead of --data)")
     p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="hyperparameter (repeatable)")
     p.add_argument("--hp-file", help="JSON file of hyperparameters (e.g. best_hyperparameters.json)")
     p.add_argument("--backend", default="process", help="process | docker | sagemaker-local | sagemaker")
@@ -82,6 +132,11 @@ def add_parser(sub) -> None:
     p.add_argument("--image", help="container image (docker and SageMaker backends)")
     p.add_argument("--instance-count", type=int, default=1)
     add_train_arguments(p)
+    for action in p._actions:  # local jobs: no run-time limit unless --max-run is given
+        if action.dest == "max_run":
+            action.default = None
+            action.help = f"seconds before the job is stopped (MaxRuntimeExceeded; sagemaker default {CLOUD_MAX_RUN})"
+    add_script_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("jobs", help="list or describe training jobs")
@@ -95,3 +150,19 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("hyperparameters", help="print the hyperparameter reference (markdown)")
     p.set_defaults(func=cmd_hyperparameters)
+
+
+def add_script_arguments(p) -> None:
+    g = p.add_argument_group("script mode (a SageMaker user's own training script)")
+    g.add_argument("--entry-point", help="the script to run (relative to --source-dir), as PyTorch(entry_point=...)")
+    g.add_argument("--source-dir", help="folder with the script and its files (requirements.txt is installed)")
+    g.add_argument("--metric-definition", action="append", metavar="NAME=REGEX",
+                   help="scrape NAME from the job log: the regex's first group is the value (repeatable)")
+    g.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable for the job (repeatable)")
+    g.add_argument("--distribution", choices=("torch_distributed",), help="run the script with torchrun")
+    g.add_argument("--processes-per-host", type=int,
+                   help="processes per host (sagemaker_mpi_num_of_processes_per_host; default: GPUs, else 1)")
+    g.add_argument("--debugger-hook-config", action="append", metavar="KEY=VALUE",
+                   help="DebuggerHookConfig hook_parameters, e.g. train.save_interval=100 (repeatable)")
+    g.add_argument("--inference-entry-point", help="the inference program copied with the source into model/code "
+                   "(default: inference.py when the source dir has one)")
