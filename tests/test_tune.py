@@ -509,3 +509,95 @@ def test_sigterm_stops_the_running_trials_and_leaves_no_process(tmp_path, small_
     (trial,) = load("sig_term", jobs).get_trials()  # no second trial started
     assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True and not tune.counted(trial)
     assert "SIGTERM" in trial.user_attrs["failure_reason"]
+
+
+# ---------------------------------------------------------------- script mode: a user's own training script
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dog-breeds"
+# "nan"/"inf" too: a hopeless learning rate's loss must reach the pruner, whatever it is
+VALID_LOSS = r"Validation set: Average loss: ([0-9.]+|nan|inf)"
+SCRIPT_FIXED = {"arch": "resnet18", "weights": "none", "image-size": 32, "epochs": 2, "batch-size": 8}
+
+
+def script_args(*extra):
+    return ["--entry-point", "train.py", "--source-dir", str(EXAMPLE), "--metric-definition", f"valid_loss={VALID_LOSS}",
+            "--metric-definition", "test_loss=Test set: Average loss: ([0-9.]+)", "--objective", "valid_loss",
+            "--objective-type", "minimize", *map(str, extra)]
+
+
+def test_script_mode_settings_keep_the_scripts_names_and_old_studies_resume(tmp_path):
+    t = tune.build({"space": {"batch_size": {"values": [8, 16]}, "learning-rate": {"type": "float", "min": 1e-4, "max": 1e-2}},
+                    "fixed": {"my_flag": "x"}, "objective": {"metric": "valid_loss", "type": "minimize"},
+                    "metric_definitions": [{"Name": "valid_loss", "Regex": VALID_LOSS}]},
+                   {"entry_point": str(EXAMPLE / "train.py")})
+    assert t.script and t.entry_point == "train.py" and t.source_dir == str(EXAMPLE)
+    assert set(t.space) == {"batch_size", "learning-rate"} and t.fixed == {"my_flag": "x"}  # as spelled
+    assert t.trial_hyperparameters({"batch_size": 8}) == {"my_flag": "x", "batch_size": 8}  # no built-in defaults
+    assert t.direction == "minimize" and t.stored()["objective"] == {"metric": "valid_loss", "type": "minimize"}
+    assert tune.slot_env(0, 2, [], {}, 8, script=True) == ({"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}, {})
+    assert tune.build(t.stored(), {}).stored() == t.stored()  # --resume rebuilds the same study settings
+    # the built-in trainer's studies keep the string form: a study made before script mode resumes unchanged
+    old = tune.build({"objective": "valid_acc"}, {})
+    assert old.stored()["objective"] == "valid_acc" and "entry_point" not in old.stored() and old.direction == "maximize"
+    assert tune.build({"objective": {"metric": "valid_acc"}}, {}).stored() == old.stored()
+    for config, needle in [({}, "needs metric definitions"),
+                           ({"metric_definitions": {"acc": "acc=([0-9.]+)"}}, "not one of the metric definitions"),
+                           ({"metric_definitions": {"valid_loss": VALID_LOSS}}, "say whether to minimize or maximize"),
+                           ({"metric_definitions": {"valid_loss": "no group"}}, "needs a group"),
+                           ({"metric_definitions": {"valid_loss": VALID_LOSS}, "objective_type": "up"}, "minimize or maximize")]:
+        with pytest.raises(tune.TuneError, match=needle):
+            tune.build({"space": {"lr": {"values": [1]}}, **config}, {"entry_point": str(EXAMPLE / "train.py")})
+    with pytest.raises(tune.TuneError, match="entry point nothere.py not found"):
+        tune.build({}, {"entry_point": "nothere.py", "source_dir": str(EXAMPLE)})
+
+
+def test_sagemaker_dry_run_of_a_script_study(tmp_path, capsys):
+    config = write_config(tmp_path / "tune.yaml", fixed=SCRIPT_FIXED, trials=6,
+                          space={"lr": {"type": "float", "min": 1e-4, "max": 1e-2, "scale": "log"}})
+    assert cli_main(["tune", "--backend", "sagemaker", "--dry-run", "--config", str(config), *script_args(),
+                     "--s3-data", "s3://bucket/dogs", "--study", "dogs_script"]) == 0
+    captured = capsys.readouterr()
+    request = json.loads(captured.out)
+    tune.validate_request(request)
+    job = request["TrainingJobDefinition"]
+    static = job["StaticHyperParameters"]
+    assert json.loads(static["sagemaker_program"]) == "train.py"
+    submit = json.loads(static["sagemaker_submit_directory"])
+    assert submit.startswith("s3://bucket/") and submit.endswith("/sourcedir.tar.gz")
+    assert {k: json.loads(v) for k, v in static.items() if not k.startswith("sagemaker_")} == SCRIPT_FIXED  # as spelled
+    assert job["AlgorithmSpecification"]["MetricDefinitions"] == [
+        {"Name": "valid_loss", "Regex": VALID_LOSS}, {"Name": "test_loss", "Regex": "Test set: Average loss: ([0-9.]+)"}]
+    assert request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"] == {
+        "Type": "Minimize", "MetricName": "valid_loss"}
+    assert re.fullmatch(cloud.NAME_PATTERN, request["HyperParameterTuningJobName"])
+    assert "sourcedir.tar.gz" in captured.err and "train.py" in captured.err  # the upload a real start makes first
+
+
+@pytest.mark.integration
+def test_tune_a_script_prunes_a_hopeless_lr_and_values_are_the_last_matches(tmp_path, small_data, capsys):
+    jobs = tmp_path / "jobs"
+    config = write_config(tmp_path / "tune.yaml", fixed=SCRIPT_FIXED, pruner="median", prune_startup_trials=1,
+                          space={"lr": {"type": "float", "min": 1e-4, "max": 1e-2, "scale": "log"}},
+                          enqueue=[{"lr": 0.003}, {"lr": 100.0}, {"lr": 0.001}])
+    code = cli_main(["tune", "--config", str(config), "--data", str(small_data), "--trials", "4", "--study", "script",
+                     "--jobs-dir", str(jobs), "--quiet", *script_args()])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    trials = load("script", jobs).get_trials()
+    assert len(trials) == 4 and {tr.state.name for tr in trials} <= {"COMPLETE", "PRUNED"}
+    hopeless = trials[1]
+    assert hopeless.params["lr"] == 100.0 and hopeless.state.name == "PRUNED"
+    for tr in trials:
+        record = runner.describe(tr.user_attrs["job_name"], jobs)
+        matches = [float(m) for m in re.findall(VALID_LOSS, Path(record["LogFile"]).read_text())]
+        assert matches, tr.number
+        assert list(tr.intermediate_values.values()) == pytest.approx(matches, nan_ok=True)  # every match, in order
+        assert sorted(tr.intermediate_values) == list(range(1, len(matches) + 1))
+        hps = record["HyperParameters"]
+        assert "batch-size" in hps and "threads" not in hps and "debug" not in hps  # the script's names only
+        if tr.state.name == "COMPLETE":
+            assert record["TrainingJobStatus"] == "Completed"
+            assert tr.value == matches[-1] and len(matches) == SCRIPT_FIXED["epochs"]
+        else:
+            assert record["TrainingJobStatus"] == "Stopped" and "valid_loss #" in record["StopReason"]
+    assert "metric_points" in out and "best trial" in out

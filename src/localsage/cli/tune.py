@@ -67,8 +67,7 @@ def cmd_tune(args):
                                        output_path=args.s3_output, instance_type=instance_type, region=args.region)
             tune.validate_request(calls[-1]["request"])
             for call in calls[:-1]:  # e.g. the source dir's upload: what the SDK would send before the request
-                print(f"dry run, before the request: {call['operation']} {json.dumps(call['request'], default=str)}",
-                      file=sys.stderr)
+                print(f"dry run, before the request: {json.dumps(call, default=str)}", file=sys.stderr)
             print(json.dumps(calls[-1]["request"], indent=2, default=str))
             return 0
         name = tune.start_sagemaker(t, args.s3_data, role=args.role, region=args.region,

@@ -24,9 +24,11 @@ def sagemaker_tuner(t: Tuning, session=None, image=None, role=None, instance_typ
     source package or None). A script-mode study's package must be uploaded before the tuner starts."""
     from sagemaker.tuner import HyperparameterTuner
 
+    script = {"entry_point": t.entry_point, "source_dir": t.source_dir,
+              "metric_definitions": t.metric_definitions} if t.script else {}
     opts = cloud.TrainingOptions(output_path=output_path or DRY_RUN_OUTPUT, role=role, image=image,
                                  instance_type=instance_type, region=region,
-                                 debug_tensors=str(t.fixed.get("debug", "false")).lower() == "true")
+                                 debug_tensors=str(t.fixed.get("debug", "false")).lower() == "true", **script)
     base = t.study[:20].rstrip("-_").replace("_", "-") or "tune"
     package = None
     if t.script:
@@ -38,7 +40,6 @@ def sagemaker_tuner(t: Tuning, session=None, image=None, role=None, instance_typ
     estimator = cloud.estimator(opts, base, hps, 1, session, image, role)
     # one checkpoint URI shared by every training job of the tuning job would make trials resume each other
     estimator.checkpoint_s3_uri = None
-    estimator.metric_definitions = _metric_definitions(t)
     strategy = {"random": "Random", "grid": "Grid"}.get(t.sampler, "Bayesian")
     tuner = HyperparameterTuner(
         estimator, objective_metric_name=t.objective,

@@ -83,7 +83,7 @@ class Tuning:
         out = {**{k: self.settings[k] for k in keep}, "data": str(Path(self.data).resolve()) if self.data else None,
                "objective": self.objective, "space": {n: d.to_yaml() for n, d in self.space.items()},
                "fixed": hyperparameters.to_strings(self.fixed), "enqueue": self.enqueue}
-        if self.settings["objective_type"] and self.objective not in OBJECTIVES:
+        if self.script:  # a script's metric: the name alone does not say which way is better
             out["objective"] = {"metric": self.objective, "type": self.settings["objective_type"]}
         if self.script:  # absent for the built-in trainer: studies made before script mode compare equal
             out.update(entry_point=self.entry_point, source_dir=self.source_dir,
