@@ -9,7 +9,8 @@ DOCKER_PYTHON ?= $(or $(wildcard .venv/bin/python),python3)
 LOCAL_BASE_IMAGE ?= localsage-base:bookworm
 # Base for the image: the locally built one when it exists (no registry here), else the Dockerfile default.
 BASE_IMAGE ?= $(shell docker image inspect $(LOCAL_BASE_IMAGE) >/dev/null 2>&1 && echo $(LOCAL_BASE_IMAGE))
-DOCKER_BUILD = DOCKER_BUILDKIT=0 docker build
+# one image build at a time on this machine (parallel cold builds each hold a 10 GB layer)
+DOCKER_BUILD = flock /tmp/localsage-docker-build.lock env DOCKER_BUILDKIT=0 docker build
 
 WHEELHOUSE_STAMP = wheelhouse/.stamp
 IMAGE_STAMP = build/image-$(subst :,_,$(subst /,_,$(IMAGE))).stamp
