@@ -105,10 +105,10 @@ def check_probe(record, job_dir: Path, model_dir: str, channel_dir: str, in_cont
     assert "training" in json.loads(env["SM_INPUT_DATA_CONFIG"])
     assert env["TRAINING_JOB_NAME"] and env["FOO"] == "bar"  # --env reaches the script
     assert env["PYTHONPATH"].split(os.pathsep)[0] == out["cwd"]  # the code dir leads PYTHONPATH and is the cwd
-    assert Path(out["cwd"], "probe.py").exists()
     if in_container:
         assert out["cwd"] == "/opt/ml/code"
-    else:  # requirements.txt went into the job's own target, not into localsage's environment
+    else:
+        assert out["cwd"] == str(job_dir / "code") and Path(out["cwd"], "probe.py").exists()  # requirements.txt went into the job's own target, not into localsage's environment
         assert out["dep"].startswith(str(job_dir / "code" / ".deps"))
         assert subprocess.run([sys.executable, "-c", "import probe_dep"], capture_output=True).returncode != 0
     # metric_definitions: every match is a point; the last value is the final metric
