@@ -17,27 +17,17 @@ import json
 import logging
 import time
 
-from . import hook as hook_mod
-from . import sampler as sampler_mod
+from .constants import HYPERPARAMETERS, debugger_hp, enabled_rules  # noqa: F401  (defaults from localsage/hyperparameters.py)
 
 log = logging.getLogger("localsage.debugger")
-
-# Hyperparameters this package reads (defined once in localsage/hyperparameters.py).
-HYPERPARAMETERS = {
-    "debug": True,
-    "debug-train-interval": 10,
-    "debug-eval-interval": 1,
-    "debug-tensor-interval": 500,
-    "debug-strict": True,
-    "rules": "default",
-    "rules-at-end": False,
-    "profiler": True,
-}
 
 
 class Session:
     def __init__(self, contract, hp, model, loss_modules, workers=None, start=None, batch_size=None):
-        hp = {**HYPERPARAMETERS, **{k: v for k, v in hp.items() if k in HYPERPARAMETERS}}
+        from . import hook as hook_mod, sampler as sampler_mod  # here, so `import localsage.debugger` stays cheap
+
+        self._hook_mod, self._sampler_mod = hook_mod, sampler_mod
+        hp = debugger_hp(hp)
         self.contract, self.hp = contract, hp
         self.hook = hook_mod.create(model, loss_modules, contract, hp)
         profiling = bool(hp["profiler"])
@@ -60,13 +50,14 @@ class Session:
                 gpus=len(self.sampler.handles), workers=workers, batch_size=batch_size)
 
     def mode(self, name: str):
-        hook_mod.set_mode(self.hook, name)
+        self._hook_mod.set_mode(self.hook, name)
 
     def close(self, run_rules=None, failed=False):
         """Flush and verify tensors, stop the sampler, and (rules-at-end) write rule verdicts.
 
         failed: the job is already failing or stopping: problems here are logged, not raised, and
         no rules run."""
+        hook_mod, sampler_mod = self._hook_mod, self._sampler_mod
         try:
             hook_mod.close(self.hook)
         except Exception as exc:
@@ -84,10 +75,11 @@ class Session:
         if not failed and (run_rules if run_rules is not None else self.hp["rules-at-end"]):
             from . import rules
 
-            only = hook_mod.enabled_rules(self.hp)
+            only = enabled_rules(self.hp)
             verdicts = rules.run_rules(self.contract.output_dir, only=only)
             fired = [v["rule"] for v in verdicts if v["triggered"]]
             log.info("rules evaluated in the job: %d, issues found by: %s", len(verdicts), ", ".join(fired) or "none")
+            log.info("debugger reading: %s", rules.reading(verdicts))
 
 
 def attach(contract, hp, model, loss_modules, workers=None, start=None, batch_size=None) -> Session:

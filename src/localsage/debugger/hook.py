@@ -3,7 +3,9 @@
 What is saved (out_dir = contract.tensors_dir = output/tensors, smdebug's SageMaker default):
 - `losses` (CrossEntropyLoss_output_0) and `labels_predictions` (the loss module's inputs:
   CrossEntropyLoss_input_0 = logits, CrossEntropyLoss_input_1 = labels, used by ClassImbalance)
-  every `debug-train-interval` TRAIN steps and every `debug-eval-interval` EVAL/PREDICT steps;
+  at every one of the first DENSE_STEPS (50) TRAIN steps, then every `debug-train-interval` TRAIN
+  steps, and every `debug-eval-interval` EVAL/PREDICT steps (a short job has a loss curve; a long
+  one pays a scalar save every few steps);
 - `weights`, `biases`, `gradients` and, when DeadRelu or PoorWeightInitialization is enabled,
   `relu_activations` (`.*relu_input_.*`, `.*relu_output_.*`) every `debug-tensor-interval` TRAIN steps (default 500, SageMaker's save_interval: full tensors are large)
   (never in EVAL: nothing changes there).
@@ -30,10 +32,8 @@ from pathlib import Path
 
 log = logging.getLogger("localsage.debugger")
 
-LOSS_NAME = "CrossEntropyLoss_output_0"
-LOGITS_NAME = "CrossEntropyLoss_input_0"
-LABELS_NAME = "CrossEntropyLoss_input_1"
-ACTIVATION_RULES = ("DeadRelu", "PoorWeightInitialization")
+from .constants import (ACTIVATION_RULES, DENSE_STEPS, LABELS_NAME, LOGITS_NAME, LOSS_NAME,  # noqa: F401
+                        debugger_hp, enabled_rules)
 
 
 class DebuggerWriteError(RuntimeError):
@@ -44,23 +44,6 @@ def _quiet_smdebug():
     # smdebug logs every registered parameter at INFO; keep the job log readable
     os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")
     logging.getLogger("smdebug").setLevel(logging.WARNING)
-
-
-def enabled_rules(hp) -> list[str]:
-    from .rules import ALL_RULES
-
-    spec = str(hp.get("rules", "default")).strip()
-    if spec.lower() in ("", "default"):
-        return [r for r in ALL_RULES if r not in ACTIVATION_RULES]
-    if spec.lower() == "all":
-        return list(ALL_RULES)
-    if spec.lower() == "none":
-        return []
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in ALL_RULES]
-    if unknown:
-        raise ValueError(f"unknown rule(s) {unknown}; known: {', '.join(ALL_RULES)}")
-    return names
 
 
 def _move_aside(out_dir: Path):
@@ -78,7 +61,8 @@ def create(model, loss_module, contract, hp):
     loss_module: one nn loss module or a list (e.g. the train criterion and the eval criterion:
     both are CrossEntropyLoss, so both write CrossEntropyLoss_output_0, in their own mode).
     """
-    if not hp.get("debug", True):
+    hp = debugger_hp(hp)
+    if not hp["debug"]:
         return None
     _quiet_smdebug()
     import smdebug.pytorch as smd
@@ -99,16 +83,19 @@ def create(model, loss_module, contract, hp):
         log.info("smdebug hook from debughookconfig.json -> %s", out_dir)
     else:
         never = SaveConfigMode(save_interval=1, start_step=0, end_step=0)
+        train_every, eval_every = hp["debug-train-interval"], hp["debug-eval-interval"]
+        tensor_every = hp["debug-tensor-interval"]
+        dense = list(range(DENSE_STEPS)) if train_every > 1 else None
         light = SaveConfig(mode_save_configs={
-            modes.TRAIN: SaveConfigMode(save_interval=hp.get("debug-train-interval", 10)),
-            modes.EVAL: SaveConfigMode(save_interval=hp.get("debug-eval-interval", 1)),
-            modes.PREDICT: SaveConfigMode(save_interval=hp.get("debug-eval-interval", 1)),
-            modes.GLOBAL: SaveConfigMode(save_interval=hp.get("debug-train-interval", 10)),
+            modes.TRAIN: SaveConfigMode(save_interval=train_every, save_steps=dense),
+            modes.EVAL: SaveConfigMode(save_interval=eval_every),
+            modes.PREDICT: SaveConfigMode(save_interval=eval_every),
+            modes.GLOBAL: SaveConfigMode(save_interval=train_every, save_steps=dense),
         })
         heavy = SaveConfig(mode_save_configs={
-            modes.TRAIN: SaveConfigMode(save_interval=hp.get("debug-tensor-interval", 500)),
+            modes.TRAIN: SaveConfigMode(save_interval=tensor_every),
             modes.EVAL: never, modes.PREDICT: never,
-            modes.GLOBAL: SaveConfigMode(save_interval=hp.get("debug-tensor-interval", 500)),
+            modes.GLOBAL: SaveConfigMode(save_interval=tensor_every),
         })
         collections = ["losses", "labels_predictions", "weights", "biases", "gradients"]
         activations = any(r in enabled_rules(hp) for r in ACTIVATION_RULES)
@@ -124,13 +111,13 @@ def create(model, loss_module, contract, hp):
             c.save_config = heavy
         hook.get_collection("losses").save_config = light
         hook.get_collection("labels_predictions").save_config = light
-        log.info("smdebug hook -> %s (train every %d, eval every %d, tensors every %d steps%s)", out_dir,
-                 hp.get("debug-train-interval", 10), hp.get("debug-eval-interval", 1),
-                 hp.get("debug-tensor-interval", 500), ", with ReLU activations" if activations else "")
+        log.info("smdebug hook -> %s (train every %d after the first %d, eval every %d, tensors every %d steps%s)",
+                 out_dir, train_every, DENSE_STEPS, eval_every, tensor_every,
+                 ", with ReLU activations" if activations else "")
     hook.register_module(model)
     for loss in loss_module if isinstance(loss_module, (list, tuple)) else [loss_module]:
         hook.register_loss(loss)
-    Verifier(hook, strict=hp.get("debug-strict", True)).attach(model)
+    Verifier(hook, strict=hp["debug-strict"]).attach(model)
     return hook
 
 

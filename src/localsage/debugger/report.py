@@ -19,7 +19,7 @@ import numpy as np
 
 from . import rules as rules_mod
 from . import sampler
-from .hook import LOSS_NAME
+from .constants import LOSS_NAME
 
 log = logging.getLogger("localsage.debugger")
 
@@ -117,15 +117,16 @@ def _losses(tensors_dir: Path):
 
 def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
     """Write output/report/report.html (+ PNGs) for a job; returns the HTML path."""
-    out = rules_mod.output_dir_of(job_or_output_dir)
+    paths = rules_mod.layout(job_or_output_dir)
+    out = paths.output_dir
     job_dir = out.parent
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     plt = _plt()
     page = Page(report_dir)
     record = _read_json(job_dir / "job.json", {}) or {}
-    summary = _read_json(out / "data" / "summary.json", {}) or {}
-    pjob = _read_json(out / "profiler" / sampler.JOB, {}) or {}
+    summary = _read_json(paths.summary_file, {}) or {}
+    pjob = _read_json(paths.profiler_dir / sampler.JOB, {}) or {}
     name = record.get("TrainingJobName") or job_dir.name
     page.h(1, f"Debugger and profiler report: {name}")
 
@@ -151,7 +152,7 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
 
     # ---- losses
     page.h(2, "Loss: TRAIN vs EVAL (smdebug CrossEntropyLoss_output_0)", id="loss")
-    losses = _losses(out / "tensors")
+    losses = _losses(paths.tensors_dir)
     if losses:
         fig, ax = plt.subplots(figsize=(8, 3.6))
         for mode, vals in losses.items():
@@ -166,7 +167,7 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
         page.p("No smdebug tensors (debug=false, or the job saved none).", "muted")
 
     # ---- accuracy per epoch
-    metrics = [r for r in sampler.read_jsonl(out / "data" / "metrics.jsonl") if "epoch" in r]
+    metrics = [r for r in sampler.read_jsonl(paths.metrics_file) if "epoch" in r]
     page.h(2, "Accuracy and loss per epoch", id="accuracy")
     if metrics:
         fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -185,14 +186,17 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
     if not verdicts and run_rules_if_missing:
         verdicts = rules_mod.run_rules(out)
     page.h(2, "Rules", id="rules")
-    page.table(("rule", "status", "violations", "datapoints", "first findings", "recommendation", "parameters"),
-               [(v["rule"], v["status"], v["violations"], v["datapoints"], "; ".join(v["details"][:2]),
-                 v["recommendation"] if v["triggered"] else "",
-                 ", ".join(f"{k}={p}" for k, p in v["parameters"].items())) for v in verdicts],
-               id="rules-table", row_classes=[v["status"] for v in verdicts])
+    page.parts.append(f'<p id="rules-reading"><strong>{html.escape(rules_mod.reading(verdicts))}</strong></p>')
+    shown = rules_mod.ordered(verdicts)  # fired first, the cause before its symptoms
+    page.table(("rule", "status", "violations", "datapoints", "evidence / why", "recommendation", "parameters"),
+               [(v["rule"], v["status"], v["violations"], v["datapoints"],
+                 v.get("evidence") or "; ".join(v["details"][:2]), v["recommendation"] if v["triggered"] else "",
+                 ", ".join(f"{k}={p}" for k, p in v["parameters"].items())
+                 + "".join(f" ({k} scaled {why})" for k, why in (v.get("scaled") or {}).items())) for v in shown],
+               id="rules-table", row_classes=[v["status"] for v in shown])
 
     # ---- system usage
-    profile = rules_mod.Profile(out / "profiler")
+    profile = rules_mod.Profile(paths.profiler_dir)
     page.h(2, "System utilisation", id="system")
     if profile.system:
         t0 = profile.system[0]["t"]
@@ -237,17 +241,18 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
             bottom += v
         ax1.set_xlabel("train step"); ax1.set_ylabel("seconds"); ax1.legend(fontsize=7); ax1.set_title("per step")
         totals = np.array([s["total"] for s in train_steps])
-        body = totals[1:] if len(totals) > 3 else totals
-        limit = body.mean() + 3 * body.std()
+        limit, slow = rules_mod.step_outliers(train_steps)  # the StepOutlier rule's definition
         ax2.hist(totals, bins=min(40, max(5, len(totals) // 3)))
-        ax2.axvline(limit, color="r", ls="--", label="mean + 3 std")
-        out_idx = [i for i, v in enumerate(totals) if v > limit]
-        for i in out_idx:
-            ax2.axvline(totals[i], color="r", lw=.6)
-        ax2.set_xlabel("step time (s)"); ax2.set_title(f"histogram, {len(out_idx)} outliers"); ax2.legend(fontsize=7)
+        if limit is not None:
+            ax2.axvline(limit, color="r", ls="--", label="mean + 3 std")
+        for r in slow:
+            ax2.axvline(r["total"], color="r", lw=.6)
+        ax2.set_xlabel("step time (s)"); ax2.set_title(f"histogram, {len(slow)} outliers")
+        if limit is not None:
+            ax2.legend(fontsize=7)
         page.figure(fig, "steps", "step time breakdown and histogram")
-        if out_idx:
-            page.p(f"Outlier steps (slower than {limit:.3f} s): {[train_steps[i]['step'] for i in out_idx][:20]}")
+        if slow:
+            page.p(f"Outlier steps (slower than {limit:.3f} s): {[r['step'] for r in slow][:20]}")
         batches = [s["batch"] for s in train_steps if s.get("batch")]
         findings = [f"batch size: median {int(np.median(batches))} (max {max(batches)})" if batches else "batch size: -",
                     f"data-loader workers: {pjob.get('workers', '-')} for {pjob.get('cores', '-')} cores",
