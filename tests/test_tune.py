@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import FAST_HP, TINY_HP
-from localsage import metrics, runner, tune
+from localsage import cloud, metrics, runner, tune
 from localsage.cli import main as cli_main
 
 TINY_FIXED = {k: v for k, v in TINY_HP.items() if k not in ("lr", "batch-size")}
@@ -207,6 +207,7 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
     assert final["valid_acc"] >= 0.9, final
 
 
+@pytest.mark.integration
 def test_pruning_stops_bad_learning_rates_early(tmp_path, small_data):
     jobs = tmp_path / "jobs"
     epochs = 4
@@ -227,6 +228,7 @@ def test_pruning_stops_bad_learning_rates_early(tmp_path, small_data):
         assert max(tr.intermediate_values) <= record["EpochsCompleted"] + 1
 
 
+@pytest.mark.integration
 def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path, small_data):
     jobs = tmp_path / "jobs"
     config = {"fixed": TINY_FIXED, "space": {"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"},
@@ -243,20 +245,25 @@ def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path,
     assert json.loads((jobs / "tune-crash" / "best_hyperparameters.json").read_text())["freeze"] == "none"
 
 
+@pytest.mark.integration
 def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, small_data):
     jobs = tmp_path / "jobs"
     config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 3}, trials=3, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
     proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "kill", "--jobs-dir", jobs),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, tune.HEARTBEAT_ENV: "0.5"})
     journal = jobs / "tune-kill" / "journal.log"
     deadline = time.time() + 400
+    beats = {}
     while time.time() < deadline:
         time.sleep(1)
         trials = load("kill", jobs).get_trials() if journal.exists() else []
         started = [tr for tr in trials if tr.state.name == "RUNNING" and "job_dir" in tr.user_attrs
                    and (Path(tr.user_attrs["job_dir"]) / runner.RECORD).exists()]
-        if started and any(tr.state.name == "COMPLETE" for tr in trials):
+        for tr in started:  # the tuner refreshes the heartbeat of the trial it runs
+            beats.setdefault(tr.number, set()).add(tr.user_attrs["heartbeat"])
+        if any(len(b) > 1 for b in beats.values()) and any(tr.state.name == "COMPLETE" for tr in trials):
             break
     else:
         proc.kill()
@@ -324,11 +331,16 @@ def postgres():
 def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres):
     config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED, trials=4, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
-    procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--storage", postgres, "--study", "pg",
+    # the second machine takes the URL (with a password: the test server trusts any) from the environment
+    secret = postgres.replace("tune@", "tune:pgSecret42@")
+    storage = [["--storage", postgres], []]
+    env = [os.environ, {**os.environ, tune.STORAGE_ENV: secret}]
+    procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, *storage[i], "--study", "pg",
                                        "--jobs-dir", tmp_path / f"machine{i}"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env[i]) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
+    assert "pgSecret42" not in outs[1]
     trials = optuna.load_study(study_name="pg", storage=postgres).get_trials()
     assert sorted(tr.number for tr in trials) == list(range(4))  # no collision, total = the budget
     assert all(tr.state.name == "COMPLETE" for tr in trials)
@@ -337,3 +349,255 @@ def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres
     assert sum(per_machine) == 4 and min(per_machine) >= 1, per_machine  # both tuners ran trials of the one study
     jobs_of = {tr.user_attrs["job_name"] for tr in trials}
     assert jobs_of == {r["TrainingJobName"] for i in range(2) for r in runner.list_jobs(tmp_path / f"machine{i}")}
+
+
+# ---------------------------------------------------------------- the package: layers, sizes, a light CLI
+
+def test_package_modules_are_small_and_the_cli_imports_no_optuna_or_torch():
+    folder = Path(tune.__file__).parent
+    sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert {"space.py", "settings.py", "study.py", "workers.py", "results.py", "sagemaker.py"} <= set(sizes)
+    assert max(sizes.values()) <= 400, sizes
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert "._storage" not in text and "._trial_id" not in text, f"{path.name} uses Optuna's private API"
+        assert "localsage.cli" not in text and "from ..cli" not in text and "argparse" not in text, path.name
+    assert "Estimator(" not in (folder / "sagemaker.py").read_text()  # cloud.estimator builds it
+    probe = ("import sys, localsage.cli.tune, localsage.cli; localsage.cli.build_parser(); "
+             "print(sorted(m for m in ('optuna', 'torch', 'sagemaker', 'sqlalchemy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_trial_job_names_fit_sagemaker():
+    pattern = re.compile(cloud.NAME_PATTERN)
+    long = "my_very_long_study_name_for_the_dog_breeds_with_resnet50_and_more"
+    names = [tune.trial_job_name(s, n) for s in ("tune", "a_b", "__x__", long, long + "2") for n in (0, 7, 1234)]
+    for name in names:
+        assert pattern.fullmatch(name) and len(name) <= 63, name
+    assert tune.trial_job_name("tune", 7).startswith("tune-t007-")
+    assert tune.trial_job_name("a_b", 1).startswith("a-b-")
+    # two long study names that share their first characters still give different trial names
+    assert tune.trial_job_name(long, 1)[:-24] != tune.trial_job_name(long + "2", 1)[:-24]
+
+
+# ---------------------------------------------------------------- liveness that survives containers
+
+def test_resume_fails_trials_by_heartbeat_not_by_hostname_or_pid(tmp_path, small_data):
+    t = tune.build({"fixed": TINY_FIXED}, {"data": str(small_data), "study": "beats", "trials": 5}, jobs_dir=tmp_path)
+    study = tune.Study(t, echo=False, log=lambda line: None).study
+    now = time.time()
+    workers = {
+        # the tuner ran in a container: another hostname, and its PID now belongs to a live process
+        "old-container": ({"host": "3f2a9c1d7e4b", "pid": os.getpid()}, now - 3600),
+        # this host, a PID that was reused by a live process: only the heartbeat tells
+        "reused-pid": ({"host": socket.gethostname(), "pid": os.getpid()}, now - 3600),
+        # a live tuner on another machine: fresh heartbeat, left alone
+        "live-elsewhere": ({"host": "other-machine", "pid": 1}, now),
+    }
+    numbers = {}
+    for label, (worker, beat) in workers.items():
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("heartbeat", beat)
+        numbers[label] = trial.number
+    lines = []
+    tune.Study(t, resume=True, echo=False, log=lines.append)
+    trials = load("beats", tmp_path).get_trials()
+    for label in ("old-container", "reused-pid"):
+        trial = trials[numbers[label]]
+        assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True, label
+        assert "no heartbeat for" in trial.user_attrs["failure_reason"]
+        assert not tune.counted(trial)
+    assert trials[numbers["live-elsewhere"]].state.name == "RUNNING"
+    assert any("left alone" in line for line in lines)
+
+
+# ---------------------------------------------------------------- storage URLs keep their secrets
+
+def test_storage_password_is_never_printed_and_the_url_can_come_from_the_environment(tmp_path, small_data, capsys,
+                                                                                     monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    url = f"postgresql+psycopg://tune:Zq9s3cretpw@127.0.0.1:{port}/db"
+    assert tune.safe_url(url) == f"postgresql+psycopg://tune:***@127.0.0.1:{port}/db"
+    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED)
+    runs = [["--storage", url], ["--storage", url.replace("+psycopg", "+nodriver")], ["--storage", "postgresql://tune:Zq9s3cretpw@host:notaport/db"]]
+    for extra in runs:
+        code = cli_main(["tune", "--config", str(config), "--data", str(small_data), "--jobs-dir", str(tmp_path / "j"),
+                         "--study", "pw", *extra])
+        captured = capsys.readouterr()
+        assert code == 2, captured
+        assert "Zq9s3cretpw" not in captured.out + captured.err
+        assert "storage" in captured.err
+    monkeypatch.setenv(tune.STORAGE_ENV, url)
+    assert tune.build({}, {}).storage == url  # --storage absent: the environment's URL
+    assert tune.build({}, {"storage": "x.log"}).storage == "x.log"  # the command line wins
+    for argv in (["--config", str(config), "--data", str(small_data)], ["--resume"]):
+        code = cli_main(["tune", *argv, "--jobs-dir", str(tmp_path / "j"), "--study", "pw"])
+        captured = capsys.readouterr()
+        assert code == 2 and "Zq9s3cretpw" not in captured.out + captured.err
+        assert f"127.0.0.1:{port}" in captured.err and "***" in captured.err
+
+
+# ---------------------------------------------------------------- what every trial shares, checked once
+
+def test_missing_weights_or_bad_data_stop_the_study_before_any_trial(tmp_path, small_data, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # a fresh machine: no cached weights
+
+    def offline(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    jobs = tmp_path / "jobs"
+    # the README's `make tune DATA=data/demo`: the default arch resnet50 with its DEFAULT weights
+    code = cli_main(["tune", "--data", str(small_data), "--jobs-dir", str(jobs), "--trials", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "every trial would fail the same way" in err and "resnet50" in err and "weights=none" in err
+    assert not jobs.exists() or not any(jobs.glob("*/job.json"))  # no trial ran
+    broken = tmp_path / "broken"
+    shutil.copytree(small_data, broken)
+    shutil.rmtree(broken / "valid")
+    config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED)
+    code = cli_main(["tune", "--config", str(config), "--data", str(broken), "--jobs-dir", str(jobs), "--trials", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "every trial would fail on the data" in err and "valid split not found" in err
+    assert not any(jobs.glob("*/job.json"))
+
+
+# ---------------------------------------------------------------- SIGTERM: trials stopped, nothing left behind
+
+def _processes_of(job_dir: Path) -> list:
+    """PIDs of live processes whose environment points into the job folder."""
+    from localsage import contract
+
+    mark = f"{contract.ROOT_ENV}={Path(job_dir).resolve()}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.integration
+def test_sigterm_stops_the_running_trials_and_leaves_no_process(tmp_path, small_data):
+    jobs = tmp_path / "jobs"
+    config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 200, "max-steps": 0}, trials=2,
+                          pruner="none", space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
+    proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "sig_term", "--jobs-dir", jobs),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    job_dir = None
+    while time.time() < deadline and job_dir is None:
+        time.sleep(0.5)
+        for log in jobs.glob("sig-term-t000-*/train.log"):
+            if "epoch=1;" in log.read_text() and _processes_of(log.parent):
+                job_dir = log.parent
+    assert job_dir is not None, "the first trial never ran an epoch"
+    assert re.fullmatch(cloud.NAME_PATTERN, job_dir.name) and len(job_dir.name) <= 63
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert _processes_of(job_dir) == []  # the job's process is gone too
+    record = runner.describe(job_dir.name, jobs)
+    assert record["TrainingJobStatus"] == "Stopped" and "SIGTERM" in record["StopReason"]
+    (trial,) = load("sig_term", jobs).get_trials()  # no second trial started
+    assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True and not tune.counted(trial)
+    assert "SIGTERM" in trial.user_attrs["failure_reason"]
+
+
+# ---------------------------------------------------------------- script mode: a user's own training script
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dog-breeds"
+# "nan"/"inf" too: a hopeless learning rate's loss must reach the pruner, whatever it is
+VALID_LOSS = r"Validation set: Average loss: ([0-9.]+|nan|inf)"
+SCRIPT_FIXED = {"arch": "resnet18", "weights": "none", "image-size": 32, "epochs": 2, "batch-size": 8}
+
+
+def script_args(*extra):
+    return ["--entry-point", "train.py", "--source-dir", str(EXAMPLE), "--metric-definition", f"valid_loss={VALID_LOSS}",
+            "--metric-definition", "test_loss=Test set: Average loss: ([0-9.]+)", "--objective", "valid_loss",
+            "--objective-type", "minimize", *map(str, extra)]
+
+
+def test_script_mode_settings_keep_the_scripts_names_and_old_studies_resume(tmp_path):
+    t = tune.build({"space": {"batch_size": {"values": [8, 16]}, "learning-rate": {"type": "float", "min": 1e-4, "max": 1e-2}},
+                    "fixed": {"my_flag": "x"}, "objective": {"metric": "valid_loss", "type": "minimize"},
+                    "metric_definitions": [{"Name": "valid_loss", "Regex": VALID_LOSS}]},
+                   {"entry_point": str(EXAMPLE / "train.py")})
+    assert t.script and t.entry_point == "train.py" and t.source_dir == str(EXAMPLE)
+    assert set(t.space) == {"batch_size", "learning-rate"} and t.fixed == {"my_flag": "x"}  # as spelled
+    assert t.trial_hyperparameters({"batch_size": 8}) == {"my_flag": "x", "batch_size": 8}  # no built-in defaults
+    assert t.direction == "minimize" and t.stored()["objective"] == {"metric": "valid_loss", "type": "minimize"}
+    assert tune.slot_env(0, 2, [], {}, 8, script=True) == ({"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}, {})
+    assert tune.build(t.stored(), {}).stored() == t.stored()  # --resume rebuilds the same study settings
+    # the built-in trainer's studies keep the string form: a study made before script mode resumes unchanged
+    old = tune.build({"objective": "valid_acc"}, {})
+    assert old.stored()["objective"] == "valid_acc" and "entry_point" not in old.stored() and old.direction == "maximize"
+    assert tune.build({"objective": {"metric": "valid_acc"}}, {}).stored() == old.stored()
+    for config, needle in [({}, "needs metric definitions"),
+                           ({"metric_definitions": {"acc": "acc=([0-9.]+)"}}, "not one of the metric definitions"),
+                           ({"metric_definitions": {"valid_loss": VALID_LOSS}}, "say whether to minimize or maximize"),
+                           ({"metric_definitions": {"valid_loss": "no group"}}, "needs a group"),
+                           ({"metric_definitions": {"valid_loss": VALID_LOSS}, "objective_type": "up"}, "minimize or maximize")]:
+        with pytest.raises(tune.TuneError, match=needle):
+            tune.build({"space": {"lr": {"values": [1]}}, **config}, {"entry_point": str(EXAMPLE / "train.py")})
+    with pytest.raises(tune.TuneError, match="entry point nothere.py not found"):
+        tune.build({}, {"entry_point": "nothere.py", "source_dir": str(EXAMPLE)})
+
+
+def test_sagemaker_dry_run_of_a_script_study(tmp_path, capsys):
+    config = write_config(tmp_path / "tune.yaml", fixed=SCRIPT_FIXED, trials=6,
+                          space={"lr": {"type": "float", "min": 1e-4, "max": 1e-2, "scale": "log"}})
+    assert cli_main(["tune", "--backend", "sagemaker", "--dry-run", "--config", str(config), *script_args(),
+                     "--s3-data", "s3://bucket/dogs", "--study", "dogs_script"]) == 0
+    captured = capsys.readouterr()
+    request = json.loads(captured.out)
+    tune.validate_request(request)
+    job = request["TrainingJobDefinition"]
+    static = job["StaticHyperParameters"]
+    assert json.loads(static["sagemaker_program"]) == "train.py"
+    submit = json.loads(static["sagemaker_submit_directory"])
+    assert submit.startswith("s3://bucket/") and submit.endswith("/sourcedir.tar.gz")
+    assert {k: json.loads(v) for k, v in static.items() if not k.startswith("sagemaker_")} == SCRIPT_FIXED  # as spelled
+    assert job["AlgorithmSpecification"]["MetricDefinitions"] == [
+        {"Name": "valid_loss", "Regex": VALID_LOSS}, {"Name": "test_loss", "Regex": "Test set: Average loss: ([0-9.]+)"}]
+    assert request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"] == {
+        "Type": "Minimize", "MetricName": "valid_loss"}
+    assert re.fullmatch(cloud.NAME_PATTERN, request["HyperParameterTuningJobName"])
+    assert "sourcedir.tar.gz" in captured.err and "train.py" in captured.err  # the upload a real start makes first
+
+
+@pytest.mark.integration
+def test_tune_a_script_prunes_a_hopeless_lr_and_values_are_the_last_matches(tmp_path, small_data, capsys):
+    jobs = tmp_path / "jobs"
+    config = write_config(tmp_path / "tune.yaml", fixed=SCRIPT_FIXED, pruner="median", prune_startup_trials=1,
+                          space={"lr": {"type": "float", "min": 1e-4, "max": 1e-2, "scale": "log"}},
+                          enqueue=[{"lr": 0.003}, {"lr": 100.0}, {"lr": 0.001}])
+    code = cli_main(["tune", "--config", str(config), "--data", str(small_data), "--trials", "4", "--study", "script",
+                     "--jobs-dir", str(jobs), "--quiet", *script_args()])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    trials = load("script", jobs).get_trials()
+    assert len(trials) == 4 and {tr.state.name for tr in trials} <= {"COMPLETE", "PRUNED"}
+    hopeless = trials[1]
+    assert hopeless.params["lr"] == 100.0 and hopeless.state.name == "PRUNED"
+    for tr in trials:
+        record = runner.describe(tr.user_attrs["job_name"], jobs)
+        matches = [float(m) for m in re.findall(VALID_LOSS, Path(record["LogFile"]).read_text())]
+        assert matches, tr.number
+        assert list(tr.intermediate_values.values()) == pytest.approx(matches, nan_ok=True)  # every match, in order
+        assert sorted(tr.intermediate_values) == list(range(1, len(matches) + 1))
+        hps = record["HyperParameters"]
+        assert "batch-size" in hps and "threads" not in hps and "debug" not in hps  # the script's names only
+        if tr.state.name == "COMPLETE":
+            assert record["TrainingJobStatus"] == "Completed"
+            assert tr.value == matches[-1] and len(matches) == SCRIPT_FIXED["epochs"]
+        else:
+            assert record["TrainingJobStatus"] == "Stopped" and "valid_loss #" in record["StopReason"]
+    assert "metric_points" in out and "best trial" in out

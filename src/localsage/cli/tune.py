@@ -2,23 +2,34 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
 
-from ..tune import OBJECTIVES, PRUNERS, SAMPLERS, SETTINGS
+from ..tune import OBJECTIVE_TYPES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV
+from .common import print_table
+
+EXIT_SIGNALLED = {"SIGTERM": 128 + signal.SIGTERM, "Ctrl-C": 128 + signal.SIGINT}
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("tune", help="tune hyperparameters: an Optuna study of training jobs (or SageMaker HPO)")
-    p.add_argument("--data", help="folder with train/ valid/ [test/]")
+    p.add_argument("--data", help="folder with train/ valid/ [test/] (a script's own layout with --entry-point)")
     p.add_argument("--config", help="YAML: space, fixed, enqueue and any of the options below")
     p.add_argument("--trials", type=int, help=f"trial budget of the study (default {SETTINGS['trials']})")
     p.add_argument("--parallel", type=int, help="parallel trials on this machine (default 1)")
-    p.add_argument("--storage", help="SQLAlchemy URL (postgresql://...) or journal file (default <jobs>/tune-<study>/journal.log)")
+    p.add_argument("--storage", help="SQLAlchemy URL (postgresql://...) or journal file (default "
+                                     f"${STORAGE_ENV}, else <jobs>/tune-<study>/journal.log)")
     p.add_argument("--study", help="study name (default tune)")
     p.add_argument("--resume", action="store_true", help="continue the study to its budget; fail its stale running trials")
     p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--pruner", choices=PRUNERS)
     p.add_argument("--no-prune", action="store_true", help="same as --pruner none")
-    p.add_argument("--objective", choices=tuple(OBJECTIVES))
+    p.add_argument("--objective", help="metric to optimise: valid_loss | valid_acc, or a --metric-definition name")
+    p.add_argument("--objective-type", choices=OBJECTIVE_TYPES, help="minimize | maximize (needed for a script's metric)")
+    p.add_argument("--entry-point", help="script mode: the training script each trial runs (SageMaker's entry_point)")
+    p.add_argument("--source-dir", help="script mode: folder with the script and its files (default: the script's folder)")
+    p.add_argument("--metric-definition", action="append", metavar="NAME=REGEX",
+                   help="script mode: a metric read from the script's log (repeatable; SageMaker metric_definitions)")
     p.add_argument("--seed", type=int)
     p.add_argument("--backend", help="process | docker | sagemaker-local | sagemaker (SageMaker HPO)")
     p.add_argument("--image", help="container image (docker, sagemaker-local, sagemaker)")
@@ -28,37 +39,48 @@ def add_parser(subparsers):
     p.add_argument("--dry-run", action="store_true", help="with --backend sagemaker: print the request, send nothing")
     p.add_argument("--role", help="SageMaker execution role ARN or name (default $LOCALSAGE_SAGEMAKER_ROLE)")
     p.add_argument("--region", help="AWS region (default: the AWS configuration's)")
-    p.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    p.add_argument("--instance-type", help="SageMaker instance type (default: cloud's, ml.g4dn.xlarge)")
     p.add_argument("--s3-data", help="S3 URI of the training channel (SageMaker)")
     p.add_argument("--s3-output", help="S3 URI for model artifacts (SageMaker)")
     p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(args):
-    from .. import tune
+    from .. import cloud, tune
 
     if args.resume:
         raw = tune.stored_config(args.study or SETTINGS["study"], args.storage, args.jobs_dir)
     else:
         raw = tune.load_yaml(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in ("data", "trials", "parallel", "storage", "study", "sampler", "pruner",
-                                               "objective", "seed", "backend", "image", "gpus")}
+                                               "objective", "objective_type", "seed", "backend", "image", "gpus",
+                                               "entry_point", "source_dir")}
+    if args.metric_definition:
+        overrides["metric_definitions"] = args.metric_definition
     if args.no_prune:
         overrides["pruner"] = "none"
     t = tune.build(raw, overrides, args.jobs_dir)
+    instance_type = args.instance_type or cloud.DEFAULT_INSTANCE_TYPE
     if t.backend == "sagemaker":
         if args.dry_run:
-            request = tune.dry_run_request(t, image=t.image, role=args.role, s3_data=args.s3_data,
-                                           output_path=args.s3_output, instance_type=args.instance_type,
-                                           region=args.region)
-            tune.validate_request(request)
-            print(json.dumps(request, indent=2, default=str))
+            calls = tune.dry_run_calls(t, image=t.image, role=args.role, s3_data=args.s3_data,
+                                       output_path=args.s3_output, instance_type=instance_type, region=args.region)
+            tune.validate_request(calls[-1]["request"])
+            for call in calls[:-1]:  # e.g. the source dir's upload: what the SDK would send before the request
+                print(f"dry run, before the request: {json.dumps(call, default=str)}", file=sys.stderr)
+            print(json.dumps(calls[-1]["request"], indent=2, default=str))
             return 0
         name = tune.start_sagemaker(t, args.s3_data, role=args.role, region=args.region,
-                                    instance_type=args.instance_type, output_path=args.s3_output)
+                                    instance_type=instance_type, output_path=args.s3_output)
         print(f"SageMaker tuning job started: {name}")
         return 0
     if args.dry_run:
         raise tune.TuneError("--dry-run applies to --backend sagemaker")
     result = tune.run(t, resume=args.resume, echo=not args.quiet)
+    if result["rows"]:
+        print_table(result["rows"], result["header"])
+    for line in result["lines"]:
+        print(line)
+    if result.get("interrupted"):
+        return EXIT_SIGNALLED.get(result["interrupted"], 1)
     return 0 if "best_trial" in result else 1

@@ -1,0 +1,23 @@
+"""Hyperparameter tuning: one search-space definition, an Optuna study whose trials are training jobs,
+and the same space as a SageMaker HyperparameterTuner.
+
+    space       Dim, parse_space: the YAML space -> Optuna distributions, SageMaker ranges, grids
+    settings    Tuning, build, load_yaml: the validated setup (tune.yaml keys + command-line options)
+    study       sampler/pruner/storage factories, the budget lock, the stored config (--resume)
+    trial       one trial = one job: name, resources, metrics to the pruner, the outcome
+    workers     Study: the worker pool, heartbeats, stale-trial recovery, SIGTERM; run()
+    preflight   what every trial shares, checked once before the first
+    results     trial rows, best hyperparameters, trials.csv, plots.html
+    sagemaker   the HyperparameterTuner request (through localsage.cloud's Estimator)
+
+Importing this package imports neither optuna nor torch (they load when a study or a check runs).
+"""
+from .. import hyperparameters  # noqa: F401 - tune.hyperparameters.to_strings, as before the split
+from .results import best_hyperparameters, report, save_plots, table, trial_rows  # noqa: F401
+from .sagemaker import dry_run_calls, dry_run_request, sagemaker_tuner, start_sagemaker, validate_request  # noqa: F401
+from .settings import (BEST_FILE, OBJECTIVE_TYPES, OBJECTIVES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV,  # noqa: F401
+                       STORED, TRIAL_DEFAULTS, Tuning, build, load_yaml, parse_metric_definitions, safe_url)
+from .space import DEFAULT_SPACE, GRID_POINTS, Dim, TuneError, parse_space  # noqa: F401
+from .study import counted, creation_lock, make_pruner, make_sampler, make_storage, stored_config  # noqa: F401
+from .trial import slot_env, trial_job_name  # noqa: F401
+from .workers import HEARTBEAT_ENV, Study, fail_stale, run, visible_gpus  # noqa: F401

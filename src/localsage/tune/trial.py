@@ -1,0 +1,141 @@
+"""One trial = one training job: its name, hyperparameters and resources, the metrics it reports to the
+pruner while it runs, and what the study is told when it ends.
+
+The built-in trainer reports one value per epoch (the objective of its metrics line); a script reports
+one value per match of the objective's metric definition in its log (SageMaker's metric_definitions):
+every match is an intermediate value for the pruner, the last one is the trial's value."""
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import zlib
+from pathlib import Path
+
+from .. import hyperparameters, runner
+
+JOB_NAME_MAX = 63  # SageMaker: letters, digits, hyphens; at most 63 characters
+STAMP_LEN = len(runner.job_name("x")) - 2  # the timestamp runner.job_name appends
+
+
+def trial_job_name(study: str, number: int) -> str:
+    """<study>-t<NNN>-<timestamp>, fit for SageMaker (letters, digits, hyphens, <= 63 characters): the study
+    part is sanitised and, when it must be shortened, keeps a short hash of the full name."""
+    suffix = f"-t{number:03d}"
+    room = JOB_NAME_MAX - len(suffix) - 1 - STAMP_LEN
+    part = re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9-]", "-", study)).strip("-") or "study"
+    if part != study or len(part) > room:
+        digest = f"{zlib.crc32(study.encode()):08x}"[:6]
+        part = f"{part[:room - len(digest) - 1].rstrip('-')}-{digest}" if len(part) > room else part
+    return runner.job_name(f"{part}{suffix}")
+
+
+def slot_env(slot: int, parallel: int, gpus: list, fixed: dict, cores: int, script: bool = False) -> tuple[dict, dict]:
+    """Resources of one parallel worker: a GPU each (round robin) or an equal share of the CPU threads
+    (the built-in trainer's `threads` hyperparameter; a script gets OMP/MKL_NUM_THREADS instead)."""
+    if gpus:
+        return {"CUDA_VISIBLE_DEVICES": str(gpus[slot % len(gpus)])}, {}
+    share = str(max(1, cores // parallel))
+    if script:
+        return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}, {}
+    hp = {} if "threads" in fixed else {"threads": int(share)}
+    return {}, hp
+
+
+
+
+def run_job(study, trial, params: dict, slot: int) -> str:
+    """Run the trial's job to its end (study: the workers.Study running it); returns the trial's state."""
+    t = study.t
+    env, extra = slot_env(slot, t.parallel, study.gpus, t.fixed, os.cpu_count() or 1, script=t.script)
+    hp = {**t.trial_hyperparameters(params), **extra}
+    name = trial_job_name(t.study, trial.number)
+    job_dir = Path(t.jobs_dir).resolve() / name
+    trial.set_user_attr("job_name", name)
+    trial.set_user_attr("job_dir", str(job_dir))
+    pruned, values = [], []
+    script = {}
+    if t.script:
+        script = {"entry_point": t.entry_point, "source_dir": t.source_dir,
+                  "metric_definitions": t.metric_definitions}
+
+        def on_metrics(point):
+            if point.get("name") != t.objective:
+                return False
+            values.append(float(point["value"]))
+            trial.report(values[-1], len(values))
+            if trial.should_prune():
+                pruned.append(len(values))
+                return True
+            return False
+    else:
+        final_epoch = last_epoch(hp)
+
+        def on_metrics(epoch_values):
+            value = epoch_values.get(t.objective)
+            if value is None:
+                return False
+            values.append(value)
+            trial.report(value, epoch_values["epoch"])
+            # after the last epoch there is nothing left to save: the trial completes
+            if epoch_values["epoch"] < final_epoch and trial.should_prune():
+                pruned.append(epoch_values["epoch"])
+                return True
+            return False
+
+    stop = threading.Event()
+    study.running.add(stop)
+    try:
+        if study.halt.is_set():
+            stop.set()
+        record = runner.train(t.data, hp, backend=t.backend, name=name, jobs_dir=t.jobs_dir, image=t.image,
+                              on_metrics=on_metrics, env=env, stop=stop, echo=study.echo,
+                              tags={"tune-study": t.study, "tune-trial": str(trial.number)}, **script)
+    finally:
+        study.running.discard(stop)
+    final = {m["MetricName"]: m["Value"] for m in record.get("FinalMetricDataList", [])}
+    if t.script:
+        trial.set_user_attr("metric_points", len(values))
+        for d in t.metric_definitions:
+            if d["Name"] in final:
+                trial.set_user_attr(d["Name"], final[d["Name"]])
+        value = values[-1] if values else final.get(t.objective)
+    else:
+        trial.set_user_attr("epochs_run", record.get("EpochsCompleted", 0))
+        for key in ("valid_acc", "valid_loss"):
+            if key in final:
+                trial.set_user_attr(key, final[key])
+        value = final.get(t.objective)
+    return trial_outcome(study, trial, record, value, bool(pruned))
+
+
+def trial_outcome(study, trial, record: dict, value, pruned: bool) -> str:
+    """Tell the study how the trial's job ended; returns Complete, Pruned or Fail."""
+    from optuna.trial import TrialState
+
+    t = study.t
+    status = record["TrainingJobStatus"]
+    trial.set_user_attr("job_status", status)
+    trial.set_user_attr("duration_s", record.get("TrainingTimeInSeconds"))
+    if status == "Stopped" and pruned:
+        study.study.tell(trial, state=TrialState.PRUNED)
+        return "Pruned"
+    if status == "Completed" and value is not None and math.isfinite(value):
+        study.study.tell(trial, value)
+        return "Complete"
+    reason = record.get("FailureReason") or record.get("StopReason") or f"job {status} without a finite {t.objective}"
+    if status == "Stopped" and study.interrupted:
+        reason = f"interrupted: the tuner got {study.interrupted} and stopped the job"
+        record["StopReason"] = reason
+        runner.write_record(Path(record["JobDir"]), record)
+    trial.set_user_attr("failure_reason", reason)
+    if status == "Stopped":
+        trial.set_user_attr("interrupted", True)
+    study.study.tell(trial, state=TrialState.FAIL)
+    study.log(f"trial {trial.number} failed: {reason}")
+    return "Fail"
+
+
+def last_epoch(hp: dict) -> int:
+    return int(hyperparameters.parse(hyperparameters.to_strings(hp))["epochs"])
