@@ -7,8 +7,9 @@ same lines from the streamed log, so every backend reports metrics the same way.
 """
 from __future__ import annotations
 
-import json
 import re
+
+from . import files
 
 NAMES = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time", "images_per_sec")
 FINAL_NAMES = ("test_loss", "test_acc")
@@ -46,8 +47,5 @@ def parse_line(line: str) -> dict | None:
 
 
 def read_jsonl(path) -> list:
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+    """metrics.jsonl rows; a line torn by a kill mid-write is skipped, not an error."""
+    return files.read_jsonl(path)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import signal
 import sys
 import tarfile
@@ -14,12 +16,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import backends, contract, metrics
+from . import backends, contract, files, metrics, procs
 from .hyperparameters import to_strings
 
 RECORD = "job.json"
 LOG = "train.log"
 BACKEND_INFO = "backend.json"
+# SageMaker's TrainingJobName rule: letters, digits and (single or repeated) hyphens, at most 63
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 
 
 def jobs_root(jobs_dir=None) -> Path:
@@ -47,6 +51,15 @@ def job_name(prefix="localsage") -> str:
     return f"{prefix}-{stamp}"
 
 
+def check_name(name) -> str:
+    """A job name as SageMaker accepts it (so it is also one safe folder name: no '/', no '..')."""
+    name = str(name)
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"job name {name!r}: use letters, digits and hyphens only (no leading hyphen), "
+                         "at most 63 characters, as SageMaker does")
+    return name
+
+
 def channels_for(data) -> dict:
     """A data folder with train/ valid/ [test/] is one `training` channel (the dogImages layout);
     a dict maps channel names to folders."""
@@ -70,9 +83,7 @@ def _source(source):
 
 
 def write_record(job_dir: Path, record: dict) -> None:
-    tmp = job_dir / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, job_dir / RECORD)
+    files.atomic_write_json(Path(job_dir) / RECORD, record, default=str)
 
 
 def read_record(job_dir) -> dict:
@@ -100,9 +111,11 @@ def final_metrics(job_dir: Path) -> dict:
 
 
 def prepare(name, channels: dict, hyperparameters: dict, jobs_dir, instance_count=1) -> Path:
-    job_dir = (Path(jobs_dir) / name).resolve()
-    if job_dir.exists():
-        raise FileExistsError(f"job {name!r} already exists at {job_dir}")
+    job_dir = (Path(jobs_dir) / check_name(name)).resolve()
+    try:  # exclusive: of two launches with one name, exactly one gets the folder
+        job_dir.mkdir()
+    except FileExistsError:
+        raise FileExistsError(f"job {name!r} already exists at {job_dir}") from None
     contract.make_dirs(job_dir)
     contract.write_config(job_dir, hyperparameters, list(channels))
     for ch, src in channels.items():
@@ -124,10 +137,21 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     jobs_dir = jobs_root(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     module = backends.get(backend)
-    name = name or job_name()
+    reap(jobs_dir, docker=backend == "docker")  # containers and records a killed localsage left behind
     hps = to_strings(hyperparameters or {})
     channels = channels_for(data)
-    job_dir = prepare(name, channels, hps, jobs_dir, instance_count)
+    if name:
+        job_dir = prepare(name, channels, hps, jobs_dir, instance_count)
+    else:  # a generated name: a launch in the same millisecond gets a suffix instead of the same folder
+        for attempt in range(8):
+            name = job_name() + (f"-{secrets.token_hex(2)}" if attempt else "")
+            try:
+                job_dir = prepare(name, channels, hps, jobs_dir, instance_count)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"could not find a free job name in {jobs_dir}")
     spec = backends.JobSpec(name=name, dir=job_dir, channels=channels, hyperparameters=hps, image=image,
                             instance_count=instance_count, env=dict(env or {}), options=dict(backend_options or {}))
     record = {
@@ -152,6 +176,7 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         "JobDir": str(job_dir),
         "LogFile": str(job_dir / LOG),
         "Tags": tags or {},
+        "Owner": procs.identity(),  # lets a later command tell a job whose runner was killed
     }
     write_record(job_dir, record)
 
@@ -182,15 +207,16 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
                 stop_reason.append("stopped by the caller after epoch %d" % values["epoch"])
                 stop.set()
 
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        def interrupt(signum, frame):
+        def interrupt(signum, frame):  # Ctrl-C and SIGTERM (docker, systemd, supervisors) alike
             if not stop.is_set():
-                stop_reason.append("interrupted (Ctrl-C)")
+                stop_reason.append("interrupted (Ctrl-C)" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
                 print(f"[{name}] stopping: SIGTERM sent to the job", file=sys.stderr, flush=True)
             stop.set()
 
-        previous = signal.signal(signal.SIGINT, interrupt)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, interrupt)
     started = time.time()
     try:
         code = module.run(spec, on_line, stop)
@@ -199,8 +225,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         on_line(f"backend {backend} failed: {type(exc).__name__}: {exc}")
         contract.write_failure(job_dir / "output" / "failure", f"backend {backend} could not run the job: {exc}")
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         log_file.close()
         if bar is not None:
             bar.close()
@@ -214,6 +240,15 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     else:
         status = "Failed"
         reason = failure.read_text().strip() if failure.exists() else f"the job exited with code {code} and wrote no failure reason"
+    finish(job_dir, record, status, reason, code, elapsed)
+    if echo:
+        print(f"[{name}] {status}" + (f": {reason}" if reason else "") + f" ({elapsed:.1f}s) -> {job_dir}", flush=True)
+    return record
+
+
+def finish(job_dir: Path, record: dict, status: str, reason: str | None, code, elapsed: float) -> dict:
+    """Pack the artifacts and write the final record (updated in place, returned)."""
+    files.clean_temp(job_dir / "model", job_dir / "output", job_dir / "checkpoints")
     final = final_metrics(job_dir)
     artifacts = {}
     if status == "Completed":
@@ -222,6 +257,10 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     if out:
         artifacts["output"] = str(out)
     summary_file = job_dir / "output" / "data" / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+    except (OSError, ValueError):
+        summary = None
     record.update({
         "TrainingJobStatus": status,
         "SecondaryStatus": status,
@@ -232,14 +271,12 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         "EpochsCompleted": final.get("epoch", 0),
         "ModelArtifacts": {"S3ModelArtifacts": artifacts.get("model")},
         "OutputArtifacts": artifacts.get("output"),
-        "Summary": json.loads(summary_file.read_text()) if summary_file.exists() else None,
+        "Summary": summary,
     })
     if reason:
         record["FailureReason" if status == "Failed" else "StopReason"] = reason
     record.update(backend_info(job_dir))
     write_record(job_dir, record)
-    if echo:
-        print(f"[{name}] {status}" + (f": {reason}" if reason else "") + f" ({elapsed:.1f}s) -> {job_dir}", flush=True)
     return record
 
 
@@ -256,19 +293,64 @@ def list_jobs(jobs_dir=None) -> list:
     records = []
     for path in sorted(jobs_dir.glob(f"*/{RECORD}")):
         try:
-            records.append(read_record(path.parent))
+            records.append(reconcile(path.parent, read_record(path.parent)))
         except (OSError, json.JSONDecodeError):
             continue
     return sorted(records, key=lambda r: r.get("CreationTime", ""))
 
 
 def describe(name, jobs_dir=None, refresh=False) -> dict:
-    job_dir = jobs_root(jobs_dir) / name
+    job_dir = jobs_root(jobs_dir) / check_name(name)
     if not (job_dir / RECORD).exists():
         raise FileNotFoundError(f"no job named {name!r} in {job_dir.parent}")
-    record = {**read_record(job_dir), **backend_info(job_dir)}
+    record = {**reconcile(job_dir, read_record(job_dir)), **backend_info(job_dir)}
     if refresh and record.get("Backend") == "sagemaker" and record.get("TrainingJobArn"):
         from .backends.sagemaker import refresh as refresh_remote
 
         record = refresh_remote(record)
     return record
+
+
+# ------------------------------------------------------------------ jobs whose runner was killed
+
+def reconcile(job_dir: Path, record: dict, engine=None) -> dict:
+    """An InProgress record whose owner (the localsage process that ran it) is gone: stop what it
+    left running (the process backend's child, the docker backend's container) and record the job
+    Stopped with the reason. Records of live owners, or owners on another host, are left alone."""
+    if record.get("TrainingJobStatus") != "InProgress" or procs.alive(record.get("Owner")) is not False:
+        return record
+    owner = record["Owner"]
+    info = backend_info(job_dir)
+    child = info.get("Process")
+    if child and procs.terminate(child, signal.SIGKILL):
+        pass
+    container = info.get("Container")
+    if container and record.get("Backend") == "docker":
+        from .backends import docker as docker_backend
+
+        docker_backend.remove(container, engine)
+    started = datetime.fromisoformat(record["TrainingStartTime"]) if record.get("TrainingStartTime") else None
+    elapsed = (datetime.now(timezone.utc) - started).total_seconds() if started else 0.0
+    reason = (f"the localsage process that ran the job (pid {owner.get('pid')}) ended without recording "
+              "an outcome (killed?); what it left running was stopped")
+    return finish(Path(job_dir), record, "Stopped", reason, None, elapsed)
+
+
+def reap(jobs_dir=None, docker: bool = False) -> list:
+    """Reconcile every InProgress record in jobs_dir; with docker=True also remove every localsage
+    container (of any jobs folder) whose owner is dead. Returns the names of jobs it stopped."""
+    stopped = []
+    if docker:
+        from .backends import docker as docker_backend
+
+        docker_backend.reap_orphans()
+    root = jobs_root(jobs_dir)
+    for path in sorted(root.glob(f"*/{RECORD}")) if root.is_dir() else []:
+        try:
+            record = read_record(path.parent)
+            if record.get("TrainingJobStatus") == "InProgress":
+                if reconcile(path.parent, record)["TrainingJobStatus"] != "InProgress":
+                    stopped.append(record["TrainingJobName"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return stopped

@@ -195,17 +195,32 @@ class LocalServer:
 
 
 def serve_job(job, jobs_dir=None, port=8080, name=None) -> int:
-    """Foreground TorchServe on 127.0.0.1:<port> with one job's model; Ctrl-C stops it."""
+    """Foreground TorchServe on 127.0.0.1:<port> with one job's model; Ctrl-C or SIGTERM (the CLI
+    turns it into KeyboardInterrupt) stops it: the JVM and its workers, then the temp dir."""
     model_dir = job_model_dir(job, jobs_dir)
     name = name or _model_name(job)
     server = LocalServer({name: model_dir}, port=port, management_port=port + 1, metrics_port=port + 2,
                          grpc_ports=(7070, 7071) if port == 8080 else (port + 3, port + 4))
     print(f"TorchServe: POST http://127.0.0.1:{port}/predictions/{name} (or /invocations), GET /ping; "
           f"metrics http://127.0.0.1:{port + 2}/metrics; Ctrl-C stops", flush=True)
-    server.start(wait_s=0)
     try:
+        server.start(wait_s=0)
         return server.proc.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        server.stop()
+        _uninterrupted(server.stop)
+
+
+def _uninterrupted(fn):
+    """Run fn with SIGINT/SIGTERM held off (a second Ctrl-C must not cut the cleanup short)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return fn()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -9,8 +9,6 @@ served locally too.
 """
 from __future__ import annotations
 
-import json
-import os
 import tarfile
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ BACKEND_FILE = "backend.json"  # runner.BACKEND_INFO: merged into the job record
 
 def save(job_dir: Path, info: dict) -> None:
     """What the runner merges into the job record (written as soon as the ARN is known)."""
-    tmp = Path(job_dir) / f".{BACKEND_FILE}.tmp"
+    from ..files import atomic_write_json
     from ..metrics import METRIC_DEFINITIONS
 
     fields = {
@@ -33,8 +31,7 @@ def save(job_dir: Path, info: dict) -> None:
         "ResourceConfig": {"InstanceType": info.get("InstanceType"), "InstanceCount": info.get("InstanceCount")},
         "SageMaker": info,
     }
-    tmp.write_text(json.dumps(fields, indent=2, default=str))
-    os.replace(tmp, Path(job_dir) / BACKEND_FILE)
+    atomic_write_json(Path(job_dir) / BACKEND_FILE, fields, default=str)
 
 
 class LogTail:
