@@ -47,7 +47,11 @@ def _now() -> str:
 
 
 def job_name(prefix="localsage") -> str:
+    """<prefix>-<UTC time to the millisecond>, a valid job name whatever the prefix (a tuner's study
+    name, say): other characters become hyphens and the prefix is cut to leave room for the time
+    (23 characters) and a collision suffix (5)."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H-%M-%S-%f")[:-3]
+    prefix = re.sub(r"[^a-zA-Z0-9]+", "-", str(prefix)).strip("-")[:34].strip("-") or "localsage"
     return f"{prefix}-{stamp}"
 
 
@@ -94,11 +98,12 @@ def pack(src: Path, dest: Path) -> Path | None:
     """Tar+gzip the contents of src (SageMaker's model.tar.gz / output.tar.gz have no top folder)."""
     if not src.is_dir():
         return None
-    tmp = dest.with_name(dest.name + ".tmp")
-    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
-        for child in sorted(src.iterdir()):
-            tar.add(child, arcname=child.name)
-    os.replace(tmp, dest)
+    def write(f):
+        with tarfile.open(fileobj=f, mode="w:gz", compresslevel=1) as tar:
+            for child in sorted(src.iterdir()):
+                tar.add(child, arcname=child.name)
+
+    files.atomic_write(dest, write)
     return dest
 
 
