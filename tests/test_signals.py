@@ -269,21 +269,21 @@ def test_a_planted_pickle_in_the_checkpoint_does_not_run(tmp_path, small_data):
 
 
 def test_own_checkpoint_is_weights_only(tmp_path):
-    from localsage import train
+    from localsage import checkpoint, train
 
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(net.parameters())
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
     random.random()
-    state = train.checkpoint_state(3, train.Parts(net, net, None, None, opt, sched, torch.amp.GradScaler("cuda", enabled=False)),
-                                   train.Progress(bad_files={"train": {1, 2}}))
-    train.save_checkpoint(tmp_path / "last.pth", state)
+    state = checkpoint.state(3, train.Parts(net, net, None, None, opt, sched, torch.amp.GradScaler("cuda", enabled=False)),
+                             train.Progress(bad_files={"train": {1, 2}}))
+    checkpoint.save(tmp_path / "last.pth", state)
     import numpy as np
 
     expected = (random.random(), np.random.rand(), torch.rand(3))
-    loaded = train.load_checkpoint(tmp_path / "last.pth")  # weights_only=True
+    loaded = checkpoint.load(tmp_path / "last.pth")  # weights_only=True
     assert loaded["epoch"] == 3 and loaded["bad_files"] == {"train": [1, 2]}
-    train.set_rng_state(loaded["rng"])  # every generator continues where the checkpoint left it
+    checkpoint.set_rng_state(loaded["rng"])  # every generator continues where the checkpoint left it
     again = (random.random(), np.random.rand(), torch.rand(3))
     assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
 

@@ -28,13 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint, data, debugger, distributed, export, files, metrics, model as model_mod
 from . import contract as contract_mod
-from . import data, debugger, distributed, export, files, metrics, model as model_mod
 from .hyperparameters import HyperparameterError, parse, split_reserved
 
 log = logging.getLogger("localsage.train")
-CHECKPOINT = "last.pth"
-BEST = "best.pth"
+CHECKPOINT, BEST = checkpoint.CHECKPOINT, checkpoint.BEST
 STOPPED_EXIT = 143
 PROCS_PER_HOST = "sagemaker_mpi_num_of_processes_per_host"  # the toolkit's override of processes per host
 
@@ -326,73 +325,6 @@ def record(contract, ranks: Ranks, values: dict):
     files.append_line(contract.metrics_file, json.dumps(values))
 
 
-# ------------------------------------------------------------------ checkpoints
-
-
-def rng_state() -> dict:
-    """Every generator's state as tensors and lists: loadable with torch.load(weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
-
-
-def checkpoint_state(epoch: int, parts: Parts, progress: Progress, scheduler_state: dict | None = None) -> dict:
-    return {
-        "epoch": epoch,
-        "model": parts.model.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": scheduler_state or parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict(),
-        "best": progress.best,
-        "bad_epochs": progress.bad_epochs,
-        "history": progress.history,
-        "bad_files": {k: sorted(v) for k, v in progress.bad_files.items()},
-        "rng": rng_state(),
-    }
-
-
-def save_checkpoint(path: Path, state: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.atomic_write(path, lambda f: torch.save(state, f))
-
-
-def load_checkpoint(path: Path):
-    """A checkpoint of ours holds tensors, numbers, strings, lists and dicts only: weights_only=True,
-    so a planted pickle (the checkpoint folder is synced from S3 on SageMaker) cannot run code."""
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def resume(contract, parts: Parts, progress: Progress) -> None:
-    state = load_checkpoint(contract.checkpoint_dir / CHECKPOINT)
-    if state is None:
-        return
-    parts.model.load_state_dict(state["model"])
-    parts.optimizer.load_state_dict(state["optimizer"])
-    parts.scheduler.load_state_dict(state["scheduler"])
-    # the schedule's position is the end of the last completed epoch: the optimizer's rates follow it
-    for group, lr in zip(parts.optimizer.param_groups, parts.scheduler.get_last_lr()):
-        group["lr"] = lr
-    parts.scaler.load_state_dict(state["scaler"])
-    progress.best, progress.bad_epochs, progress.history = state["best"], state["bad_epochs"], state["history"]
-    progress.bad_files.update({k: set(v) for k, v in state["bad_files"].items()})
-    set_rng_state(state["rng"])
-    progress.start_epoch = state["epoch"] + 1
-    log.info("resuming from checkpoint: epoch %d completed, continuing at epoch %d", state["epoch"], progress.start_epoch)
-
-
 # ------------------------------------------------------------------ main
 
 
@@ -410,7 +342,7 @@ def fit(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress, d
             # interrupted mid-epoch: keep the weights, count the epoch as not done
             log.info("stopped mid-epoch %d: it runs again on resume", epoch)
             if ranks.rank == 0:
-                save_checkpoint(contract.checkpoint_dir / CHECKPOINT, checkpoint_state(epoch - 1, parts, progress, schedule_at_start))
+                checkpoint.save(contract.checkpoint_dir / CHECKPOINT, checkpoint.state(epoch - 1, parts, progress, schedule_at_start))
             return True
         va = evaluate(eval_model(parts, ranks), parts.eval_criterion, d, "valid", ranks, progress, dbg)
         values = {
@@ -422,12 +354,12 @@ def fit(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress, d
             progress.best = {"valid_loss": va["loss"], "valid_acc": va["acc"], "epoch": epoch}
             progress.bad_epochs = 0
             if ranks.rank == 0:
-                save_checkpoint(contract.checkpoint_dir / BEST, parts.model.state_dict())
+                checkpoint.save(contract.checkpoint_dir / BEST, parts.model.state_dict())
         else:
             progress.bad_epochs += 1
         record(contract, ranks, values)
         if ranks.rank == 0:
-            save_checkpoint(contract.checkpoint_dir / CHECKPOINT, checkpoint_state(epoch, parts, progress))
+            checkpoint.save(contract.checkpoint_dir / CHECKPOINT, checkpoint.state(epoch, parts, progress))
         if Stop.requested:
             return True
         if hp["patience"] and progress.bad_epochs >= hp["patience"]:
@@ -500,7 +432,7 @@ def train(contract) -> int:
     )
     ok = False
     try:
-        resume(contract, parts, progress)
+        checkpoint.resume(contract, parts, progress)
         train_start = time.time()
         stopped = fit(contract, hp, ranks, d, parts, progress, dbg)
         times["train"] = time.time() - train_start
