@@ -421,8 +421,10 @@ def train(contract) -> int:
     progress = Progress(bad_files={split: set() for split in d.datasets})
     if hp["compile"] and hp["debug"]:
         log.warning("debug=true is not supported with compile=true: no smdebug tensors")
-    # tensors come from the leader only (smdebug saves on the chief worker; the others would write nothing)
-    dbg = debugger.attach(contract, {**hp, "debug": hp["debug"] and not hp["compile"] and ranks.rank == 0}, parts.model,
+    # tensors come from the leader only (smdebug saves on the chief worker; the others would write nothing);
+    # the profiler samples the host once (local rank 0): the processes of a host share its output folder
+    dbg = debugger.attach(contract, {**hp, "debug": hp["debug"] and not hp["compile"] and ranks.rank == 0,
+                                     "profiler": hp["profiler"] and ranks.local_rank == 0}, parts.model,
                           [parts.criterion, parts.eval_criterion], workers=d.workers, start=t0, batch_size=hp["batch-size"])
     times = {"init": time.time() - t0}
     log.info(
