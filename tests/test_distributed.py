@@ -97,3 +97,22 @@ def test_a_rank_with_an_unreadable_batch_keeps_step_with_the_others(tmp_path):
     assert "zero-weight step" in "".join(outs)
     summary = json.loads((roots[0] / "output/data/summary.json").read_text())
     assert summary["epochs_run"] == 1
+
+
+def test_one_host_runs_a_process_per_slot_from_the_toolkit_override(tmp_path, small_data):
+    """sagemaker_mpi_num_of_processes_per_host=2 (how the AWS toolkit sets processes per host, and how a
+    CPU machine gets more than one): `train` launches two gloo ranks on one host itself."""
+    root = tmp_path / "ml"
+    contract.make_dirs(root)
+    hp = {**TINY_HP, "epochs": "2", "max-steps": "0", "workers": "0", "threads": "1",
+          "sagemaker_mpi_num_of_processes_per_host": "2"}
+    contract.write_config(root, hp, [contract.COMBINED_CHANNEL])  # one host, algo-1 (need not resolve)
+    os.symlink(small_data, root / "input/data" / contract.COMBINED_CHANNEL)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_") and k not in ("MASTER_PORT", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-m", "localsage.train", "--ml-root", str(root)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "rank=0 world_size=2 local_rank=0" in proc.stdout and "rank=1 world_size=2 local_rank=1" in proc.stdout
+    rows = [r for r in metrics.read_jsonl(root / "output/data/metrics.jsonl") if "epoch" in r]
+    assert [r["epoch"] for r in rows] == [1, 2]  # the leader reports once per epoch
+    assert (root / "model" / export.WEIGHTS_FILE).exists()

@@ -30,7 +30,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from localsage import serving
+from localsage import scriptserve, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "dog-breeds" / "inference.py"
@@ -161,7 +161,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mar(models, tmp_path_factory):
-    return serving.package_script(models["dogs"], tmp_path_factory.mktemp("store"), name="dogs-mar")
+    return scriptserve.package_script(models["dogs"], tmp_path_factory.mktemp("store"), name="dogs-mar")
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def server(models, mar, tmp_path_factory):
     logs = tmp_path_factory.mktemp("script-logs")
     port, metrics, grpc, grpc2 = free_ports(4)
     # the faulty module gets a real batch window, so that good and bad requests share a batch
-    ts = serving.ScriptServer({**models, "dogs-mar": mar}, port=port, metrics_port=metrics,
+    ts = scriptserve.ScriptServer({**models, "dogs-mar": mar}, port=port, metrics_port=metrics,
                               grpc_ports=(grpc, grpc2), log_path=logs / "torchserve.out",
                               batching={"faulty": {"batchSize": 8, "maxBatchDelay": 400}})
     try:
@@ -616,7 +616,7 @@ def _tiny_wheel(folder: Path) -> Path:
 
 
 def test_requirements_install_from_find_links_into_a_private_folder(tmp_path):
-    stage = serving.script_stage()
+    stage = scriptserve.script_stage()
     model = write_module(tmp_path / "model", "import tinydep\n")
     (model / "code" / "requirements.txt").write_text("# offline wheelhouse\ntinydep==0.1\n")
     wheels = _tiny_wheel(tmp_path / "wheels").parent

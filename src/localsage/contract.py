@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import files
+
 ROOT_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_ROOT = "/opt/ml"
 CHECKPOINT_ENV = "SM_CHECKPOINT_DIR"
@@ -177,7 +179,7 @@ def write_config(root, hyperparameters: dict, channels, hosts=("algo-1",), curre
         ("inputdataconfig.json", inputs),
         ("resourceconfig.json", resources),
     ):
-        (cfg / name).write_text(json.dumps(content, indent=2, sort_keys=True))
+        files.atomic_write_json(cfg / name, content, sort_keys=True)
 
 
 def make_dirs(root) -> None:
@@ -194,7 +196,7 @@ def failure_file(root=None) -> Path:
 def write_failure(path, reason: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(reason.strip() + "\n")
+    files.atomic_write(path, reason.strip() + "\n")
 
 
 # ---------------------------------------------------------------- script mode (the toolkit's layout)

@@ -6,14 +6,19 @@ ordered host by host: rank = host_index * procs_per_host + local_rank.
     rank, world_size, local_rank = distributed.setup(c.hosts, c.current_host, c.num_gpus)
 
 is a no-op returning (0, 1, 0) for one host started without a launcher, so single-process training
-takes the same code path. Several GPUs on one host: start one process per GPU with `launch` (or
-torchrun), which sets LOCAL_WORLD_SIZE.
+takes the same code path. Several processes on one host (one per GPU, or as many as
+sagemaker_mpi_num_of_processes_per_host says): `launch_local` starts them (as torchrun would), each
+with LOCAL_RANK and LOCAL_WORLD_SIZE set, and forwards SIGTERM/SIGINT to them.
 """
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Callable, Sequence
+import signal
+import socket
+import subprocess
+import time
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -37,16 +42,16 @@ def setup(hosts: Sequence[str], current_host: str, num_gpus: int = 0, *, local_r
           interface: str | None = None, port: int | None = None, timeout_s: float = 600) -> tuple[int, int, int]:
     """Join the process group described by the contract; returns (rank, world_size, local_rank).
 
-    Processes per host come from $LOCAL_WORLD_SIZE (set by `launch` or torchrun), else 1: a host
-    started without a launcher is one process (on GPU 0), so the rendezvous never waits for ranks
-    nobody started. local_rank defaults to $LOCAL_RANK or 0. `interface` is resourceconfig's
+    Processes per host come from $LOCAL_WORLD_SIZE (set by `launch_local` or torchrun), else 1: a
+    host started without a launcher is one process (on GPU 0), so the rendezvous never waits for
+    ranks nobody started. local_rank defaults to $LOCAL_RANK or 0. `interface` is resourceconfig's
     network_interface_name (used for gloo/nccl sockets unless already set in the environment).
     """
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    per_host = min(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), max(num_gpus, 1))
+    per_host = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     rank, world_size, local_rank = world_layout(hosts, current_host, per_host, local_rank)
-    use_cuda = num_gpus > 0 and torch.cuda.is_available()
+    use_cuda = num_gpus > local_rank and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if world_size == 1:
@@ -54,7 +59,8 @@ def setup(hosts: Sequence[str], current_host: str, num_gpus: int = 0, *, local_r
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), local_rank
 
-    master = list(hosts)[0]
+    # one host: its own processes meet on loopback (its name, e.g. algo-1, need not resolve)
+    master = list(hosts)[0] if len(hosts) > 1 else os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = int(port or os.environ.get(PORT_ENV, DEFAULT_PORT))
     if interface:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
@@ -77,14 +83,53 @@ def setup_from_contract(c, local_rank: int | None = None) -> tuple[int, int, int
                  interface=rc.get("network_interface_name"))
 
 
-def launch(fn: Callable[..., object], num_gpus: int, *args) -> None:
-    """Run fn(local_rank, *args) once per GPU (spawned processes) or once in this process."""
-    if num_gpus > 1 and torch.cuda.is_available():
-        import torch.multiprocessing as mp
-        os.environ["LOCAL_WORLD_SIZE"] = str(num_gpus)  # inherited by the spawned processes
-        mp.spawn(fn, args=args, nprocs=num_gpus, join=True)
-    else:
-        fn(0, *args)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local(nprocs: int, command: Sequence[str], single_host: bool = True, env: dict | None = None) -> int:
+    """Run `command` nprocs times on this host (LOCAL_RANK 0..n-1, LOCAL_WORLD_SIZE n), as torchrun does;
+    SIGTERM/SIGINT are forwarded to every process, each dies with this one (parent-death signal).
+    Returns 0 when all succeed, else the first non-zero exit code (143 when stopped)."""
+    from .procs import die_with_parent
+
+    base = {**os.environ, **(env or {}), "LOCAL_WORLD_SIZE": str(nprocs)}
+    if single_host and "MASTER_PORT" not in base:
+        base["MASTER_PORT"] = str(_free_port())
+    children = []
+
+    def forward(signum, frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(f"distributed: starting {nprocs} processes on this host", flush=True)
+        for local_rank in range(nprocs):
+            children.append(subprocess.Popen(list(command), env={**base, "LOCAL_RANK": str(local_rank)},
+                                             preexec_fn=die_with_parent(signal.SIGTERM)))
+        first_failure = None
+        while any(child.poll() is None for child in children):
+            for child in children:
+                if first_failure is None and child.poll() not in (None, 0):
+                    first_failure = child.returncode if child.returncode >= 0 else 128 - child.returncode
+                    if first_failure != 143:  # a crashed rank: the others would wait for it in a collective
+                        forward(signal.SIGTERM, None)
+            time.sleep(0.2)
+        codes = [c if c >= 0 else 128 - c for c in (child.returncode for child in children)]  # -15 -> 143
+        if first_failure is None:
+            first_failure = next((c for c in codes if c != 0), 0)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return first_failure
 
 
 def active() -> bool:

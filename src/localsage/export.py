@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from . import files
+
 WEIGHTS_FILE = "model.pth"
 CONFIG_FILE = "model_config.json"
 INDEX_FILE = "index_to_name.json"
@@ -38,23 +40,17 @@ def model_config(arch, classes, image_size, resize_size, mean, std) -> dict:
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temp file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """files.atomic_write with a writer callback (kept for callers of the export API)."""
+    files.atomic_write(path, write)
 
 
 def save_model(model_dir, state_dict: dict, config: dict) -> Path:
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(model_dir / WEIGHTS_FILE, lambda f: torch.save(state_dict, f))
-    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    files.atomic_write_json(model_dir / CONFIG_FILE, config)
     index = {str(i): name for i, name in enumerate(config["classes"])}
-    (model_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    files.atomic_write_json(model_dir / INDEX_FILE, index)
     make_torchserve_dir(model_dir)
     return model_dir
 
@@ -106,7 +102,7 @@ def make_torchserve_dir(model_dir, model_name: str = "model", version: str = "1.
     config = {**defaults.SERVER, **batching, "handler": {"topk": defaults.TOPK}}
     header = ("# TorchServe per-model settings. Handler settings (handler_defaults.HANDLER) go under `handler:`;\n"
               "# LOCALSAGE_SERVE_<NAME> environment variables override them. serve/serve applies SAGEMAKER_* on top.\n")
-    (model_dir / MODEL_CONFIG_YAML).write_text(header + yaml.safe_dump(config, sort_keys=False))
+    files.atomic_write(model_dir / MODEL_CONFIG_YAML, header + yaml.safe_dump(config, sort_keys=False))
     manifest = {
         "createdOn": datetime.now().strftime("%d/%m/%Y %H:%M:%S"),
         "runtime": "python",
@@ -115,5 +111,5 @@ def make_torchserve_dir(model_dir, model_name: str = "model", version: str = "1.
         "archiverVersion": _archiver_version(),
     }
     (model_dir / MANIFEST).parent.mkdir(exist_ok=True)
-    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    files.atomic_write_json(model_dir / MANIFEST, manifest)
     return model_dir

@@ -11,6 +11,8 @@ import json
 import re
 import time
 
+from . import files
+
 NAMES = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time", "images_per_sec")
 FINAL_NAMES = ("test_loss", "test_acc")
 _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
@@ -47,11 +49,8 @@ def parse_line(line: str) -> dict | None:
 
 
 def read_jsonl(path) -> list:
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+    """metrics.jsonl rows; a line torn by a kill mid-write is skipped, not an error."""
+    return files.read_jsonl(path)
 
 
 # ---------------------------------------------------------------- metric_definitions (script jobs)
@@ -103,9 +102,8 @@ class Scraper:
                 self.last[name] = point
                 points.append(point)
         if points and self.path is not None:
-            with open(self.path, "a") as f:
-                for p in points:
-                    f.write(json.dumps(p) + "\n")
+            for p in points:
+                files.append_line(self.path, json.dumps(p))
         return points
 
     def final(self) -> list[dict]:

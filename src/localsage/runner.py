@@ -6,47 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
-import tarfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from . import backends, contract, metrics
+from . import backends, contract, metrics, procs
 from .hyperparameters import to_strings
-from .scriptjob import Script, copy_inference_code, copy_source, distribution_of, script_hyperparameters, write_debug_config
-
-RECORD = "job.json"
-LOG = "train.log"
-BACKEND_INFO = "backend.json"
-
-
-def jobs_root(jobs_dir=None) -> Path:
-    """The jobs folder: the given one, else $LOCALSAGE_JOBS_DIR, else ./jobs (the one place for this default)."""
-    return Path(jobs_dir or os.environ.get("LOCALSAGE_JOBS_DIR") or "jobs")
-
-
-def locate(job, jobs_dir=None) -> Path:
-    """A job name (in the jobs folder) or a path to a job or output folder."""
-    path = Path(job)
-    if path.is_dir():
-        return path
-    candidate = jobs_root(jobs_dir) / str(job)
-    if candidate.is_dir():
-        return candidate
-    raise FileNotFoundError(f"no job {str(job)!r} (looked for {path} and {candidate})")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def job_name(prefix="localsage") -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H-%M-%S-%f")[:-3]
-    return f"{prefix}-{stamp}"
+from .records import (  # noqa: F401 - the job-record API, re-exported for callers of the runner
+    BACKEND_INFO, LOG, MAX_RUNTIME, NAME_PATTERN, RECORD, _now, backend_info, check_name, describe, final_metrics,
+    finish, job_name, jobs_root, list_jobs, locate, pack, read_record, reap, reconcile, write_record,
+)
+from .scriptjob import Script, copy_source, distribution_of, script_hyperparameters, write_debug_config
 
 
 def channels_for(data) -> dict:
@@ -71,41 +45,15 @@ def _source(source):
     return str(source) if is_remote(source) else Path(source).resolve()
 
 
-def write_record(job_dir: Path, record: dict) -> None:
-    tmp = job_dir / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, job_dir / RECORD)
-
-
-def read_record(job_dir) -> dict:
-    return json.loads((Path(job_dir) / RECORD).read_text())
-
-
-def pack(src: Path, dest: Path) -> Path | None:
-    """Tar+gzip the contents of src (SageMaker's model.tar.gz / output.tar.gz have no top folder)."""
-    if not src.is_dir():
-        return None
-    tmp = dest.with_name(dest.name + ".tmp")
-    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
-        for child in sorted(src.iterdir()):
-            tar.add(child, arcname=child.name)
-    os.replace(tmp, dest)
-    return dest
-
-
-def final_metrics(job_dir: Path) -> dict:
-    rows = metrics.read_jsonl(job_dir / "output" / "data" / "metrics.jsonl")
-    final = {}
-    for row in rows:
-        final.update(row)
-    return final
-
-
 def prepare(name, channels: dict, hyperparameters: dict, jobs_dir, instance_count=1, restart=False) -> Path:
-    """restart: the folder holds only the checkpoints/ of a Stopped/Failed run of this name (reuse_for_restart)."""
-    job_dir = (Path(jobs_dir) / name).resolve()
-    if job_dir.exists() and not restart:
-        raise FileExistsError(f"job {name!r} already exists at {job_dir}")
+    """restart: the folder holds only the checkpoints/ of a Stopped/Failed run of this name (reuse_for_restart).
+    Otherwise the folder is created exclusively: of two launches with one name, exactly one gets it."""
+    job_dir = (Path(jobs_dir) / check_name(name)).resolve()
+    if not restart:
+        try:
+            job_dir.mkdir()
+        except FileExistsError:
+            raise FileExistsError(f"job {name!r} already exists at {job_dir}") from None
     contract.make_dirs(job_dir)
     contract.write_config(job_dir, hyperparameters, list(channels))
     for ch, src in channels.items():
@@ -155,21 +103,36 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     jobs_dir = jobs_root(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     module = backends.get(backend)
-    name = name or job_name()
+    reap(jobs_dir, docker=backend == "docker")  # containers and records a killed localsage left behind
     script = None
     if entry_point:
         script = Script(entry_point, Path(source_dir) if source_dir else None, distribution_of(distribution),
                         processes_per_host, inference_entry_point)
     scraper = metrics.Scraper(metric_definitions)  # bad regexes fail here, before any job folder exists
     channels = channels_for(data)
-    job_path = (Path(jobs_dir) / name).resolve()
-    restart = reuse_for_restart(job_path)
-    if script is not None:
-        submit = str(contract.code_dir(job_path)) if backend == "process" else contract.container_path(contract.CODE_SUBDIR)
-        hps = script_hyperparameters(script, hyperparameters or {}, submit, name)
-    else:
-        hps = to_strings(hyperparameters or {})
-    job_dir = prepare(name, channels, hps, jobs_dir, instance_count, restart=restart)
+
+    def make(name):
+        job_path = (Path(jobs_dir) / check_name(name)).resolve()
+        restart = reuse_for_restart(job_path)
+        if script is not None:
+            submit = str(contract.code_dir(job_path)) if backend == "process" else contract.container_path(contract.CODE_SUBDIR)
+            hps = script_hyperparameters(script, hyperparameters or {}, submit, name)
+        else:
+            hps = to_strings(hyperparameters or {})
+        return prepare(name, channels, hps, jobs_dir, instance_count, restart=restart), hps
+
+    if name:
+        job_dir, hps = make(name)
+    else:  # a generated name: a launch in the same millisecond gets a suffix instead of the same folder
+        for attempt in range(8):
+            name = job_name() + (f"-{secrets.token_hex(2)}" if attempt else "")
+            try:
+                job_dir, hps = make(name)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"could not find a free job name in {jobs_dir}")
     env = dict(env or {})
     if script is not None:
         copy_source(script, job_dir)
@@ -206,6 +169,7 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         "JobDir": str(job_dir),
         "LogFile": str(job_dir / LOG),
         "Tags": tags or {},
+        "Owner": procs.identity(),  # lets a later command tell a job whose runner was killed
     }
     write_record(job_dir, record)
 
@@ -240,15 +204,16 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
                 stop_reason.append(f"stopped by the caller after {point['name']} #{point['ordinal']}")
                 stop.set()
 
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        def interrupt(signum, frame):
+        def interrupt(signum, frame):  # Ctrl-C and SIGTERM (docker, systemd, supervisors) alike
             if not stop.is_set():
-                stop_reason.append("interrupted (Ctrl-C)")
+                stop_reason.append("interrupted (Ctrl-C)" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
                 print(f"[{name}] stopping: SIGTERM sent to the job", file=sys.stderr, flush=True)
             stop.set()
 
-        previous = signal.signal(signal.SIGINT, interrupt)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, interrupt)
     started = time.time()
     timer = max_run_timer(max_run, stop, stop_reason, name)
     try:
@@ -260,8 +225,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     finally:
         if timer is not None:
             timer.cancel()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         log_file.close()
         if bar is not None:
             bar.close()
@@ -275,41 +240,10 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     else:
         status = "Failed"
         reason = failure.read_text().strip() if failure.exists() else f"the job exited with code {code} and wrote no failure reason"
-    final = final_metrics(job_dir)
-    artifacts = {}
-    if status == "Completed" and script is not None:
-        copy_inference_code(script, job_dir)
-    if status == "Completed":
-        artifacts["model"] = str(pack(job_dir / "model", job_dir / "model.tar.gz"))
-    out = pack(job_dir / "output", job_dir / "output.tar.gz")
-    if out:
-        artifacts["output"] = str(out)
-    summary_file = job_dir / "output" / "data" / "summary.json"
-    record.update({
-        "TrainingJobStatus": status,
-        "SecondaryStatus": status,
-        "TrainingEndTime": _now(),
-        "TrainingTimeInSeconds": round(elapsed, 2),
-        "ExitCode": code,
-        "FinalMetricDataList": [{"MetricName": k, "Value": v} for k, v in final.items() if k != "epoch"]
-        + scraper.final(),
-        "EpochsCompleted": final.get("epoch", 0),
-        "ModelArtifacts": {"S3ModelArtifacts": artifacts.get("model")},
-        "OutputArtifacts": artifacts.get("output"),
-        "Summary": json.loads(summary_file.read_text()) if summary_file.exists() else None,
-    })
-    if reason:
-        record["FailureReason" if status == "Failed" else "StopReason"] = reason
-    if status == "Stopped" and reason and reason.startswith(MAX_RUNTIME):
-        record["SecondaryStatus"] = MAX_RUNTIME
-    record.update(backend_info(job_dir))
-    write_record(job_dir, record)
+    finish(job_dir, record, status, reason, code, elapsed, script=script, scraped=scraper.final())
     if echo:
         print(f"[{name}] {status}" + (f": {reason}" if reason else "") + f" ({elapsed:.1f}s) -> {job_dir}", flush=True)
     return record
-
-
-MAX_RUNTIME = "MaxRuntimeExceeded"
 
 
 def max_run_timer(max_run, stop, stop_reason, name):
@@ -329,32 +263,6 @@ def max_run_timer(max_run, stop, stop_reason, name):
     return timer
 
 
-def backend_info(job_dir) -> dict:
-    """Fields a backend left for the record in <job>/backend.json (e.g. the SageMaker job ARN)."""
-    try:
-        return json.loads((Path(job_dir) / BACKEND_INFO).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+# ------------------------------------------------------------------ jobs whose runner was killed
 
 
-def list_jobs(jobs_dir=None) -> list:
-    jobs_dir = jobs_root(jobs_dir)
-    records = []
-    for path in sorted(jobs_dir.glob(f"*/{RECORD}")):
-        try:
-            records.append(read_record(path.parent))
-        except (OSError, json.JSONDecodeError):
-            continue
-    return sorted(records, key=lambda r: r.get("CreationTime", ""))
-
-
-def describe(name, jobs_dir=None, refresh=False) -> dict:
-    job_dir = jobs_root(jobs_dir) / name
-    if not (job_dir / RECORD).exists():
-        raise FileNotFoundError(f"no job named {name!r} in {job_dir.parent}")
-    record = {**read_record(job_dir), **backend_info(job_dir)}
-    if refresh and record.get("Backend") == "sagemaker" and record.get("TrainingJobArn"):
-        from .backends.sagemaker import refresh as refresh_remote
-
-        record = refresh_remote(record)
-    return record

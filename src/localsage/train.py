@@ -1,5 +1,11 @@
 """The `train` entrypoint: contract -> hyperparameters -> data -> model -> loop -> export.
 
+Read it in torchvision's order (references/classification/train.py): `train_one_epoch`, `evaluate`,
+then `train` (the body of main: set-up, resume, the epoch loop, export) and `main` (the process:
+arguments, signals, one process per GPU, the failure file). State lives in small dataclasses:
+`Ranks` (who am I), `Data` (datasets and loaders), `Parts` (model, loss, optimizer, schedule),
+`Progress` (what a checkpoint carries).
+
 Runs the same as a plain process (SAGEMAKER_BASE_DIR pointing at a job folder), in a container
 (`docker run IMAGE train`, /opt/ml mounted), under SageMaker local mode, or on SageMaker.
 Any error before or during training: a one-paragraph reason in output/failure, exit code 1.
@@ -7,8 +13,6 @@ SIGTERM (SageMaker's stop / spot signal): finish the current step, checkpoint, e
 """
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 import os
@@ -17,20 +21,21 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint, data, debugger, distributed, export, files, metrics, model as model_mod
 from . import contract as contract_mod
-from . import data, debugger, distributed, export, metrics, model as model_mod
-from .hyperparameters import HyperparameterError, parse
+from .hyperparameters import HyperparameterError, parse, split_reserved
 
 log = logging.getLogger("localsage.train")
-CHECKPOINT = "last.pth"
-BEST = "best.pth"
+CHECKPOINT, BEST = checkpoint.CHECKPOINT, checkpoint.BEST
 STOPPED_EXIT = 143
+PROCS_PER_HOST = "sagemaker_mpi_num_of_processes_per_host"  # the toolkit's override of processes per host
 
 
 class Stop:
@@ -105,294 +110,351 @@ def make_optimizer(model, hp):
     return torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight-decay"], **fused)
 
 
-def save_checkpoint(path: Path, state: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    export.atomic_write_bytes(path, lambda f: torch.save(state, f))
+# ------------------------------------------------------------------ state
 
 
-def load_checkpoint(path: Path):
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+@dataclass
+class Ranks:
+    """This process in the data-parallel world, and where it computes."""
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    amp: torch.dtype | None
 
 
-class Job:
-    """Everything the loop needs, set up (and validated) before the first step."""
+@dataclass
+class Data:
+    datasets: dict
+    loaders: dict
+    train_sampler: object
+    classes: list
+    image_size: int
+    resize_size: int
+    workers: int
+    normalize: nn.Module
 
-    def __init__(self, contract):
-        self.c = contract
-        self.t0 = time.time()
-        self.hp = parse(contract.hyperparameters)
-        hp = self.hp
-        # one process per host (CPU) or per GPU; (0, 1, 0) and no process group for a single one
-        self.rank, self.world, self.local_rank = distributed.setup_from_contract(contract)
-        self.device = pick_device(contract.num_gpus, self.local_rank)
-        if self.device.type == "cpu":
-            torch.set_num_threads(hp["threads"] or max(1, data.default_workers()))
-        seed_everything(hp["seed"] + self.rank)
-        indexed, folders = data.load_splits(contract.split_dirs())
-        self.folders = folders
-        self.classes = [data.class_name(f) for f in folders]
-        self.image_size = hp["image-size"]
-        self.resize_size = hp["resize-size"] or data.default_resize(self.image_size)
-        model_mod.check_weights_available(hp["arch"], hp["weights"])
-        self.model = model_mod.build(hp["arch"], len(folders), hp["weights"], hp["freeze"]).to(self.device)
-        self.channels_last = hp["channels-last"]
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.normalize = data.Normalize(channels_last=self.channels_last).to(self.device)
-        self.datasets = {}
-        cache = data.plan_cache({split: idx[0] for split, idx in indexed.items()}, hp["data-cache"])
-        for split, (paths, targets, _) in indexed.items():
-            train = split == "train"
-            tf = data.train_transform(self.image_size, hp["augment"], self.resize_size) if train else data.eval_transform(self.image_size, self.resize_size)
-            draft = self.image_size if train and hp["augment"] else self.resize_size
-            self.datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"], cache=cache)
-        workers = data.default_workers() if hp["workers"] < 0 else hp["workers"]
-        pin = self.device.type == "cuda"
-        # data parallel: each rank trains on its DistributedSampler share and evaluates a disjoint shard
-        self.train_sampler = None
-        if self.world > 1:
-            self.train_sampler = torch.utils.data.DistributedSampler(
-                self.datasets["train"], self.world, self.rank, shuffle=True, seed=hp["seed"])
-        self.loaders = {
-            split: data.make_loader(distributed.shard(ds, self.rank, self.world) if split != "train" else ds,
-                                    hp["batch-size"], split == "train", workers, pin,
-                                    sampler=self.train_sampler if split == "train" else None, seed=hp["seed"])
-            for split, ds in self.datasets.items()
-        }
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=hp["label-smoothing"])
-        self.eval_criterion = nn.CrossEntropyLoss()  # batch mean: smdebug saves it as the EVAL loss
-        self.optimizer = make_optimizer(self.model, hp)
-        steps = len(self.loaders["train"]) if not hp["max-steps"] else min(hp["max-steps"], len(self.loaders["train"]))
-        self.scheduler = make_scheduler(self.optimizer, hp, steps)
-        self.amp = amp_dtype(self.device, hp["amp"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.step_model = self.model
-        if self.world > 1:  # self.model stays unwrapped: its state_dict is what gets saved
-            from torch.nn.parallel import DistributedDataParallel
 
-            self.step_model = DistributedDataParallel(
-                self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
-        if hp["compile"]:
-            self.step_model = torch.compile(self.step_model)
-        self.bad_files = {split: set() for split in self.datasets}
-        self.history = []
-        self.start_epoch = 1
-        self.best = {"valid_loss": float("inf"), "epoch": 0}
-        self.bad_epochs = 0
-        if hp["compile"] and hp["debug"]:
-            log.warning("debug=true is not supported with compile=true: no smdebug tensors")
-        # tensors come from the leader only (smdebug saves on the chief worker; the others would write nothing)
-        self.dbg = debugger.attach(contract, {**hp, "debug": hp["debug"] and not hp["compile"] and self.rank == 0}, self.model,
-                                   [self.criterion, self.eval_criterion], workers=workers, start=self.t0,
-                                   batch_size=hp["batch-size"])
-        self.init_time = time.time() - self.t0
-        log.info(
-            "job ready in %.1fs: arch=%s classes=%d train=%d valid=%d test=%d device=%s amp=%s workers=%d",
-            self.init_time, hp["arch"], len(folders), len(self.datasets["train"]), len(self.datasets["valid"]),
-            len(self.datasets.get("test", ())), self.device, self.amp, workers,
-        )
+@dataclass
+class Parts:
+    """What a step touches. `model` stays unwrapped (its state_dict is what gets saved);
+    `step_model` is the one that trains (DDP and/or torch.compile around it)."""
+    model: nn.Module
+    step_model: nn.Module
+    criterion: nn.Module
+    eval_criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
 
-    # ------------------------------------------------------------- checkpoints
-    def checkpoint_state(self, epoch):
-        return {
-            "epoch": epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "best": self.best,
-            "bad_epochs": self.bad_epochs,
-            "history": self.history,
-            "bad_files": {k: sorted(v) for k, v in self.bad_files.items()},
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        }
 
-    def save(self, epoch):
-        if self.rank == 0:
-            save_checkpoint(self.c.checkpoint_dir / CHECKPOINT, self.checkpoint_state(epoch))
+@dataclass
+class Progress:
+    """What a checkpoint carries besides the weights."""
+    start_epoch: int = 1
+    best: dict = field(default_factory=lambda: {"valid_loss": float("inf"), "epoch": 0})
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+    bad_files: dict = field(default_factory=dict)
 
-    def resume(self):
-        state = load_checkpoint(self.c.checkpoint_dir / CHECKPOINT)
-        if state is None:
-            return
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.best, self.bad_epochs, self.history = state["best"], state["bad_epochs"], state["history"]
-        self.bad_files = {k: set(v) for k, v in state["bad_files"].items()}
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        self.start_epoch = state["epoch"] + 1
-        log.info("resuming from checkpoint: epoch %d completed, continuing at epoch %d", state["epoch"], self.start_epoch)
 
-    # ------------------------------------------------------------- loop
-    def batches(self, split, limit=0):
-        for step, (images, labels, bad) in enumerate(self.loaders[split]):
-            for index in bad:
-                if index not in self.bad_files[split]:
-                    self.bad_files[split].add(index)
-                    log.warning("skipped unreadable image %s", self.datasets[split].paths[index].decode())
-            if limit and step >= limit:
-                break
-            if images is None:  # every image of the batch unreadable
-                if not (self.world > 1 and split == "train"):
-                    continue
-                # DDP: each step's gradient all-reduce needs every rank, so a rank with nothing to
-                # train on takes the step with a two-image stand-in (BatchNorm needs > 1 value per
-                # channel) whose loss is multiplied by 0, instead of skipping it and leaving the
-                # other ranks waiting
-                log.warning("rank %d: batch %d of %s had no readable image: zero-weight step", self.rank, step, split)
-                images = torch.zeros((2, 3, self.image_size, self.image_size), dtype=torch.uint8)
-                labels = torch.zeros((2,), dtype=torch.long)
-                weight = 0.0
-            else:
-                weight = 1.0
-            images = self.normalize(images.to(self.device, non_blocking=True))
-            yield images, labels.to(self.device, non_blocking=True), weight
+# ------------------------------------------------------------------ set-up, in the order main uses it
 
-    def train_epoch(self):
-        self.step_model.train()
-        total, correct, loss_sum, seen = 0, 0, 0.0, 0
-        bar = progress(len(self.loaders["train"]), "train")
+
+def setup_ranks(contract, hp) -> Ranks:
+    # one process per host (CPU) or per GPU; (0, 1, 0) and no process group for a single one
+    rank, world, local_rank = distributed.setup_from_contract(contract)
+    device = pick_device(contract.num_gpus, local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(hp["threads"] or max(1, data.default_workers() // max(1, local_world())))
+    seed_everything(hp["seed"] + rank)
+    return Ranks(rank, world, local_rank, device, amp_dtype(device, hp["amp"]))
+
+
+def local_world() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def build_model(hp, ranks: Ranks, num_classes: int) -> nn.Module:
+    model_mod.check_weights_available(hp["arch"], hp["weights"])
+    model = model_mod.build(hp["arch"], num_classes, hp["weights"], hp["freeze"]).to(ranks.device)
+    if hp["channels-last"]:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def load_data(indexed: dict, folders: list, hp, ranks: Ranks) -> Data:
+    image_size = hp["image-size"]
+    resize_size = hp["resize-size"] or data.default_resize(image_size)
+    datasets = {}
+    cache = data.plan_cache({split: idx[0] for split, idx in indexed.items()}, hp["data-cache"])
+    for split, (paths, targets, _) in indexed.items():
+        train = split == "train"
+        tf = data.train_transform(image_size, hp["augment"], resize_size) if train else data.eval_transform(image_size, resize_size)
+        draft = image_size if train and hp["augment"] else resize_size
+        datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"], cache=cache)
+    workers = data.default_workers() if hp["workers"] < 0 else hp["workers"]
+    pin = ranks.device.type == "cuda"
+    # data parallel: each rank trains on its DistributedSampler share and evaluates a disjoint shard
+    sampler = None
+    if ranks.world > 1:
+        sampler = torch.utils.data.DistributedSampler(datasets["train"], ranks.world, ranks.rank, shuffle=True, seed=hp["seed"])
+    loaders = {
+        split: data.make_loader(distributed.shard(ds, ranks.rank, ranks.world) if split != "train" else ds,
+                                hp["batch-size"], split == "train", workers, pin,
+                                sampler=sampler if split == "train" else None, seed=hp["seed"])
+        for split, ds in datasets.items()
+    }
+    normalize = data.Normalize(channels_last=hp["channels-last"]).to(ranks.device)
+    return Data(datasets, loaders, sampler, [data.class_name(f) for f in folders], image_size, resize_size,
+                workers, normalize)
+
+
+def build_parts(hp, ranks: Ranks, model: nn.Module, steps_per_epoch: int) -> Parts:
+    optimizer = make_optimizer(model, hp)
+    step_model = model
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(model, device_ids=[ranks.local_rank] if ranks.device.type == "cuda" else None)
+    if hp["compile"]:
+        step_model = torch.compile(step_model)
+    return Parts(
+        model=model, step_model=step_model,
+        criterion=nn.CrossEntropyLoss(label_smoothing=hp["label-smoothing"]),
+        eval_criterion=nn.CrossEntropyLoss(),  # batch mean: smdebug saves it as the EVAL loss
+        optimizer=optimizer, scheduler=make_scheduler(optimizer, hp, steps_per_epoch),
+        scaler=torch.amp.GradScaler("cuda", enabled=ranks.amp == torch.float16),
+    )
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def batches(d: Data, split: str, ranks: Ranks, bad_files: dict, limit: int = 0):
+    """(normalised images, labels, weight) on the device; unreadable images logged once and skipped."""
+    for step, (images, labels, bad) in enumerate(d.loaders[split]):
+        for index in bad:
+            if index not in bad_files[split]:
+                bad_files[split].add(index)
+                log.warning("skipped unreadable image %s", d.datasets[split].paths[index].decode())
+        if limit and step >= limit:
+            break
+        if images is None:  # every image of the batch unreadable
+            if not (ranks.world > 1 and split == "train"):
+                continue
+            # DDP: each step's gradient all-reduce needs every rank, so a rank with nothing to
+            # train on takes the step with a two-image stand-in (BatchNorm needs > 1 value per
+            # channel) whose loss is multiplied by 0, instead of skipping it and leaving the
+            # other ranks waiting
+            log.warning("rank %d: batch %d of %s had no readable image: zero-weight step", ranks.rank, step, split)
+            images = torch.zeros((2, 3, d.image_size, d.image_size), dtype=torch.uint8)
+            labels = torch.zeros((2,), dtype=torch.long)
+            weight = 0.0
+        else:
+            weight = 1.0
+        images = d.normalize(images.to(ranks.device, non_blocking=True))
+        yield images, labels.to(ranks.device, non_blocking=True), weight
+
+
+def train_one_epoch(parts: Parts, d: Data, ranks: Ranks, progress: Progress, dbg, max_steps: int = 0) -> dict:
+    parts.step_model.train()
+    total, correct, loss_sum = 0, 0, 0.0
+    bar = progress_bar(len(d.loaders["train"]), "train")
+    t0 = time.time()
+    dbg.mode("train")
+    timer = dbg.timer
+    for images, labels, weight in timer.wrap(batches(d, "train", ranks, progress.bad_files, max_steps), "train"):
+        with torch.autocast(ranks.device.type, dtype=ranks.amp, enabled=ranks.amp is not None):
+            logits = parts.step_model(images)
+            loss = parts.criterion(logits, labels)
+            if not weight:  # a DDP stand-in step (see batches)
+                loss = loss * 0.0
+        timer.mark("forward")
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(loss).backward()
+        timer.mark("backward")
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        parts.scheduler.step()
+        timer.mark("optimizer")
+        n = labels.numel() if weight else 0
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == labels).sum().item() if n else 0
+        total += n
+        bar.update(1)
+        if ranks.world > 1:  # a stop seen by any rank stops all of them at the same step
+            Stop.requested = distributed.all_reduce_sum([Stop.requested], ranks.device)[0] > 0
+        if Stop.requested:
+            break
+    bar.close()
+    elapsed = time.time() - t0
+    loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], ranks.device)
+    return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total), "images": total, "time": elapsed}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, criterion: nn.Module, d: Data, split: str, ranks: Ranks, progress: Progress, dbg) -> dict:
+    model.eval()
+    total, correct, loss_sum = 0, 0, 0.0
+    mode = "eval" if split == "valid" else "predict"
+    dbg.mode(mode)
+    for images, labels, _ in dbg.timer.wrap(batches(d, split, ranks, progress.bad_files), mode):
+        with torch.autocast(ranks.device.type, dtype=ranks.amp, enabled=ranks.amp is not None):
+            logits = model(images)
+        loss_sum += criterion(logits.float(), labels).item() * labels.numel()
+        dbg.timer.mark("forward")
+        correct += (logits.argmax(1) == labels).sum().item()
+        total += labels.numel()
+    loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], ranks.device)
+    return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total)}
+
+
+def eval_model(parts: Parts, ranks: Ranks) -> nn.Module:
+    # DDP's forward is a collective; shards may differ by one batch, so evaluate the plain module
+    return parts.model if ranks.world > 1 else parts.step_model
+
+
+def record(contract, ranks: Ranks, values: dict):
+    if ranks.rank != 0:  # metrics are global (all-reduced); the leader reports them
+        return
+    import json
+
+    print(metrics.format_line(values), flush=True)
+    contract.output_data_dir.mkdir(parents=True, exist_ok=True)
+    files.append_line(contract.metrics_file, json.dumps(values))
+
+
+# ------------------------------------------------------------------ main
+
+
+def fit(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress, dbg) -> bool:
+    """The epoch loop; True when a stop signal ended it (checkpoint written)."""
+    for epoch in range(progress.start_epoch, hp["epochs"] + 1):
         t0 = time.time()
-        self.dbg.mode("train")
-        timer = self.dbg.timer
-        for images, labels, weight in timer.wrap(self.batches("train", self.hp["max-steps"]), "train"):
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits = self.step_model(images)
-                loss = self.criterion(logits, labels)
-                if not weight:  # a DDP stand-in step (see batches)
-                    loss = loss * 0.0
-            timer.mark("forward")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            timer.mark("backward")
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            timer.mark("optimizer")
-            n = labels.numel() if weight else 0
-            loss_sum += loss.item() * n
-            correct += (logits.argmax(1) == labels).sum().item() if n else 0
-            total += n
-            seen += 1
-            bar.update(1)
-            if self.world > 1:  # a stop seen by any rank stops all of them at the same step
-                Stop.requested = distributed.all_reduce_sum([Stop.requested], self.device)[0] > 0
-            if Stop.requested:
-                break
-        bar.close()
-        elapsed = time.time() - t0
-        loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], self.device)
-        return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total), "images": total, "time": elapsed}
+        if d.train_sampler is not None:
+            d.train_sampler.set_epoch(epoch)
+        # the schedule as the epoch starts: a stop mid-epoch saves it with the epoch counted as not
+        # done, so schedule and epoch counter agree when the job resumes (OneCycleLR has a step budget)
+        schedule_at_start = parts.scheduler.state_dict()
+        tr = train_one_epoch(parts, d, ranks, progress, dbg, hp["max-steps"])
+        if Stop.requested:
+            # interrupted mid-epoch: keep the weights, count the epoch as not done
+            log.info("stopped mid-epoch %d: it runs again on resume", epoch)
+            if ranks.rank == 0:
+                checkpoint.save(contract.checkpoint_dir / CHECKPOINT, checkpoint.state(epoch - 1, parts, progress, schedule_at_start))
+            return True
+        va = evaluate(eval_model(parts, ranks), parts.eval_criterion, d, "valid", ranks, progress, dbg)
+        values = {
+            "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "valid_loss": va["loss"],
+            "valid_acc": va["acc"], "epoch_time": time.time() - t0, "images_per_sec": tr["images"] / max(tr["time"], 1e-9),
+        }
+        progress.history.append(values)
+        if va["loss"] < progress.best["valid_loss"]:
+            progress.best = {"valid_loss": va["loss"], "valid_acc": va["acc"], "epoch": epoch}
+            progress.bad_epochs = 0
+            if ranks.rank == 0:
+                checkpoint.save(contract.checkpoint_dir / BEST, parts.model.state_dict())
+        else:
+            progress.bad_epochs += 1
+        record(contract, ranks, values)
+        if ranks.rank == 0:
+            checkpoint.save(contract.checkpoint_dir / CHECKPOINT, checkpoint.state(epoch, parts, progress))
+        if Stop.requested:
+            return True
+        if hp["patience"] and progress.bad_epochs >= hp["patience"]:
+            log.info("early stopping: valid_loss did not improve for %d epochs", progress.bad_epochs)
+            break
+    return False
 
-    @torch.inference_mode()
-    def evaluate(self, split, model=None):
-        # DDP's forward is a collective; shards may differ by one batch, so evaluate the plain module
-        model = model or (self.model if self.world > 1 else self.step_model)
-        model.eval()
-        total, correct, loss_sum = 0, 0, 0.0
-        mode = "eval" if split == "valid" else "predict"
-        self.dbg.mode(mode)
-        for images, labels, _ in self.dbg.timer.wrap(self.batches(split), mode):
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits = model(images)
-            loss_sum += self.eval_criterion(logits.float(), labels).item() * labels.numel()
-            self.dbg.timer.mark("forward")
-            correct += (logits.argmax(1) == labels).sum().item()
-            total += labels.numel()
-        loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], self.device)
-        return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total)}
 
-    def record(self, values: dict):
-        if self.rank != 0:  # metrics are global (all-reduced); the leader reports them
-            return
-        print(metrics.format_line(values), flush=True)
-        self.c.output_data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.c.metrics_file, "a") as f:
-            f.write(json.dumps(values) + "\n")
+def finish(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress, dbg, times: dict) -> None:
+    """Best weights -> test split -> exported model dir and summary.json (leader)."""
+    import json
 
-    def fit(self):
-        hp = self.hp
-        self.resume()
+    t0 = time.time()
+    best_path = contract.checkpoint_dir / BEST
+    if best_path.exists():
+        parts.model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+    distributed.broadcast_state(parts.model)  # only the leader keeps best.pth
+    test = evaluate(parts.model, parts.eval_criterion, d, "test", ranks, progress, dbg) if "test" in d.datasets else None
+    if test:
+        record(contract, ranks, {"test_loss": test["loss"], "test_acc": test["acc"]})
+    if ranks.rank == 0:
+        state = {k: v.detach().cpu() for k, v in parts.model.state_dict().items()}
+        config = export.model_config(hp["arch"], d.classes, d.image_size, d.resize_size, data.IMAGENET_MEAN, data.IMAGENET_STD)
+        export.save_model(contract.model_dir, state, config)
+    summary = {
+        "epochs_run": len(progress.history),
+        "best_epoch": progress.best["epoch"],
+        "best_valid_loss": progress.best["valid_loss"],
+        "best_valid_acc": progress.best.get("valid_acc"),
+        "test_loss": test and test["loss"],
+        "test_acc": test and test["acc"],
+        "skipped_images": sum(len(v) for v in progress.bad_files.values()),
+        "skipped_by_split": {k: len(v) for k, v in progress.bad_files.items()},
+        "init_time": times["init"],
+        "train_time": times["train"],
+        "finalize_time": time.time() - t0,
+        "classes": d.classes,
+        "hyperparameters": hp,
+    }
+    if ranks.rank == 0:
+        contract.output_data_dir.mkdir(parents=True, exist_ok=True)
+        files.atomic_write_json(contract.summary_file, summary)
+    distributed.barrier()  # no rank exits before the leader has written the model
+    log.info("training complete: %s", json.dumps({k: summary[k] for k in ("epochs_run", "best_epoch", "best_valid_acc", "test_acc", "skipped_images")}))
+
+
+def train(contract) -> int:
+    """Set-up (validated before the first step), resume, the epoch loop, export; 0 or STOPPED_EXIT."""
+    t0 = time.time()
+    hp = parse(split_reserved(contract.hyperparameters)[0])
+    ranks = setup_ranks(contract, hp)
+    if ranks.local_rank == 0:  # temp files a killed writer left: never loaded, never synced as checkpoints
+        files.clean_temp(contract.checkpoint_dir, contract.model_dir, contract.output_data_dir, recursive=False)
+    indexed, folders = data.load_splits(contract.split_dirs())
+    model = build_model(hp, ranks, len(folders))
+    d = load_data(indexed, folders, hp, ranks)
+    steps = len(d.loaders["train"]) if not hp["max-steps"] else min(hp["max-steps"], len(d.loaders["train"]))
+    parts = build_parts(hp, ranks, model, steps)
+    progress = Progress(bad_files={split: set() for split in d.datasets})
+    if hp["compile"] and hp["debug"]:
+        log.warning("debug=true is not supported with compile=true: no smdebug tensors")
+    # tensors come from the leader only (smdebug saves on the chief worker; the others would write nothing);
+    # the profiler samples the host once (local rank 0): the processes of a host share its output folder
+    dbg = debugger.attach(contract, {**hp, "debug": hp["debug"] and not hp["compile"] and ranks.rank == 0,
+                                     "profiler": hp["profiler"] and ranks.local_rank == 0}, parts.model,
+                          [parts.criterion, parts.eval_criterion], workers=d.workers, start=t0, batch_size=hp["batch-size"])
+    times = {"init": time.time() - t0}
+    log.info(
+        "job ready in %.1fs: arch=%s classes=%d train=%d valid=%d test=%d device=%s amp=%s workers=%d",
+        times["init"], hp["arch"], len(folders), len(d.datasets["train"]), len(d.datasets["valid"]),
+        len(d.datasets.get("test", ())), ranks.device, ranks.amp, d.workers,
+    )
+    ok = False
+    try:
+        checkpoint.resume(contract, parts, progress)
         train_start = time.time()
-        stopped = False
-        for epoch in range(self.start_epoch, hp["epochs"] + 1):
-            t0 = time.time()
-            if self.train_sampler is not None:
-                self.train_sampler.set_epoch(epoch)
-            tr = self.train_epoch()
-            if Stop.requested:
-                # interrupted mid-epoch: keep the weights, count the epoch as not done
-                self.save(epoch - 1)
-                stopped = True
-                break
-            va = self.evaluate("valid")
-            values = {
-                "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "valid_loss": va["loss"],
-                "valid_acc": va["acc"], "epoch_time": time.time() - t0, "images_per_sec": tr["images"] / max(tr["time"], 1e-9),
-            }
-            self.history.append(values)
-            if va["loss"] < self.best["valid_loss"]:
-                self.best = {"valid_loss": va["loss"], "valid_acc": va["acc"], "epoch": epoch}
-                self.bad_epochs = 0
-                if self.rank == 0:
-                    save_checkpoint(self.c.checkpoint_dir / BEST, self.model.state_dict())
-            else:
-                self.bad_epochs += 1
-            self.record(values)
-            self.save(epoch)
-            if Stop.requested:
-                stopped = True
-                break
-            if hp["patience"] and self.bad_epochs >= hp["patience"]:
-                log.info("early stopping: valid_loss did not improve for %d epochs", self.bad_epochs)
-                break
-        self.train_time = time.time() - train_start
-        return stopped
-
-    def finish(self):
-        t0 = time.time()
-        best_path = self.c.checkpoint_dir / BEST
-        if best_path.exists():
-            self.model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
-        distributed.broadcast_state(self.model)  # only the leader keeps best.pth
-        test = self.evaluate("test", self.model) if "test" in self.datasets else None
-        if test:
-            self.record({"test_loss": test["loss"], "test_acc": test["acc"]})
-        if self.rank == 0:
-            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-            config = export.model_config(
-                self.hp["arch"], self.classes, self.image_size, self.resize_size, data.IMAGENET_MEAN, data.IMAGENET_STD
-            )
-            export.save_model(self.c.model_dir, state, config)
-        summary = {
-            "epochs_run": len(self.history),
-            "best_epoch": self.best["epoch"],
-            "best_valid_loss": self.best["valid_loss"],
-            "best_valid_acc": self.best.get("valid_acc"),
-            "test_loss": test and test["loss"],
-            "test_acc": test and test["acc"],
-            "skipped_images": sum(len(v) for v in self.bad_files.values()),
-            "skipped_by_split": {k: len(v) for k, v in self.bad_files.items()},
-            "init_time": self.init_time,
-            "train_time": self.train_time,
-            "finalize_time": time.time() - t0,
-            "classes": self.classes,
-            "hyperparameters": self.hp,
-        }
-        if self.rank == 0:
-            self.c.output_data_dir.mkdir(parents=True, exist_ok=True)
-            self.c.summary_file.write_text(json.dumps(summary, indent=2))
-        distributed.barrier()  # no rank exits before the leader has written the model
-        log.info("training complete: %s", json.dumps({k: summary[k] for k in ("epochs_run", "best_epoch", "best_valid_acc", "test_acc", "skipped_images")}))
+        stopped = fit(contract, hp, ranks, d, parts, progress, dbg)
+        times["train"] = time.time() - train_start
+        if stopped:
+            log.info("stopped: checkpoint written to %s", contract.checkpoint_dir / CHECKPOINT)
+            return STOPPED_EXIT
+        finish(contract, hp, ranks, d, parts, progress, dbg, times)
+        ok = True
+    finally:
+        dbg.close(failed=not ok)  # flush + verify tensors, stop the sampler, rules-at-end
+        if ok:
+            distributed.barrier()  # no host exits before the leader is done (SageMaker local mode stops the rest)
+        distributed.cleanup()
+    return 0
 
 
-def progress(total, desc):
+run = train  # the name callers used before the restructure
+
+
+def progress_bar(total, desc):
     """tqdm on a terminal; otherwise a plain log line at every quarter of the epoch."""
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -425,22 +487,16 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}{where}"
 
 
-def run(contract) -> int:
-    job = Job(contract)
-    ok = False
-    try:
-        stopped = job.fit()
-        if stopped:
-            log.info("stopped: checkpoint written to %s", contract.checkpoint_dir / CHECKPOINT)
-            return STOPPED_EXIT
-        job.finish()
-        ok = True
-    finally:
-        job.dbg.close(failed=not ok)  # flush + verify tensors, stop the sampler, rules-at-end
-        if ok:
-            distributed.barrier()  # no host exits before the leader is done (SageMaker local mode stops the rest)
-        distributed.cleanup()
-    return 0
+def procs_per_host(contract) -> int:
+    """Processes on this host: sagemaker_mpi_num_of_processes_per_host when given (as the AWS toolkit
+    applies it to every runner), else one per visible GPU, else one."""
+    raw = split_reserved(contract.hyperparameters)[1].get(PROCS_PER_HOST)
+    if raw is not None:
+        try:
+            return max(1, int(str(raw).strip().strip('"')))
+        except ValueError:
+            raise HyperparameterError(f"{PROCS_PER_HOST}={raw!r}: expected a whole number") from None
+    return max(1, contract.num_gpus if torch.cuda.is_available() else 1)
 
 
 def main(argv=None) -> int:
@@ -456,7 +512,11 @@ def main(argv=None) -> int:
     contract = None
     try:
         contract = contract_mod.load()
-        code = run(contract)
+        per_host = procs_per_host(contract)
+        if per_host > 1 and "LOCAL_RANK" not in os.environ:  # this host's launcher: one process per GPU
+            code = distributed.launch_local(per_host, [sys.executable, "-m", "localsage.train"], single_host=len(contract.hosts) <= 1)
+        else:
+            code = train(contract)
     except Exception as exc:  # the contract: reason in output/failure, non-zero exit
         reason = failure_reason(exc)
         log.error("training failed: %s", reason)

@@ -7,8 +7,11 @@ A backend is a module with `run(job: JobSpec, log, stop) -> int`:
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+INFO_FILE = "backend.json"  # runner.BACKEND_INFO: fields merged into the job record
 
 NAMES = {"process": "process", "docker": "docker", "sagemaker-local": "sagemaker_local", "sagemaker": "sagemaker"}
 STOP_GRACE_SECONDS = 30
@@ -33,3 +36,15 @@ def get(name: str):
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(NAMES)}")
     return importlib.import_module(f"{__name__}.{NAMES[name]}")
+
+
+def record_info(job_dir, **fields) -> None:
+    """Merge fields into <job>/backend.json (what a later command needs to stop what the job runs)."""
+    from ..files import atomic_write_json
+
+    path = Path(job_dir) / INFO_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = {}
+    atomic_write_json(path, {**info, **fields}, default=str)

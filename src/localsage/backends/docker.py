@@ -6,19 +6,22 @@ Only the JSON files describe the job (no SM_* variables), as for a BYOC training
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import shutil
 import threading
 from pathlib import Path
 
-from .. import contract
-from . import STOP_GRACE_SECONDS
+from .. import contract, procs
+from . import STOP_GRACE_SECONDS, record_info
 
 DEFAULT_IMAGE = os.environ.get("LOCALSAGE_IMAGE", "localsage:latest")
 SHM_SIZE = os.environ.get("LOCALSAGE_SHM_SIZE", "2g")  # DataLoader workers share batches through /dev/shm
 OPT_ML = "/opt/ml"
 LABEL = "localsage.job"
+OWNER_LABEL = "localsage.owner"  # JSON procs.identity() of the localsage process that started the container
 
 
 def client():
@@ -42,7 +45,45 @@ def gpus_available(engine=None) -> bool:
 
 
 def container_name(job_name: str) -> str:
-    return "localsage-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", job_name)
+    """Unique per run: the same job name in two jobs folders (or two runs) never shares a container."""
+    return f"localsage-{re.sub(r'[^a-zA-Z0-9_.-]', '-', job_name)}-{secrets.token_hex(4)}"
+
+
+def remove(name: str, engine=None) -> bool:
+    """Stop and remove a container by name; False when there was none."""
+    import docker
+
+    try:
+        (engine or client()).containers.get(name).remove(force=True)
+        return True
+    except docker.errors.NotFound:
+        return False
+
+
+def reap_orphans(engine=None) -> list:
+    """Remove every localsage container whose owner process (recorded in its labels) is dead."""
+    try:
+        import docker
+    except ImportError:  # no SDK: the backend itself says so when it runs
+        return []
+    try:
+        engine = engine or client()
+        containers = engine.containers.list(all=True, filters={"label": OWNER_LABEL})
+    except docker.errors.DockerException:
+        return []
+    removed = []
+    for container in containers:
+        try:
+            owner = json.loads(container.labels.get(OWNER_LABEL, "{}"))
+        except ValueError:
+            continue
+        if procs.alive(owner) is False:
+            try:
+                container.remove(force=True)
+                removed.append(container.name)
+            except docker.errors.APIError:
+                pass
+    return removed
 
 
 def mounts(job) -> dict:
@@ -70,10 +111,6 @@ def run(job, log, stop: threading.Event) -> int:
     image = job.image or DEFAULT_IMAGE
     engine.images.get(image)  # ImageNotFound -> the runner records "could not run the job: ... (run `make image`)"
     name = container_name(job.name)
-    try:  # a container left over from an interrupted run of the same job
-        engine.containers.get(name).remove(force=True)
-    except docker.errors.NotFound:
-        pass
 
     kwargs = {}
     if gpus_available(engine):
@@ -85,9 +122,10 @@ def run(job, log, stop: threading.Event) -> int:
 
     container = engine.containers.create(
         image, ["train"], name=name, hostname="algo-1", environment=env, volumes=mounts(job),
-        shm_size=SHM_SIZE, labels={LABEL: job.name}, detach=True,
+        shm_size=SHM_SIZE, labels={LABEL: job.name, OWNER_LABEL: json.dumps(procs.identity())}, detach=True,
         init=True,  # docker-init as PID 1 relays SIGTERM; a bare PID 1 ignores it until train installs its handler
         **kwargs)
+    record_info(job.dir, Container=name)
     done = threading.Event()
 
     def watch():  # stop: SIGTERM now, SIGKILL after the grace period (docker stop semantics)

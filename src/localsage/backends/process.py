@@ -11,8 +11,8 @@ import subprocess
 import sys
 import threading
 
-from .. import contract
-from . import STOP_GRACE_SECONDS
+from .. import contract, procs
+from . import STOP_GRACE_SECONDS, record_info
 
 
 def run(job, log, stop: threading.Event) -> int:
@@ -28,7 +28,9 @@ def run(job, log, stop: threading.Event) -> int:
         text=True,
         bufsize=1,
         start_new_session=True,  # Ctrl-C reaches the runner, which relays SIGTERM as SageMaker does
+        preexec_fn=procs.die_with_parent(signal.SIGTERM),  # the runner SIGKILLed: the job checkpoints and stops
     )
+    record_info(job.dir, Process=procs.identity(proc.pid))
 
     def watch():
         while not stop.wait(0.5):

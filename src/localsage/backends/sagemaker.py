@@ -10,8 +10,6 @@ served locally too.
 """
 from __future__ import annotations
 
-import json
-import os
 import tarfile
 import time
 from pathlib import Path
@@ -26,7 +24,8 @@ BACKEND_FILE = "backend.json"  # runner.BACKEND_INFO: merged into the job record
 
 def save(job_dir: Path, info: dict) -> None:
     """What the runner merges into the job record (written as soon as the ARN is known)."""
-    tmp = Path(job_dir) / f".{BACKEND_FILE}.tmp"
+    from ..files import atomic_write_json
+
     fields = {
         "TrainingJobArn": info.get("TrainingJobArn"),
         "AlgorithmSpecification": {"TrainingImage": info.get("TrainingImage"), "TrainingInputMode": "File",
@@ -36,8 +35,7 @@ def save(job_dir: Path, info: dict) -> None:
     }
     if info.get("HyperParameters"):  # what SageMaker was sent (script mode adds sagemaker_program...)
         fields["HyperParameters"] = info["HyperParameters"]
-    tmp.write_text(json.dumps(fields, indent=2, default=str))
-    os.replace(tmp, Path(job_dir) / BACKEND_FILE)
+    atomic_write_json(Path(job_dir) / BACKEND_FILE, fields, default=str)
 
 
 class LogTail:

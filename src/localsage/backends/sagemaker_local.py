@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
@@ -20,8 +21,9 @@ import tarfile
 import threading
 from pathlib import Path
 
+from .. import procs
 from . import STOP_GRACE_SECONDS
-from .docker import DEFAULT_IMAGE, LABEL, SHM_SIZE, gpus_available
+from .docker import DEFAULT_IMAGE, LABEL, OWNER_LABEL, SHM_SIZE, gpus_available
 
 REGION = "us-east-1"
 DUMMY_ROLE = "arn:aws:iam::111111111111:role/localsage-dummy"
@@ -102,7 +104,8 @@ def session(container_root: Path, job_name: str, init: bool = True):
         "local_code": True,
         "container_root": str(container_root),
         # merged into every container's compose service
-        "container_config": {"shm_size": SHM_SIZE, "labels": {LABEL: job_name}, "init": init},
+        "container_config": {"shm_size": SHM_SIZE, "init": init,
+                             "labels": {LABEL: job_name, OWNER_LABEL: json.dumps(procs.identity())}},
     }}
     return sess
 

@@ -4,7 +4,9 @@ torch nor smdebug (command modules import their libraries inside the command fun
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from . import cloud, debug, demo, jobs, serve, tune
 from .common import parse_hp  # noqa: F401 - the --hp parser, also used by tests
@@ -20,13 +22,28 @@ def build_parser():
     return parser
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM takes Ctrl-C's path: every command's cleanup runs
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # docker stop, systemd and supervisors send SIGTERM; a command that runs a job (train) replaces
+        # this with its own handler that stops the job and records it, as for Ctrl-C
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         code = args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"localsage: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("localsage: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code or 0
 
 

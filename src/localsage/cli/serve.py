@@ -34,13 +34,13 @@ def cmd_predict(args):
 
 def _script_model(args):
     """(model dir, unpacked temp dir or None) when args name a script model (a user's inference.py), else None."""
-    from .. import serving
+    from .. import scriptserve, serving
 
     try:
-        model_dir, unpacked = serving.resolve_model(args.job, args.jobs_dir)
+        model_dir, unpacked = scriptserve.resolve_model(args.job, args.jobs_dir)
     except FileNotFoundError:
         return None  # the built-in path reports it
-    if args.entry_point or args.source_dir or serving.is_script_model(model_dir):
+    if args.entry_point or args.source_dir or scriptserve.is_script_model(model_dir):
         return model_dir, model_dir if unpacked else None
     if unpacked:  # a model.tar.gz of a built-in model: serve the unpacked dir
         return model_dir, model_dir
@@ -55,7 +55,7 @@ def _remove(path):
 
 
 def cmd_package(args):
-    from .. import serving
+    from .. import scriptserve, serving
 
     script = _script_model(args)
     if script is None:
@@ -63,23 +63,23 @@ def cmd_package(args):
         return 0
     try:
         name = args.name or serving._model_name(args.job).split(".tar")[0]
-        print(serving.package_script(script[0], args.export_path, name, args.entry_point, args.source_dir))
+        print(scriptserve.package_script(script[0], args.export_path, name, args.entry_point, args.source_dir))
     finally:
         _remove(script[1])
     return 0
 
 
 def cmd_serve(args):
-    from .. import serving
+    from .. import scriptserve, serving
 
     script = _script_model(args)
     if script is None:
         return serving.serve_job(args.job, args.jobs_dir, args.port, args.name)
     model_dir, unpacked = script
     try:
-        if not serving.is_script_model(model_dir) and not (args.entry_point or args.source_dir):
+        if not scriptserve.is_script_model(model_dir) and not (args.entry_point or args.source_dir):
             return serving.serve_job(model_dir, args.jobs_dir, args.port, args.name or "model")
-        return serving.serve_script(model_dir, args.port, args.name or "model", args.entry_point, args.source_dir)
+        return scriptserve.serve_script(model_dir, args.port, args.name or "model", args.entry_point, args.source_dir)
     finally:
         _remove(unpacked)
 

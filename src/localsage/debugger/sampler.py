@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from .. import files
+
 SYSTEM = "system.jsonl"
 STEPS = "steps.jsonl"
 JOB = "job.json"
@@ -197,9 +199,12 @@ def write_job_info(out_dir, **info):
     """Merge `info` into profiler/job.json."""
     path = Path(out_dir) / JOB
     path.parent.mkdir(parents=True, exist_ok=True)
-    current = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        current = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        current = {}
     current.update(info)
-    path.write_text(json.dumps(current, indent=2))
+    files.atomic_write_json(path, current)
 
 
 def read_jsonl(path):

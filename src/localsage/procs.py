@@ -1,0 +1,93 @@
+"""Process lifetimes: who owns a job, whether that owner still lives, children that die with it.
+
+- `identity(pid)` is (pid, start time in clock ticks since boot, boot id): a PID reused by another
+  process, or the same PID after a reboot, is a different identity, so a record that carries its
+  owner's identity can tell a dead owner from a live one.
+- `die_with_parent(sig)` as a Popen preexec_fn: Linux's PR_SET_PDEATHSIG, so a child gets `sig`
+  when the thread that started it dies, even by SIGKILL (when no code of the parent can run).
+
+Foundations: no localsage imports, nothing heavy (the CLI, the backends and the launcher use it).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+
+PR_SET_PDEATHSIG = 1
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            stat = f.read()
+    except (OSError, ValueError):
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def identity(pid: int | None = None) -> dict:
+    pid = os.getpid() if pid is None else int(pid)
+    return {"pid": pid, "start": start_ticks(pid), "boot": _boot_id(), "host": socket.gethostname()}
+
+
+def alive(owner: dict | None) -> bool | None:
+    """True/False for an identity recorded on this machine; None when it cannot be told (another
+    host, or a record without one)."""
+    if not owner or not owner.get("pid"):
+        return None
+    if owner.get("host") and owner["host"] != socket.gethostname():
+        return None
+    if owner.get("boot") and owner["boot"] != _boot_id():
+        return False  # rebooted since: every process of that boot is gone
+    now = start_ticks(owner["pid"])
+    if now is None:
+        return False
+    if owner.get("start") is not None and now != owner["start"]:
+        return False  # the PID was reused
+    try:
+        with open(f"/proc/{int(owner['pid'])}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")  # a zombie is dead, only not yet reaped
+    except (OSError, IndexError):
+        return False
+
+
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None):
+    """A preexec_fn: the child receives `sig` when its parent dies (Linux; a no-op elsewhere)."""
+    parent = os.getpid() if parent is None else parent
+
+    def preexec():
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def terminate(owner: dict, sig: int = signal.SIGTERM) -> bool:
+    """Send sig to the process of a recorded identity if it is that process, still alive."""
+    if not alive(owner):
+        return False
+    try:
+        os.kill(int(owner["pid"]), sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False

@@ -1,0 +1,360 @@
+"""Processes and records (issue #14, items 6, 8, 9, 10, 12): SIGTERM and SIGKILL to `localsage train`
+(process and docker backends) and to `localsage serve` leave no process or container behind and a
+final record; a dead runner's job never stays InProgress; atomic files; safe checkpoint loads; job names."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from conftest import TINY_HP
+from localsage import files, procs, runner
+from localsage.backends import docker as docker_backend
+
+LONG_HP = {**TINY_HP, "epochs": "200", "max-steps": "0", "workers": "0", "threads": "1"}
+
+
+def wait_for(predicate, timeout, interval=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def cli(*args, **kwargs):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    return subprocess.Popen([sys.executable, "-m", "localsage", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def start_train(data, jobs_dir, name, *extra, hp=LONG_HP):
+    hps = [a for k, v in hp.items() for a in ("--hp", f"{k}={v}")]
+    proc = cli("train", "--data", str(data), "--jobs-dir", str(jobs_dir), "--name", name, *hps, *extra)
+    metrics_file = jobs_dir / name / "output" / "data" / "metrics.jsonl"
+    # the job is in its epoch loop (its own SIGTERM handler installed) once an epoch is recorded
+    assert wait_for(lambda: metrics_file.exists() and metrics_file.read_text().strip(), 300), _out(proc)
+    return proc
+
+
+def _out(proc):
+    if proc.poll() is None:
+        proc.kill()
+    return proc.communicate()[0][-3000:]
+
+
+def gone(identity) -> bool:
+    return procs.alive(identity) is False
+
+
+def record_of(jobs_dir, name):
+    return json.loads((jobs_dir / name / runner.RECORD).read_text())
+
+
+# ------------------------------------------------------------------ process backend
+
+
+def test_sigterm_to_train_stops_the_job_and_records_stopped(small_data, tmp_path):
+    jobs = tmp_path / "jobs"
+    proc = start_train(small_data, jobs, "term-proc")
+    child = json.loads((jobs / "term-proc" / "backend.json").read_text())["Process"]
+    assert procs.alive(child)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1, out[-2000:]
+    assert wait_for(lambda: gone(child), 10), "the training process outlived the CLI"
+    record = record_of(jobs, "term-proc")
+    assert record["TrainingJobStatus"] == "Stopped", record
+    assert "SIGTERM" in record["StopReason"]
+    assert record["ExitCode"] == 143  # the job checkpointed and exited as SageMaker's stop asks
+    assert (jobs / "term-proc" / "checkpoints" / "last.pth").exists()
+
+
+def test_sigkill_to_train_the_child_dies_and_jobs_list_finalises(small_data, tmp_path):
+    jobs = tmp_path / "jobs"
+    proc = start_train(small_data, jobs, "kill-proc")
+    child = json.loads((jobs / "kill-proc" / "backend.json").read_text())["Process"]
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert wait_for(lambda: gone(child), 60), "the training process outlived a SIGKILLed CLI (no parent-death signal)"
+    assert record_of(jobs, "kill-proc")["TrainingJobStatus"] == "InProgress"  # nobody could write it
+    listed = subprocess.run([sys.executable, "-m", "localsage", "jobs", "list", "--jobs-dir", str(jobs)],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "kill-proc" in listed.stdout and "InProgress" not in listed.stdout and "Stopped" in listed.stdout
+    record = record_of(jobs, "kill-proc")
+    assert record["TrainingJobStatus"] == "Stopped" and "ended without recording" in record["StopReason"]
+    assert record["EpochsCompleted"] >= 1 and record["TrainingEndTime"]
+
+
+def test_a_dead_runner_is_reconciled_and_what_it_left_is_stopped(tmp_path):
+    """No training: a record whose owner is dead and whose child still runs (as after a SIGKILL
+    with no parent-death signal) is Stopped by `jobs describe`, and the child is killed."""
+    jobs = tmp_path / "jobs"
+    job = jobs / "orphan"
+    (job / "output" / "data").mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    owner = procs.identity(dead.pid)
+    dead.wait()
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        runner.write_record(job, {"TrainingJobName": "orphan", "TrainingJobStatus": "InProgress", "Backend": "process",
+                                  "TrainingStartTime": runner._now(), "Owner": owner})
+        (job / "backend.json").write_text(json.dumps({"Process": procs.identity(sleeper.pid)}))
+        (jobs / "alive-one").mkdir()
+        runner.write_record(jobs / "alive-one", {"TrainingJobName": "alive-one", "TrainingJobStatus": "InProgress",
+                                                 "Owner": procs.identity()})
+        described = runner.describe("orphan", jobs)
+        assert described["TrainingJobStatus"] == "Stopped"
+        assert sleeper.wait(10) == -signal.SIGKILL
+        statuses = {r["TrainingJobName"]: r["TrainingJobStatus"] for r in runner.list_jobs(jobs)}
+        assert statuses == {"orphan": "Stopped", "alive-one": "InProgress"}  # a live owner's job is left alone
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+
+
+# ------------------------------------------------------------------ docker backend
+
+
+def containers_of(engine, name):
+    return engine.containers.list(all=True, filters={"label": f"{docker_backend.LABEL}={name}"})
+
+
+def test_sigterm_to_docker_train_stops_and_removes_the_container(engine, image, small_data, tmp_path):
+    jobs = tmp_path / "jobs"
+    proc = start_train(small_data, jobs, "term-docker", "--backend", "docker", "--image", image)
+    assert containers_of(engine, "term-docker")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-2000:]
+    assert not containers_of(engine, "term-docker")
+    record = record_of(jobs, "term-docker")
+    assert record["TrainingJobStatus"] == "Stopped" and "SIGTERM" in record["StopReason"]
+    assert record["ExitCode"] == 143
+
+
+def test_sigkill_to_docker_train_next_command_removes_the_orphan(engine, image, small_data, tmp_path):
+    jobs = tmp_path / "jobs"
+    proc = start_train(small_data, jobs, "kill-docker", "--backend", "docker", "--image", image)
+    [container] = containers_of(engine, "kill-docker")
+    owner = json.loads(container.labels[docker_backend.OWNER_LABEL])
+    assert owner["pid"] == proc.pid
+    proc.kill()
+    proc.communicate(timeout=30)
+    time.sleep(2)
+    assert containers_of(engine, "kill-docker"), "expected the container to outlive a SIGKILLed CLI until reaped"
+    listed = subprocess.run([sys.executable, "-m", "localsage", "jobs", "list", "--jobs-dir", str(jobs)],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert not containers_of(engine, "kill-docker")
+    assert record_of(jobs, "kill-docker")["TrainingJobStatus"] == "Stopped"
+
+
+def test_docker_container_names_are_unique_per_run():
+    assert docker_backend.container_name("a") != docker_backend.container_name("a")
+    assert docker_backend.container_name("job-1").startswith("localsage-job-1-")
+
+
+# ------------------------------------------------------------------ serve
+
+
+def _free_base_port():
+    for _ in range(50):
+        base = random.randint(20000, 40000)
+        try:
+            for port in range(base, base + 5):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no five free ports")
+
+
+@pytest.fixture(scope="module")
+def tiny_job(small_data, tmp_path_factory):
+    jobs = tmp_path_factory.mktemp("serve-jobs")
+    record = runner.train(small_data, TINY_HP, name="tiny-serve", jobs_dir=jobs, echo=False)
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
+    return jobs
+
+
+def test_sigterm_to_serve_stops_torchserve(tiny_job):
+    import requests
+
+    port = _free_base_port()
+    proc = cli("serve", "tiny-serve", "--jobs-dir", str(tiny_job), "--port", str(port))
+
+    def healthy():
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
+        except requests.RequestException:
+            return proc.poll() is not None  # exited: fail below with its output
+    assert wait_for(healthy, 300) and proc.poll() is None, _out(proc)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert any("java" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=90)
+    assert proc.returncode in (0, 130)
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    with socket.socket() as s:  # the port is free again
+        s.bind(("127.0.0.1", port))
+
+
+# ------------------------------------------------------------------ resume after a mid-epoch stop (onecycle)
+
+
+def test_onecycle_resumes_after_a_mid_epoch_sigterm(tmp_path, demo_data):
+    from test_training import make_ml_root
+
+    hp = {**TINY_HP, "epochs": "1", "max-steps": "0", "batch-size": "2", "scheduler": "onecycle",
+          "workers": "0", "threads": "1"}
+    root = make_ml_root(tmp_path / "ml", demo_data, hp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    cmd = [sys.executable, "-m", "localsage.train", "--ml-root", str(root)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # a quarter of the first epoch done: stop in the middle of it
+        lines.append(line)
+        if "train: step" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(60) == 143, "".join(lines)[-2000:]
+    assert "stopped mid-epoch 1" in "".join(lines)
+    (root / "checkpoints" / ".last.pth.abc123.partial").write_bytes(b"torn")  # a killed writer's leftover
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert "continuing at epoch 1" in rerun.stdout
+    assert not list((root / "checkpoints").glob(".*"))
+
+
+# ------------------------------------------------------------------ checkpoints load without pickle code
+
+
+class Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_the_checkpoint_does_not_run(tmp_path, small_data):
+    from test_training import make_ml_root, run_entry
+
+    root = make_ml_root(tmp_path / "ml", small_data, TINY_HP)
+    marker = tmp_path / "pwned"
+    (root / "checkpoints").mkdir()
+    torch.save({"epoch": Planted(marker)}, root / "checkpoints" / "last.pth")
+    proc = run_entry(root)
+    assert not marker.exists(), "torch.load ran code from the checkpoint"
+    assert proc.returncode == 1
+    assert "Unpickl" in (root / "output" / "failure").read_text()
+
+
+def test_own_checkpoint_is_weights_only(tmp_path):
+    from localsage import checkpoint, train
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    random.random()
+    state = checkpoint.state(3, train.Parts(net, net, None, None, opt, sched, torch.amp.GradScaler("cuda", enabled=False)),
+                             train.Progress(bad_files={"train": {1, 2}}))
+    checkpoint.save(tmp_path / "last.pth", state)
+    import numpy as np
+
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    loaded = checkpoint.load(tmp_path / "last.pth")  # weights_only=True
+    assert loaded["epoch"] == 3 and loaded["bad_files"] == {"train": [1, 2]}
+    checkpoint.set_rng_state(loaded["rng"])  # every generator continues where the checkpoint left it
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
+
+
+# ------------------------------------------------------------------ atomic files
+
+
+def test_torn_last_line_is_skipped_and_the_next_row_is_whole(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    files.append_line(path, json.dumps({"epoch": 1, "valid_acc": 0.5}))
+    with open(path, "a") as f:
+        f.write('{"epoch": 2, "valid_')  # a kill in the middle of a write
+    assert files.read_jsonl(path) == [{"epoch": 1, "valid_acc": 0.5}]
+    files.append_line(path, json.dumps({"epoch": 2, "valid_acc": 0.7}))
+    assert [r["epoch"] for r in files.read_jsonl(path)] == [1, 2]
+    job = tmp_path / "job"
+    (job / "output" / "data").mkdir(parents=True)
+    (job / "output" / "data" / "metrics.jsonl").write_text('{"epoch": 1, "valid_acc": 0.5}\n{"epoch": 2, "va')
+    assert runner.final_metrics(job) == {"epoch": 1, "valid_acc": 0.5}
+
+
+def test_atomic_write_is_unique_per_writer_and_leaves_nothing(tmp_path):
+    target = tmp_path / "job.json"
+    errors = []
+
+    def writer(i):
+        try:
+            for n in range(50):
+                files.atomic_write_json(target, {"writer": i, "n": n, "pad": "x" * 5000})
+                json.loads(target.read_text())  # never torn
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [p.name for p in tmp_path.iterdir()] == ["job.json"]
+    (tmp_path / ".last.pth.x1y2.partial").write_bytes(b"")
+    assert [p.name for p in files.clean_temp(tmp_path)] == [".last.pth.x1y2.partial"]
+
+
+# ------------------------------------------------------------------ job names
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs/x", "a/b", "-lead", "x" * 64, "under_score", "dot.name"])
+def test_bad_job_names_are_refused(small_data, tmp_path, name):
+    jobs = tmp_path / "jobs"
+    with pytest.raises(ValueError, match="letters, digits and hyphens"):
+        runner.train(small_data, TINY_HP, name=name, jobs_dir=jobs, echo=False)
+    assert not (tmp_path / "x").exists() and not Path("/abs/x").exists()
+
+
+def test_job_folder_is_created_exclusively(small_data, tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    results = []
+
+    def prepare():
+        try:
+            results.append(runner.prepare("same-name", runner.channels_for(small_data), {}, jobs))
+        except FileExistsError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=prepare) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(r, Path) for r in results) == 1
+    assert runner.check_name("x" * 63) and runner.check_name("a-b--c1")
+    assert runner.check_name(runner.job_name("my_study.v2" + "y" * 80 + "-t007"))  # generated names always pass
