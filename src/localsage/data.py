@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.transforms.v2.functional import center_crop  # imported before DataLoader workers fork
 
 from .data_cache import cache_dir, cache_estimate, cached_decode, plan_cache  # noqa: F401 - the data API
 from .decode import decode  # noqa: F401 - the data API
@@ -179,15 +180,13 @@ class EvalTransform:
         self.spec, self.size = spec, (spec["crop"], spec["crop"])
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
         _, h, w = img.shape
         short, long = (h, w) if h <= w else (w, h)
         r = self.spec["resize"]
         size = (r, int(r * long / short)) if h <= w else (int(r * long / short), r)
         if size != (h, w):
             img = _resize(img, size, self.spec)
-        return F.center_crop(img, list(self.size))
+        return center_crop(img, list(self.size))
 
     def write(self, img: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(self(img).permute(1, 2, 0))

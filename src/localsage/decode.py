@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_jpeg  # imported here, before DataLoader workers fork
 
 log = logging.getLogger("localsage.data")
 
@@ -52,8 +53,6 @@ def decode(path: str, draft_size: int | None = None) -> torch.Tensor:
     torchvision's decoder refuses goes through PIL, so a file is skipped only when PIL fails too.
     (torchvision 0.29 marks torchvision.io's decoders deprecated in favour of TorchCodec; the
     pinned version has them.)"""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     with open(path, "rb") as f:
         raw = f.read()
     img = Image.open(io.BytesIO(raw))  # parses the header only
