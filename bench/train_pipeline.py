@@ -14,10 +14,14 @@ and its best epoch (seed: both epochs cost the same; ours: epoch 2 reads the cac
    ours  = localsage.train's settings (channels_last, threads = cores, the same SGD fused);
            ours_bf16 adds amp=bf16 (CPU autocast). torch.compile was measured and left out: on this CPU
            it took 61 s to compile and gave no faster step (15.2 vs 15-16 img/s median).
-Each side runs in its own subprocess (peak RSS of the process tree, workers included), the sides
-alternate for --rounds rounds and the best round of each is reported (train step: the median of --steps steps).
+Each side runs in its own subprocess (peak RSS and PSS of the process tree, workers included); the sides
+alternate for --rounds rounds (default 5) and each round pairs the baseline with ours: the table gives
+the median and the range of the per-round ratios, the per-round PSS excess of ours over the baseline,
+and the load average (the machine is shared: only ratios measured side by side mean anything).
+Train step: the median of --steps steps; ours gets the batch layout localsage's loader hands over
+(NHWC uint8, an NCHW view in channels_last), the naive loop the seed's NCHW.
 
-    python bench/train_pipeline.py [--images 512] [--steps 10] [--skip-train] [--model resnet18] [--batch 32] [--rounds 2] [--json out.json]
+    python bench/train_pipeline.py [--images 512] [--steps 10] [--skip-train] [--model resnet18] [--batch 32] [--rounds 5] [--json out.json]
 """
 from __future__ import annotations
 
@@ -37,6 +41,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 
+def _rollup(pid: int) -> tuple:
+    """(RSS, PSS) bytes of one process from /proc/<pid>/smaps_rollup (one cheap read; psutil's
+    memory_full_info parses the whole smaps, which costs the measured side CPU on a 2-core machine)."""
+    rss = pss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    return rss, pss
+
+
 def tree_memory(proc: psutil.Process) -> tuple:
     """(RSS, PSS) of a process and its children. RSS counts pages shared between the parent and its
     forked DataLoader workers (torch's libraries, the dataset index) once per process; PSS splits
@@ -44,9 +61,9 @@ def tree_memory(proc: psutil.Process) -> tuple:
     rss = pss = 0
     for p in [proc] + proc.children(recursive=True):
         try:
-            info = p.memory_full_info()
-            rss, pss = rss + info.rss, pss + info.pss
-        except psutil.NoSuchProcess:
+            r, s = _rollup(p.pid)
+            rss, pss = rss + r, pss + s
+        except (OSError, psutil.NoSuchProcess):
             pass
     return rss, pss
 
@@ -64,7 +81,7 @@ def run_side(args: list) -> dict:
                 peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             except psutil.NoSuchProcess:
                 break
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -134,6 +151,8 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int) -> dict
     net = torchvision.models.get_model(model, num_classes=133)
     x = torch.randint(0, 255, (batch, 3, size, size), dtype=torch.uint8)
     y = torch.randint(0, 133, (batch,))
+    if kind != "naive":  # what localsage's loader hands over: an NHWC uint8 batch (NCHW view, channels_last)
+        x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     if kind == "naive":
         norm = data.Normalize()
         amp = None
@@ -171,7 +190,7 @@ def main():
     p.add_argument("--model", default="resnet18")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json")
     p.add_argument("--skip-train", action="store_true", help="input pipeline only")
     a = p.parse_args()
@@ -183,6 +202,7 @@ def main():
             print(json.dumps(side_train(kind, a.model, a.batch, a.steps, a.size)))
         return
 
+    load_start = [round(v, 2) for v in os.getloadavg()]
     results = {"pipeline": {"seed": [], "ours": [], "ours_nocache": [], "ours_eval": []}, "train": {"naive": [], "ours": [], "ours_bf16": []}}
     with tempfile.TemporaryDirectory() as tmp:
         make_images(Path(tmp), a.images)
@@ -195,11 +215,9 @@ def main():
                 results["train"][kind].append(run_side(["--side", f"{kind}:train", *common]))
                 print(f"round {r + 1} train {kind}: {results['train'][kind][-1]}", flush=True)
 
-    def best(rows):
-        return max(rows, key=lambda r: r["images_per_sec"])
-
     summary = {"machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-               "images": a.images, "model": a.model, "batch": a.batch, "size": a.size}
+               "load_average_start_end": [load_start, [round(v, 2) for v in os.getloadavg()]],
+               "images": a.images, "model": a.model, "batch": a.batch, "size": a.size, "rounds": a.rounds}
     rows = (("pipeline", "pipeline", "seed", "ours"), ("pipeline_nocache", "pipeline", "seed", "ours_nocache"),
             ("pipeline_eval", "pipeline", "seed", "ours_eval"),
             ("train", "train", "naive", "ours"), ("train_bf16", "train", "naive", "ours_bf16"))
@@ -207,21 +225,34 @@ def main():
               "pipeline_nocache": "input pipeline, train transform, data-cache=off",
               "pipeline_eval": "input pipeline, eval transform, epoch 2 (cache warm)",
               "train": "train step fp32", "train_bf16": "train step amp=bf16 (CPU autocast)"}
-    print("\n| part | baseline img/s | ours img/s | ratio | baseline peak RSS / PSS MB | ours peak RSS / PSS MB |")
-    print("|---|---|---|---|---|---|")
+
+    def med(values):
+        v = sorted(values)
+        return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+    print(f"\n{a.rounds} rounds, each pairing both sides; ratio = median [min-max] of the per-round ratios; "
+          f"load average at start {load_start}, at end {summary['load_average_start_end'][1]}")
+    print("| part | baseline img/s (median) | ours img/s (median) | ratio | per-round ratios | baseline peak PSS MB | ours peak PSS MB (max excess) |")
+    print("|---|---|---|---|---|---|---|")
     for name, part, base, ours in rows:
         if not results[part][ours]:
             continue
-        b, o = best(results[part][base]), best(results[part][ours])
-        summary[name] = {base: b, "ours": o, "ratio": round(o["images_per_sec"] / b["images_per_sec"], 2)}
-        print(f"| {labels[name]} | {b['images_per_sec']:.1f} | {o['images_per_sec']:.1f} | {summary[name]['ratio']}x "
-              f"| {b['peak_rss_mb']} / {b['peak_pss_mb']} | {o['peak_rss_mb']} / {o['peak_pss_mb']} |")
+        pairs = list(zip(results[part][base], results[part][ours]))
+        ratios = [o["images_per_sec"] / b["images_per_sec"] for b, o in pairs]
+        excess = max(o["peak_pss_mb"] - b["peak_pss_mb"] for b, o in pairs)
+        summary[name] = {"ratio_median": round(med(ratios), 2), "ratio_min": round(min(ratios), 2),
+                         "ratio_max": round(max(ratios), 2), "ratios": [round(r, 2) for r in ratios],
+                         base: [b for b, _ in pairs], "ours": [o for _, o in pairs], "pss_excess_max_mb": excess}
+        print(f"| {labels[name]} | {med([b['images_per_sec'] for b, _ in pairs]):.1f} "
+              f"| {med([o['images_per_sec'] for _, o in pairs]):.1f} | **{med(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}] "
+              f"| {' '.join(f'{r:.2f}' for r in ratios)} | {med([b['peak_pss_mb'] for b, _ in pairs])} "
+              f"| {med([o['peak_pss_mb'] for _, o in pairs])} ({excess:+d}) |")
     if results["pipeline"]["ours"]:
-        seed1 = max(r["epoch_images_per_sec"][0] for r in results["pipeline"]["seed"])
-        ours1 = max(r["epoch_images_per_sec"][0] for r in results["pipeline"]["ours"])
-        summary["pipeline_epoch1"] = {"seed": seed1, "ours": ours1, "ratio": round(ours1 / seed1, 2)}
-        print(f"| input pipeline, train transform, epoch 1 (decodes, fills the cache) | {seed1:.1f} | {ours1:.1f} "
-              f"| {summary['pipeline_epoch1']['ratio']}x | | |")
+        r1 = [o["epoch_images_per_sec"][0] / b["epoch_images_per_sec"][0]
+              for b, o in zip(results["pipeline"]["seed"], results["pipeline"]["ours"])]
+        summary["pipeline_epoch1"] = {"ratio_median": round(med(r1), 2), "ratio_min": round(min(r1), 2), "ratio_max": round(max(r1), 2)}
+        print(f"| input pipeline, train transform, epoch 1 (decodes, fills the cache) | | | **{med(r1):.2f}x** "
+              f"[{min(r1):.2f}-{max(r1):.2f}] | {' '.join(f'{r:.2f}' for r in r1)} | | |")
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=2))
 

@@ -1,7 +1,8 @@
 """The exported model directory: what serving needs, loadable without localsage's training code.
 
     model/model.pth            state_dict of torchvision.models.get_model(arch, num_classes=N, weights=None)
-    model/model_config.json    arch, num_classes, image_size, resize_size, mean, std, classes
+    model/model_config.json    arch, num_classes, image_size, resize_size, mean, std, classes,
+                               preprocess (data.preprocess_spec: resize/crop/interpolation/EXIF/mean/std)
     model/index_to_name.json   {"0": "Affenpinscher", ...}
     model/handler.py           serve/handler.py (TorchServe handler; needs torchvision, not localsage)
     model/handler_*.py         its modules (defaults, errors, requests, URLs, images), copied from serve/
@@ -28,6 +29,9 @@ INDEX_FILE = "index_to_name.json"
 
 
 def model_config(arch, classes, image_size, resize_size, mean, std) -> dict:
+    """model_config.json; "preprocess" is data.preprocess_spec, the one preprocessing spec training used."""
+    from .data import preprocess_spec
+
     return {
         "arch": arch,
         "num_classes": len(classes),
@@ -36,6 +40,7 @@ def model_config(arch, classes, image_size, resize_size, mean, std) -> dict:
         "mean": list(mean),
         "std": list(std),
         "classes": list(classes),
+        "preprocess": preprocess_spec(image_size, resize_size, mean, std),
     }
 
 
