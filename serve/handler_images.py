@@ -124,7 +124,7 @@ def open_image(raw, settings, spec, budget=None, what="image"):
     if budget is not None:
         budget.charge(width * height, what)
     try:
-        if img.format in ("JPEG", "MPO") and settings["jpeg_draft"]:
+        if img.format in ("JPEG", "MPO") and spec.get("jpeg_draft", settings["jpeg_draft"]):
             # DCT-scaled decode (1/2, 1/4, 1/8) keeping both sides >= resize: the same call as the
             # training data loader, so the pixels match its eval transform.
             img.draft("RGB", (spec["resize"], spec["resize"]))
