@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import files
+
+# SageMaker's rule for training job, model and endpoint names: letters, digits and hyphens, at most 63
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 
 ROOT_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_ROOT = "/opt/ml"

@@ -10,7 +10,7 @@ import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import files, metrics, procs
+from . import contract, files, metrics, procs
 from .scriptjob import copy_inference_code
 
 RECORD = "job.json"
@@ -23,7 +23,7 @@ BACKEND_INFO = "backend.json"
 
 
 # SageMaker's TrainingJobName rule: letters, digits and (single or repeated) hyphens, at most 63
-NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+NAME_PATTERN = contract.NAME_PATTERN
 
 
 def jobs_root(jobs_dir=None) -> Path:

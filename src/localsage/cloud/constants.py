@@ -17,7 +17,7 @@ DEFAULT_MAX_RUN = 4 * 3600                # seconds of training before SageMaker
 DEFAULT_VOLUME_SIZE = 30                  # GB of EBS per training instance
 ACCOUNT_PLACEHOLDER = "ACCOUNT_ID"        # shown in dry runs made without credentials
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-NAME_PATTERN = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"  # training job, model and endpoint names
+from ..contract import NAME_PATTERN  # noqa: E402 - SageMaker's name rule (training jobs, models, endpoints)
 MAX_METRIC_DEFINITIONS = 40               # SageMaker's limit per training job
 
 # SDK defaults given to every sagemaker.Session we make: no telemetry requests.

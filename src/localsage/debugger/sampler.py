@@ -21,6 +21,8 @@ import psutil
 
 from .. import files
 
+read_jsonl = files.read_jsonl  # the profiler's JSON lines (a line torn by a kill is skipped)
+
 SYSTEM = "system.jsonl"
 STEPS = "steps.jsonl"
 JOB = "job.json"
@@ -205,19 +207,3 @@ def write_job_info(out_dir, **info):
         current = {}
     current.update(info)
     files.atomic_write_json(path, current)
-
-
-def read_jsonl(path):
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a line cut by a kill
-    return rows
