@@ -20,6 +20,7 @@ import os
 import numpy as np
 import torch
 from handler_defaults import HANDLER as _LIMITS  # beside this file, staged with it
+from handler_errors import RequestError  # noqa: F401 - one error type for both handlers ({code, type, message})
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -32,17 +33,6 @@ ANY = "*/*"
 # The image limit: width*height from the header, checked before decoding. The value is the built-in
 # handler's (serve/handler_defaults.py, staged beside this file); LOCALSAGE_SERVE_MAX_PIXELS overrides both.
 MAX_PIXELS = _LIMITS["max_pixels"]
-
-
-class RequestError(Exception):
-    """A problem with one request: becomes that request's JSON error {code, type, message}."""
-
-    def __init__(self, code, kind, message):
-        super().__init__(message)
-        self.code, self.kind, self.message = code, kind, message
-
-    def body(self):
-        return {"code": self.code, "type": self.kind, "message": self.message}
 
 
 def unsupported_content_type(content_type, supported):

@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 HANDLER = "script_handler.py"
-HELPERS = ("script_defaults.py", "handler_defaults.py")  # handler_defaults: the shared limits
+HELPERS = ("script_defaults.py", "handler_defaults.py", "handler_errors.py")  # shared limits and error type
 CODE_DIR = "code"
 DEFAULT_PROGRAM = "inference.py"
 REQUIREMENTS = "requirements.txt"
