@@ -28,13 +28,16 @@ TINY_HP = {**FAST_HP, "image-size": "32", "epochs": "1", "max-steps": "2", "batc
 # docker/slow/integration mark. Anything that trains through the runner, starts TorchServe or a
 # container, or a database is an integration test.
 HEAVY_FIXTURES = {"trained_job", "engine", "image", "server", "model_dir", "served_model_dir", "mar", "postgres",
-                  "predict_url", "test_images"}
+                  "predict_url", "test_images", "small_data", "demo_data", "jobs_dir", "models"}
+# modules whose every test runs jobs, servers or several processes
+HEAVY_MODULES = ("test_demo.py", "test_distributed.py", "test_signals.py")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         heavy = HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        if heavy or any(item.get_closest_marker(m) for m in ("docker", "slow")):
+        if (heavy or item.path.name in HEAVY_MODULES or "serve" in item.name.split("test_", 1)[-1].split("_")[:2]
+                or any(item.get_closest_marker(m) for m in ("docker", "slow"))):
             item.add_marker(pytest.mark.integration)
 
 

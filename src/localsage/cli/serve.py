@@ -95,7 +95,7 @@ def add_parser(subparsers):
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--endpoint", default="http://127.0.0.1:8080", help="server root URL")
     p.add_argument("--model", help="TorchServe model name (/predictions/<model>); default /invocations")
-    p.add_argument("--topk", type=int, help=f"labels per image (default {serving_defaults().TOPK})")
+    p.add_argument("--topk", type=int, default=serving_defaults().TOPK, help="labels per image (default %(default)s)")
     p.add_argument("--timeout", type=float, default=60.0)
     add_predict_arguments(p)
     p.set_defaults(func=cmd_predict)
