@@ -417,8 +417,24 @@ def test_the_sdks_pytorch_estimator_trains_the_example(image, small_data, tmp_pa
                             hyperparameters=EXAMPLE_HP, output_path=f"file://{tmp_path / 'out'}",
                             sagemaker_session=sagemaker_local.session(tmp_path / "work", "sdk-example"))
         estimator.fit({"training": f"file://{small_data}"}, job_name="sdk-example", logs=False)
-    model = next((tmp_path / "out").rglob("model.tar.gz"))
-    assert "model.pth" in tar_names(model)
+        model = next((tmp_path / "out").rglob("model.tar.gz"))
+        assert "model.pth" in tar_names(model)
+        # right after fit, as users do: the SDK repacks the job's model.tar.gz with code/inference.py
+        from sagemaker.deserializers import JSONDeserializer
+        from sagemaker.serializers import IdentitySerializer
+
+        estimator.code_location = "s3://localsage-offline/code"  # else the SDK's repack asks STS for a bucket
+        estimator.framework_version, estimator.py_version = "2.1", "py310"  # the model's repack rule needs them
+        predictor = estimator.deploy(initial_instance_count=1, instance_type="local", entry_point="inference.py",
+                                     serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
+        try:
+            jpeg = next((Path(small_data) / "test").rglob("*.jpg")).read_bytes()
+            result = predictor.predict(jpeg)
+            labels = {p.name for p in (Path(small_data) / "train").iterdir()}
+            top = result["predictions"][0]
+            assert 0 <= top["probability"] <= 1 and any(top["label"] in name for name in labels), result
+        finally:
+            predictor.delete_endpoint()
 
 
 @pytest.mark.docker
