@@ -31,6 +31,7 @@ import torchvision
 from PIL import Image
 
 from localsage import scriptserve, serving
+from test_serving import free_ports  # one helper for free loopback ports
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "dog-breeds" / "inference.py"
@@ -100,19 +101,6 @@ def output_fn(prediction, accept):
 class SumLast(torch.nn.Module):
     def forward(self, x):
         return x.float().sum(dim=-1)
-
-
-def free_ports(n):
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def encode(img, fmt):
