@@ -171,6 +171,59 @@ def test_batched_fetch_matches_per_image_items_and_reports_bad_files(tmp_path):
     assert ds.__getitems__(sorted(bad_seen)) == (None, None, sorted(bad_seen))
 
 
+def test_reused_batch_slots_give_the_same_batches_and_kept_batches_stay_intact(tmp_path, monkeypatch):
+    """The train loader's workers reuse shared-memory slots (batch_ring): every batch, kept for two
+    epochs, equals what one segment a batch gives with the same seed, bad files included."""
+    root = data.make_demo_data(tmp_path / "d", classes=2, per_class=14, size=40, corrupt=2)
+    paths, targets, _ = data.scan_split(root / "train", "train")
+    monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(reuse):
+        ds = data.ImageDataset(paths, targets, data.train_transform(24), draft_size=24,
+                               cache=data.plan_cache({"train": paths}, "decoded"))
+        loader = data.make_loader(ds, 2, True, 2, reuse_batches=reuse, seed=5)
+        assert (ds.ring is not None) == reuse
+        return [b for _ in range(2) for b in loader], ds.ring
+
+    kept, ring = run(True)
+    reference, _ = run(False)
+    assert len(kept) == len(reference) > 2 * 2 * ring.slots  # 2 workers: every slot reused while batches were kept
+    for (images, labels, bad), (ref_images, ref_labels, ref_bad) in zip(kept, reference):
+        assert (images is None) == (ref_images is None) and bad == ref_bad
+        if images is not None:
+            assert images.dtype == torch.uint8 and images.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(images, ref_images) and labels.dtype == torch.long and torch.equal(labels, ref_labels)
+    assert sum(len(b) for _, _, b in kept) == 4 and not int(ring.busy.sum())  # 2 bad files x 2 epochs; all freed
+
+
+def test_a_slot_still_in_use_falls_back_instead_of_waiting_forever(monkeypatch):
+    from localsage import batch_ring
+
+    ring = batch_ring.Ring(workers=1, slots=2, shape=(4, 8, 8, 3))
+    slot, view = ring.take(0, 3)
+    assert view.shape == (3, 8, 8, 3) and ring.take(0, 5) is None  # larger than a slot
+    ring.send(slot, 3, [1, 0, 1], [7])
+    monkeypatch.setattr(batch_ring, "WAIT_S", 0.05)
+    ring._next = 0  # the worker comes round to the slot whose batch was never received
+    assert ring.take(0, 3) is None
+    images, labels, bad = batch_ring.receive(ring.id, slot, 3, np.array([1, 0, 1]), [7])
+    assert images.shape == (3, 3, 8, 8) and labels.tolist() == [1, 0, 1] and bad == [7]
+    ring._next = 0
+    assert ring.take(0, 3)[0] == slot  # received: free again
+
+
+def test_cache_reads_into_a_reused_buffer_match_fresh_reads(tmp_path):
+    cache = data_cache.private_dir(tmp_path / "cache")
+    files = [str(_photo(tmp_path / f"{i}.jpg", 40 + 8 * i, 30, seed=i)) for i in range(3)]
+    fresh = [data.cached_decode(f, None, cache).clone() for f in files]  # fills the cache
+    buf, views = data_cache.ReadBuffer(), []
+    for f, ref in zip(files + files[::-1], fresh + fresh[::-1]):  # sizes grow, shrink, grow again
+        got = data.cached_decode(f, None, cache, buf)
+        assert torch.equal(got, ref)  # a view of the buffer, after the entry's header
+        assert got.data_ptr() == torch.frombuffer(buf.buf, dtype=torch.uint8).data_ptr() + data_cache.HEADER
+        views.append(got)  # a live view never stops the buffer from growing
+
+
 def test_normalize_matches_the_formula_in_the_requested_layout():
     mean = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1) * 255

@@ -216,6 +216,58 @@ def test_sigterm_to_serve_stops_torchserve(tiny_job):
         s.bind(("127.0.0.1", port))
 
 
+def test_sigkill_to_serve_takes_the_jvm_and_workers_down(tiny_job):
+    """No code of the CLI runs after SIGKILL: the server's guard (localsage.groupguard, parent-death
+    signal) takes TorchServe's launcher, JVM and workers down and removes the private temp folder."""
+    import requests
+
+    port = _free_base_port()
+    proc = cli("serve", "tiny-serve", "--jobs-dir", str(tiny_job), "--port", str(port))
+
+    def healthy():
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
+        except requests.RequestException:
+            return proc.poll() is not None
+    assert wait_for(healthy, 300) and proc.poll() is None, _out(proc)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    java = [p for p in tree if "java" in " ".join(p.cmdline())]
+    assert java and any("model_service_worker" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
+    guard = next(p for p in tree if "localsage.groupguard" in " ".join(p.cmdline()))
+    workdir = guard.cmdline()[guard.cmdline().index("--cleanup") + 1]
+    assert os.path.isdir(workdir)
+    proc.kill()
+    proc.communicate(timeout=30)
+    _, alive = psutil.wait_procs(tree, timeout=40)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not os.path.exists(workdir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_groupguard_stops_the_whole_group_when_its_owner_is_killed(tmp_path):
+    """The guard alone, without TorchServe: its owner is SIGKILLed; the command's grandchild goes too."""
+    folder = tmp_path / "private"
+    folder.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", f"""
+import signal, subprocess, sys, time
+from localsage import procs
+subprocess.Popen([sys.executable, "-m", "localsage.groupguard", "--cleanup", {str(folder)!r}, "--grace", "2", "--",
+                  "sh", "-c", "sleep 300 & exec sleep 301"], start_new_session=True,
+                 preexec_fn=procs.die_with_parent(signal.SIGTERM))
+time.sleep(300)
+"""])
+    me = psutil.Process(owner.pid)
+    sleepers = wait_for(lambda: [p for p in me.children(recursive=True) if p.name() == "sleep"][1:], 30)
+    assert sleepers, "the guarded command did not start"
+    tree = me.children(recursive=True)
+    owner.kill()
+    owner.wait()
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not folder.exists()
+
+
 # ------------------------------------------------------------------ resume after a mid-epoch stop (onecycle)
 
 

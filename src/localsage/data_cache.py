@@ -126,8 +126,22 @@ def entry_path(root: Path, path: str, draft_size) -> Path:
     return Path(root) / key[:2] / f"{key}.hwc"
 
 
-def read_entry(file: Path):
-    """The pixels of one entry as a CHW view of HWC memory, or None for any kind of miss."""
+class ReadBuffer:
+    """A read buffer one process reuses for entry after entry: no allocation and no fresh zeroed
+    pages an image (read_entry's `into`). A view of it is valid until the buffer's next use."""
+
+    def __init__(self):
+        self.buf = bytearray()
+
+    def get(self, size: int) -> memoryview:
+        if len(self.buf) < size:  # replaced, not resized: a view of the old one may still be alive
+            self.buf = bytearray(max(size, len(self.buf) * 5 // 4))
+        return memoryview(self.buf)[:size]
+
+
+def read_entry(file: Path, into: ReadBuffer | None = None):
+    """The pixels of one entry as a CHW view of HWC memory, or None for any kind of miss; read into
+    `into` when given (see ReadBuffer)."""
     try:
         fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -137,7 +151,7 @@ def read_entry(file: Path):
         size = st.st_size
         if not stat.S_ISREG(st.st_mode) or size <= HEADER:
             return None
-        buf = bytearray(size)
+        buf = bytearray(size) if into is None else into.get(size)
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
             if f.readinto(buf) != size:
                 return None
@@ -171,13 +185,14 @@ def write_entry(file: Path, img: torch.Tensor) -> None:
         raise
 
 
-def cached_decode(path: str, draft_size, root: Path) -> torch.Tensor:
-    """`decode`, read from / written to the cache under root (any problem with an entry: decode again)."""
+def cached_decode(path: str, draft_size, root: Path, into: ReadBuffer | None = None) -> torch.Tensor:
+    """`decode`, read from / written to the cache under root (any problem with an entry: decode again).
+    `into`: see `read_entry` (a cached image is then a view of that buffer)."""
     try:
         file = entry_path(root, path, draft_size)
     except OSError:
         return decode(path, draft_size)  # the source itself is gone: decode raises the real error
-    img = read_entry(file)
+    img = read_entry(file, into)
     if img is not None:
         return img
     img = as_hwc(decode(path, draft_size))

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import procs
 from .export import (  # noqa: F401 - re-exported for callers of the serving API
     HANDLER_FILE, MANIFEST, MODEL_CONFIG_YAML, handler_files, make_torchserve_dir, serve_dir, serving_defaults,
 )
@@ -176,8 +177,12 @@ class LocalServer:
             elif not (d / MANIFEST).is_file():
                 raise FileNotFoundError(f"{d} is not a TorchServe model dir (no {MANIFEST}); run make_torchserve_dir")
         self._log = open(self.log_path, "ab") if self.log_path else None
-        self.proc = subprocess.Popen(self.command(), env=self.env, cwd=self.workdir, stdout=self._log,
-                                     stderr=subprocess.STDOUT if self._log else None, start_new_session=True)
+        # under localsage.groupguard, which takes the launcher, the JVM and the workers down with this
+        # process even when it is SIGKILLed (the guard has a parent-death signal, they could not)
+        guard = [sys.executable, "-m", "localsage.groupguard", "--cleanup", str(self.workdir), "--"]
+        self.proc = subprocess.Popen(guard + self.command(), env=self.env, cwd=self.workdir, stdout=self._log,
+                                     stderr=subprocess.STDOUT if self._log else None, start_new_session=True,
+                                     preexec_fn=procs.die_with_parent(signal.SIGTERM))
         if wait_s:
             self.wait_healthy(wait_s)
         return self
