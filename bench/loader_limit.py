@@ -4,6 +4,7 @@ The limit: what the cores could do if they did nothing but the unavoidable per-i
 with single-threaded loops on the same generated images (500x375 q90 JPEGs, 224 px train crops):
   decode-only   libjpeg-turbo decode (localsage.decode)                       - the cache-off work
   read-only     reading the decoded pixels back from the decoded-image cache  - the cache-warm work
+                (into one reused buffer, as the loader's workers do)
   resize-only   RandomResizedCrop + flip of a decoded image (TrainTransform)  - both
   limit         cores / (decode + resize) with data-cache=off, cores / (read + resize) with the cache warm
 Then our pipeline (localsage.data's train loader, workers sized to the cores, normalised per batch
@@ -51,8 +52,9 @@ def loops(root: str) -> dict:
             fn(item)
         return (time.perf_counter() - t0) / len(items)
 
+    buf = data.ReadBuffer()  # as the loader's workers read entries
     return {"decode": per_image(lambda f: data.decode(f, 224), files),
-            "read": per_image(lambda f: data.cached_decode(f, 224, cache), files),
+            "read": per_image(lambda f: data.cached_decode(f, 224, cache, buf), files),
             "resize": per_image(lambda img: tf.write(img, out), images)}
 
 
