@@ -201,7 +201,7 @@ def test_a_slot_still_in_use_falls_back_instead_of_waiting_forever(monkeypatch):
 
     ring = batch_ring.Ring(workers=1, slots=2, shape=(4, 8, 8, 3))
     slot, view = ring.take(0, 3)
-    assert view.shape == (3, 8, 8, 3) and ring.take(0, 5) is None  # larger than a slot
+    assert view.shape == (3, 8, 8, 3) and ring.take(0, 5) is None and ring.take(1, 3) is None  # too big; no worker 1
     ring.send(slot, 3, [1, 0, 1], [7])
     monkeypatch.setattr(batch_ring, "WAIT_S", 0.05)
     ring._next = 0  # the worker comes round to the slot whose batch was never received

@@ -264,7 +264,13 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
         for tr in started:  # the tuner refreshes the heartbeat of the trial it runs
             beats.setdefault(tr.number, set()).add(tr.user_attrs["heartbeat"])
         if any(len(b) > 1 for b in beats.values()) and any(tr.state.name == "COMPLETE" for tr in trials):
-            break
+            # freeze the tuner, so the trials cannot change between this check and the kill: a trial that
+            # ends right here and its successor, asked for but without a job yet, must not be the one killed
+            proc.send_signal(signal.SIGSTOP)
+            now = [tr for tr in load("kill", jobs).get_trials() if tr.state.name == "RUNNING"]
+            if len(now) == 1 and "job_name" in now[0].user_attrs:
+                break
+            proc.send_signal(signal.SIGCONT)
     else:
         proc.kill()
         pytest.fail("the tuner never had a completed and a running trial")

@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import itertools
 import time
+import weakref
 
 import numpy as np
 import torch
 
 WAIT_S = 10.0
-_RINGS: dict = {}  # ring id -> Ring, in every process that made or inherited one
+_RINGS = weakref.WeakValueDictionary()  # ring id -> Ring, in every process that made or inherited one
 _ids = itertools.count()
 
 
 class Ring:
     def __init__(self, workers: int, slots: int, shape: tuple):
         self.id = f"{id(self)}-{next(_ids)}"
-        self.slots, self.shape = slots, tuple(shape)  # shape of one slot: (batch, h, w, c)
+        self.workers, self.slots, self.shape = workers, slots, tuple(shape)  # one slot: (batch, h, w, c)
         self.data = torch.empty((workers * slots, *self.shape), dtype=torch.uint8).share_memory_()
         self.busy = torch.zeros(workers * slots, dtype=torch.int32).share_memory_()
         self._next = 0  # this process's (worker's) next slot, counted from its first
@@ -45,8 +46,9 @@ class Ring:
 
     def take(self, worker: int, count: int):
         """(slot index, NHWC uint8 view of `count` images) for the worker's next batch, or None when
-        the batch does not fit or the slot stayed in use for WAIT_S."""
-        if count > self.shape[0]:
+        the batch does not fit, the worker is not one the ring was made for, or the slot stayed in use
+        for WAIT_S."""
+        if count > self.shape[0] or not 0 <= worker < self.workers:
             return None
         slot = worker * self.slots + self._next % self.slots
         self._next += 1

@@ -7,7 +7,8 @@ Speed: workers decode JPEGs with libjpeg-turbo straight into uint8 tensors (loca
 orientation applied; PIL's DCT-scaled draft decode for photos at least twice the target size; PIL for
 other formats), keep them in the decoder's HWC layout, crop and resize them with torch's vectorised
 uint8 kernel (its fast path wants that layout), write each result into its slot of one shared-memory
-NHWC batch (`ImageDataset.__getitems__`) and hand uint8 batches to the main process; conversion to
+NHWC batch (`ImageDataset.__getitems__`; the train loader reuses those batch slots: localsage.batch_ring)
+and hand uint8 batches to the main process; conversion to
 float, normalisation and channels_last happen once per batch on the training device (`Normalize`).
 Epochs after the first read decoded pixels from the decoded-image cache (localsage.data_cache).
 The dataset index is two numpy arrays, so forked workers share it instead of copying a list of
@@ -209,10 +210,11 @@ class ImageDataset(torch.utils.data.Dataset):
     or raises DataError when strict. With cache (a folder from `plan_cache`), decoded pixels are
     kept there for the next epochs.
 
-    The DataLoader fetches whole batches through `__getitems__`: each image is transformed straight
-    into its slot of one NHWC uint8 batch, allocated in shared memory inside a worker, so the batch
-    crosses to the main process without the stack and the copy into shared memory that a list of
-    per-image tensors costs; the main process gets it as an NCHW view in channels_last layout."""
+    The DataLoader fetches whole batches through `__getitems__`: each image is read (into one reused
+    buffer) and transformed straight into its slot of one NHWC uint8 batch in shared memory (a reused
+    ring slot for the train loader, else a segment of its own), so the batch crosses to the main
+    process without the stack and the copy into shared memory that a list of per-image tensors costs;
+    the main process gets it as an NCHW view in channels_last layout."""
 
     def __init__(self, paths, targets, transform, draft_size=None, strict=False, cache=None):
         self.paths, self.targets = paths, targets
