@@ -193,11 +193,12 @@ def tiny_job(small_data, tmp_path_factory):
     return jobs
 
 
-def test_sigterm_to_serve_stops_torchserve(tiny_job):
+def serving(jobs_dir):
+    """`localsage serve` of the tiny job, once it answers /ping: (CLI process, port, its process tree)."""
     import requests
 
     port = _free_base_port()
-    proc = cli("serve", "tiny-serve", "--jobs-dir", str(tiny_job), "--port", str(port))
+    proc = cli("serve", "tiny-serve", "--jobs-dir", str(jobs_dir), "--port", str(port))
 
     def healthy():
         try:
@@ -207,6 +208,11 @@ def test_sigterm_to_serve_stops_torchserve(tiny_job):
     assert wait_for(healthy, 300) and proc.poll() is None, _out(proc)
     tree = psutil.Process(proc.pid).children(recursive=True)
     assert any("java" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
+    return proc, port, tree
+
+
+def test_sigterm_to_serve_stops_torchserve(tiny_job):
+    proc, port, tree = serving(tiny_job)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=90)
     assert proc.returncode in (0, 130)
@@ -219,20 +225,8 @@ def test_sigterm_to_serve_stops_torchserve(tiny_job):
 def test_sigkill_to_serve_takes_the_jvm_and_workers_down(tiny_job):
     """No code of the CLI runs after SIGKILL: the server's guard (localsage.groupguard, parent-death
     signal) takes TorchServe's launcher, JVM and workers down and removes the private temp folder."""
-    import requests
-
-    port = _free_base_port()
-    proc = cli("serve", "tiny-serve", "--jobs-dir", str(tiny_job), "--port", str(port))
-
-    def healthy():
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
-        except requests.RequestException:
-            return proc.poll() is not None
-    assert wait_for(healthy, 300) and proc.poll() is None, _out(proc)
-    tree = psutil.Process(proc.pid).children(recursive=True)
-    java = [p for p in tree if "java" in " ".join(p.cmdline())]
-    assert java and any("model_service_worker" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
+    proc, port, tree = serving(tiny_job)
+    assert any("model_service_worker" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
     guard = next(p for p in tree if "localsage.groupguard" in " ".join(p.cmdline()))
     workdir = guard.cmdline()[guard.cmdline().index("--cleanup") + 1]
     assert os.path.isdir(workdir)

@@ -33,7 +33,7 @@ _ids = itertools.count()
 
 class Ring:
     def __init__(self, workers: int, slots: int, shape: tuple):
-        self.id = f"{id(self)}-{next(_ids)}"
+        self.id = next(_ids)  # rings are made in the main process only, which is where batches are received
         self.workers, self.slots, self.shape = workers, slots, tuple(shape)  # one slot: (batch, h, w, c)
         self.data = torch.empty((workers * slots, *self.shape), dtype=torch.uint8).share_memory_()
         self.busy = torch.zeros(workers * slots, dtype=torch.int32).share_memory_()

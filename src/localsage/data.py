@@ -219,7 +219,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __init__(self, paths, targets, transform, draft_size=None, strict=False, cache=None):
         self.paths, self.targets = paths, targets
         self.transform, self.draft_size, self.strict, self.cache = transform, draft_size, strict, cache
-        self._buf = None  # the read buffer of cached entries, one per process (made after the fork)
+        self._buf = ReadBuffer()  # the read buffer of cached entries (each forked worker has its own copy)
         self.ring = None  # reused shared-memory batch slots (make_loader sets them for the train loader)
 
     def __len__(self):
@@ -257,8 +257,6 @@ class ImageDataset(torch.utils.data.Dataset):
             n = len(indexes) * h * w * 3
             storage = torch.UntypedStorage._new_shared(n) if worker is not None else torch.UntypedStorage(n)
             batch = torch.empty(0, dtype=torch.uint8).set_(storage).view(len(indexes), h, w, 3)
-        if self._buf is None:
-            self._buf = ReadBuffer()
         good, bad = [], []
         for i in indexes:  # each image is read and written into its slot while it is still in the CPU's cache
             img = self.load(i, self._buf)

@@ -10,7 +10,7 @@ process group, and on SIGTERM/SIGINT/SIGHUP or its owner's death it sends SIGTER
 up to --grace seconds, SIGKILLs whatever is left, removes --cleanup (the server's private temp
 folder) and exits with CMD's status (128 + signal when it was stopped).
 
-Stdlib only, no localsage imports (it runs as its own process).
+Stdlib and localsage.procs only (it runs as a process of its own, started for every server).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from . import procs
 
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -45,18 +47,13 @@ def stop_group(pgid: int, child: subprocess.Popen, grace: float) -> None:
 
 
 def _members(pgid: int) -> list:
-    """PIDs of the group's processes other than this one (from /proc)."""
+    """PIDs of the group's live processes other than this one."""
     me, out = os.getpid(), []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(entry))
+        if entry.isdigit() and int(entry) != me:
+            fields = procs.stat_fields(entry)
+            if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                out.append(int(entry))
     return out
 
 

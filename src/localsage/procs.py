@@ -26,16 +26,23 @@ def _boot_id() -> str:
         return ""
 
 
-def start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces)."""
+def stat_fields(pid: int) -> list | None:
+    """The fields of /proc/<pid>/stat after the parenthesised command name (which may hold spaces):
+    [0] state, [2] process group, [19] start time in clock ticks; None when there is no such process."""
     try:
         with open(f"/proc/{int(pid)}/stat") as f:
-            stat = f.read()
-    except (OSError, ValueError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
         return None
+    return fields if len(fields) > 19 else None
+
+
+def start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when the process started."""
+    fields = stat_fields(pid)
     try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
+        return int(fields[19]) if fields else None
+    except ValueError:
         return None
 
 
@@ -53,17 +60,12 @@ def alive(owner: dict | None) -> bool | None:
         return None
     if owner.get("boot") and owner["boot"] != _boot_id():
         return False  # rebooted since: every process of that boot is gone
-    now = start_ticks(owner["pid"])
-    if now is None:
+    fields = stat_fields(owner["pid"])
+    if fields is None:
         return False
-    if owner.get("start") is not None and now != owner["start"]:
+    if owner.get("start") is not None and fields[19] != str(owner["start"]):
         return False  # the PID was reused
-    try:
-        with open(f"/proc/{int(owner['pid'])}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")  # a zombie is dead, only not yet reaped
-    except (OSError, IndexError):
-        return False
+    return fields[0] not in ("Z", "X")  # a zombie is dead, only not yet reaped
 
 
 def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None):
