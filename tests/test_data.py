@@ -225,6 +225,7 @@ def test_cache_reads_into_a_reused_buffer_match_fresh_reads(tmp_path):
 
 
 def test_normalize_matches_the_formula_in_the_requested_layout():
+    threads = torch.get_num_threads()
     mean = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1) * 255
     nchw = torch.randint(0, 256, (4, 3, 20, 24), dtype=torch.uint8)
@@ -240,6 +241,7 @@ def test_normalize_matches_the_formula_in_the_requested_layout():
             assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
             assert torch.equal(out, one_pass)
+            assert torch.get_num_threads() == threads  # its one-thread loop gives the threads back
 
 
 # ------------------------------------------------------------------ the decoded-image cache
@@ -432,3 +434,16 @@ def test_preprocess_spec_builds_the_transforms_and_goes_into_model_config(tmp_pa
     export.save_model(tmp_path / "model", {}, config)
     written = json.loads((tmp_path / "model" / export.CONFIG_FILE).read_text())
     assert written["preprocess"] == json.loads(json.dumps(spec))
+
+
+def test_amp_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog):
+    from localsage import recipe
+
+    monkeypatch.setattr(recipe, "cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="localsage.train"):
+        assert recipe.amp_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
+    assert "no bfloat16 instructions" in caplog.text
+    monkeypatch.setattr(recipe, "cpu_has_bf16", lambda: True)
+    caplog.clear()
+    assert recipe.amp_dtype(torch.device("cpu"), "bf16") is torch.bfloat16 and not caplog.text
+    assert recipe.amp_dtype(torch.device("cpu"), "auto") is None
