@@ -18,7 +18,7 @@ help: ## list the targets
 $(BIN)/localsage: requirements.txt pyproject.toml
 	@command -v java >/dev/null || echo "note: no Java found; TorchServe needs a JRE 17 (apt-get install openjdk-17-jre-headless)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt pytest
+	$(BIN)/pip install -q -r requirements.txt pytest==9.2.0 pytest-timeout==2.4.0
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/pip check
 	@touch $@

@@ -107,7 +107,12 @@ def engine():
         client.ping()
     except Exception as exc:  # no SDK, no socket, engine down
         _unavailable(f"no docker engine: {type(exc).__name__}: {exc}")
-    return client
+    before = {c.id for c in client.containers.list(all=True)}
+    yield client
+    # the SDK's local mode stops its containers on delete_endpoint / after a job but does not remove them
+    for c in client.containers.list(all=True, filters={"status": "exited"}):
+        if c.id not in before:
+            c.remove()
 
 
 @pytest.fixture(scope="session")

@@ -122,8 +122,10 @@ def test_healthy_run_raises_no_false_alarms_and_keeps_tensors(trained_job):
     for name in rules.ALL_RULES:  # every verdict is on disk with the documented fields
         saved = json.loads((job_dir / "output" / "rules" / f"{name}.json").read_text())
         assert {"rule", "triggered", "datapoints", "violations", "parameters", "recommendation"} <= set(saved)
-    with tarfile.open(job_dir / "output.tar.gz") as tar:
-        assert any(n.startswith("tensors/index/") for n in tar.getnames())
+    with tarfile.open(job_dir / "output.tar.gz") as tar:  # as on SageMaker: tensors are uploaded apart
+        names = tar.getnames()
+    assert "data/metrics.jsonl" in names and not any(n.split("/")[0] in ("tensors", "profiler") for n in names), names
+    assert any((tensors / "index").iterdir())
 
 
 def test_far_too_high_learning_rate_is_called_a_divergence(demo_data, jobs_dir):
@@ -302,6 +304,40 @@ def test_forced_smdebug_write_failure_is_reported(tmp_path, smdebug_agent_reset,
                 assert any("debug-strict=false" in r.getMessage() for r in caplog.records)
         assert smdebug_agent_reset.disable_smdebug, "the fault was not planted: smdebug kept saving"
         __import__("atexit").unregister(hook._cleanup)  # its exit-time flush would fail on the same file
+
+
+def test_a_full_disk_under_smdebug_fails_the_step_instead_of_hanging(tmp_path, smdebug_agent_reset, monkeypatch):
+    """smdebug writes event files from a thread: an OSError there (ENOSPC) used to kill the thread and leave
+    the next flush waiting forever on its queue (a CI run hung 48 minutes). Now the step fails."""
+    import errno
+    import threading
+
+    from smdebug.core.access_layer import file as smdebug_file
+
+    net, crit = TinyNet(), nn.CrossEntropyLoss()
+    hook = hook_mod.create(net, crit, contract_for(tmp_path / "full"), {"debug": True, "debug-train-interval": 1,
+                                                                       "debug-tensor-interval": 1})
+    hook_mod.set_mode(hook, "train")
+    def full(self, _bytes):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(smdebug_file.TSAccessFile, "write", full)
+    outcome = {}
+    def steps():
+        try:
+            for x, y in random_batches(n=4):
+                crit(net(x), y).backward()
+            hook_mod.close(hook)
+            outcome["ok"] = True
+        except Exception as e:  # noqa: BLE001 -- the outcome under test
+            outcome["error"] = e
+    worker = threading.Thread(target=steps, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the training loop hangs on smdebug's dead writer thread"
+    assert "error" in outcome or smdebug_agent_reset.disable_smdebug, outcome
+    if "error" in outcome:
+        assert isinstance(outcome["error"], (hook_mod.WriterThreadDied, hook_mod.DebuggerWriteError)), outcome
+    __import__("atexit").unregister(hook._cleanup)
 
 
 def test_tensors_written_by_a_debug_loop(tmp_path):

@@ -64,6 +64,9 @@ def check_name(name) -> str:
     return name
 
 
+OUTPUT_UPLOADED_APART = (contract.tensors_dir("").name, contract.profiler_dir("").name)
+
+
 def write_record(job_dir: Path, record: dict) -> None:
     files.atomic_write_json(Path(job_dir) / RECORD, record, default=str)
 
@@ -72,14 +75,16 @@ def read_record(job_dir) -> dict:
     return json.loads((Path(job_dir) / RECORD).read_text())
 
 
-def pack(src: Path, dest: Path) -> Path | None:
-    """Tar+gzip the contents of src (SageMaker's model.tar.gz / output.tar.gz have no top folder)."""
+def pack(src: Path, dest: Path, leave_out=()) -> Path | None:
+    """Tar+gzip the contents of src (SageMaker's model.tar.gz / output.tar.gz have no top folder), without
+    the top-level entries named in leave_out."""
     if not src.is_dir():
         return None
     def write(f):
         with tarfile.open(fileobj=f, mode="w:gz", compresslevel=1) as tar:
             for child in sorted(src.iterdir()):
-                tar.add(child, arcname=child.name)
+                if child.name not in leave_out:
+                    tar.add(child, arcname=child.name)
 
     files.atomic_write(dest, write)
     return dest
@@ -104,7 +109,9 @@ def finish(job_dir: Path, record: dict, status: str, reason: str | None, code, e
         copy_inference_code(script, job_dir)
     if status == "Completed":
         artifacts["model"] = str(pack(job_dir / "model", job_dir / "model.tar.gz"))
-    out = pack(job_dir / "output", job_dir / "output.tar.gz")
+    # SageMaker uploads debugger tensors and profiler traces on their own (debug-output/, profiler-output/),
+    # never inside output.tar.gz: they stay in output/ (hundreds of MB of weights would be packed twice)
+    out = pack(job_dir / "output", job_dir / "output.tar.gz", leave_out=OUTPUT_UPLOADED_APART)
     if out:
         artifacts["output"] = str(out)
     summary_file = job_dir / "output" / "data" / "summary.json"

@@ -19,6 +19,9 @@ smdebug quirks handled here (facts from smdebug 1.0.34's source):
   hook's configuration is smdebug's default one (losses only), e.g. numpy 2's removed
   `ndarray.tostring`. `Verifier` checks the files of the first saved step exist and raises
   DebuggerWriteError (debug-strict=true) or logs an error (false) otherwise;
+- each event file is written by a background thread; an OSError there (a full disk) kills the thread
+  and smdebug's next flush waits forever on its queue. `_fail_instead_of_waiting` makes put/flush
+  raise WriterThreadDied once the thread is gone, so the job fails (or smdebug disables itself);
 - the hook refuses an out_dir whose previous run ended (training_job_end.ts): a re-run of the same
   job folder moves the old tensors aside to tensors.<n>.
 """
@@ -38,6 +41,45 @@ from .constants import (ACTIVATION_RULES, DENSE_STEPS, LABELS_NAME, LOGITS_NAME,
 
 class DebuggerWriteError(RuntimeError):
     """smdebug was asked to save tensors and wrote nothing."""
+
+
+class WriterThreadDied(OSError):
+    """smdebug's event-writer thread is gone (its own traceback, e.g. ENOSPC, is above)."""
+
+
+def _fail_instead_of_waiting():
+    """Patch smdebug's EventFileWriter (once) so that a dead writer thread raises instead of blocking."""
+    import queue
+
+    from smdebug.core.tfevent import event_file_writer as efw
+
+    if getattr(efw.EventFileWriter, "_localsage_guarded", False):
+        return
+
+    def check(self):
+        if not self._worker.is_alive():
+            raise WriterThreadDied(f"smdebug's writer thread for {self._path} died (see its traceback above: "
+                                   "a full disk?); the event file is incomplete")
+
+    def write_event(self, event):
+        while True:
+            check(self)
+            try:
+                return self._event_queue.put(event, timeout=0.5)
+            except queue.Full:
+                continue
+
+    def flush(self):  # Queue.join, waking every 0.5 s to see whether the thread is still there
+        q = self._event_queue
+        with q.all_tasks_done:
+            while q.unfinished_tasks:
+                check(self)
+                q.all_tasks_done.wait(0.5)
+        self._ev_writer.flush()
+
+    efw.EventFileWriter.write_event = write_event
+    efw.EventFileWriter.flush = flush
+    efw.EventFileWriter._localsage_guarded = True
 
 
 def _quiet_smdebug():
@@ -66,6 +108,7 @@ def create(model, loss_module, contract, hp):
         return None
     _quiet_smdebug()
     import smdebug.pytorch as smd
+    _fail_instead_of_waiting()
     from smdebug import modes
     from smdebug.core.save_config import SaveConfig, SaveConfigMode
 
