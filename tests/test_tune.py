@@ -16,6 +16,7 @@ from glob import glob
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import yaml
 
@@ -243,6 +244,31 @@ def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path,
     assert failed.user_attrs["failure_reason"] == record["FailureReason"]
     assert result["best_trial"] == 1 and result["trials"] == {"COMPLETE": 1, "FAIL": 1}
     assert json.loads((jobs / "tune-crash" / "best_hyperparameters.json").read_text())["freeze"] == "none"
+
+
+def test_a_trial_past_max_run_is_stopped_failed_and_counted(tmp_path, small_data):
+    """max_run is SageMaker's MaxRuntimeInSeconds for every trial: a script that hangs (e.g. smdebug's writer
+    thread dead on a full disk) is stopped, its trial fails with the reason and counts against the budget."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hang.py").write_text("import time\nprint('valid_loss=0.5', flush=True)\ntime.sleep(600)\n")
+    jobs = tmp_path / "jobs"
+    config = {"space": {"lr": {"values": [0.1, 0.2]}}, "trials": 2, "pruner": "none", "max_run": 3,
+              "entry_point": "hang.py", "source_dir": str(src), "metric_definitions": {"valid_loss": "valid_loss=([0-9.]+)"},
+              "objective": {"metric": "valid_loss", "type": "minimize"}}
+    started = time.time()
+    result = tune.run(tune.build(config, {"data": str(small_data), "study": "hang"}, jobs_dir=jobs), echo=False)
+    assert time.time() - started < 120
+    trials = load("hang", jobs).get_trials()
+    assert [tr.state.name for tr in trials] == ["FAIL", "FAIL"] and result["trials"] == {"FAIL": 2}
+    for tr in trials:
+        assert tr.user_attrs["failure_reason"].startswith(runner.MAX_RUNTIME), tr.user_attrs
+        assert not tr.user_attrs.get("interrupted")  # counted: --resume does not run it again
+        record = runner.describe(tr.user_attrs["job_name"], jobs)
+        assert record["TrainingJobStatus"] == "Stopped" and record["SecondaryStatus"] == runner.MAX_RUNTIME
+    assert not [c for c in psutil.Process().children(recursive=True) if "hang.py" in " ".join(c.cmdline())]
+    with pytest.raises(tune.TuneError, match="max_run"):
+        tune.build({**config, "max_run": 0}, {"data": str(small_data), "study": "hang"}, jobs_dir=jobs)
 
 
 @pytest.mark.integration
@@ -561,9 +587,10 @@ def test_sagemaker_dry_run_of_a_script_study(tmp_path, capsys):
     config = write_config(tmp_path / "tune.yaml", fixed=SCRIPT_FIXED, trials=6,
                           space={"lr": {"type": "float", "min": 1e-4, "max": 1e-2, "scale": "log"}})
     assert cli_main(["tune", "--backend", "sagemaker", "--dry-run", "--config", str(config), *script_args(),
-                     "--s3-data", "s3://bucket/dogs", "--study", "dogs_script"]) == 0
+                     "--s3-data", "s3://bucket/dogs", "--study", "dogs_script", "--max-run", "5400"]) == 0
     captured = capsys.readouterr()
     request = json.loads(captured.out)
+    assert request["TrainingJobDefinition"]["StoppingCondition"]["MaxRuntimeInSeconds"] == 5400
     tune.validate_request(request)
     job = request["TrainingJobDefinition"]
     static = job["StaticHyperParameters"]

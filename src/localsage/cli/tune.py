@@ -31,6 +31,8 @@ def add_parser(subparsers):
     p.add_argument("--metric-definition", action="append", metavar="NAME=REGEX",
                    help="script mode: a metric read from the script's log (repeatable; SageMaker metric_definitions)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--max-run", type=int, help="seconds a trial's job may run before it is stopped and failed "
+                                                "(SageMaker's MaxRuntimeInSeconds; default: no limit locally)")
     p.add_argument("--backend", help="process | docker | sagemaker-local | sagemaker (SageMaker HPO)")
     p.add_argument("--image", help="container image (docker, sagemaker-local, sagemaker)")
     p.add_argument("--gpus", help="GPU ids for the parallel trials, e.g. 0,1 (default: all visible)")
@@ -54,7 +56,7 @@ def cmd_tune(args):
         raw = tune.load_yaml(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in ("data", "trials", "parallel", "storage", "study", "sampler", "pruner",
                                                "objective", "objective_type", "seed", "backend", "image", "gpus",
-                                               "entry_point", "source_dir")}
+                                               "entry_point", "source_dir", "max_run")}
     if args.metric_definition:
         overrides["metric_definitions"] = args.metric_definition
     if args.no_prune:

@@ -19,6 +19,7 @@ SETTINGS = {  # name: default; each can come from the YAML file or the command l
     "objective_type": None, "sampler": "tpe", "pruner": "successive-halving", "seed": 0, "backend": "process",
     "image": None, "prune_startup_trials": 2, "prune_warmup_steps": 0, "gpus": None,
     "entry_point": None, "source_dir": None, "metric_definitions": None,
+    "max_run": None,  # seconds a trial's job may run (SageMaker's MaxRuntimeInSeconds); None: no limit locally
 }
 # Trial jobs of the built-in trainer record no debugger tensors unless the config's fixed hyperparameters
 # ask for them: the hook's full save at step 0 is ~90 MB (resnet18) to ~200 MB (resnet50) per job, GBs per
@@ -79,7 +80,7 @@ class Tuning:
 
     def stored(self) -> dict:
         """The config in YAML form, kept in the study: --resume needs nothing else."""
-        keep = ("trials", "sampler", "pruner", "seed", "prune_startup_trials", "prune_warmup_steps")
+        keep = ("trials", "sampler", "pruner", "seed", "prune_startup_trials", "prune_warmup_steps", "max_run")
         out = {**{k: self.settings[k] for k in keep}, "data": str(Path(self.data).resolve()) if self.data else None,
                "objective": self.objective, "space": {n: d.to_yaml() for n, d in self.space.items()},
                "fixed": hyperparameters.to_strings(self.fixed), "enqueue": self.enqueue}
@@ -206,6 +207,9 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
     for key, least in (("trials", 1), ("parallel", 1), ("prune_startup_trials", 0), ("prune_warmup_steps", 0)):
         if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < least:
             raise TuneError(f"{key} must be a whole number >= {least}, got {settings[key]!r}")
+    max_run = settings["max_run"]
+    if max_run is not None and (not isinstance(max_run, int) or isinstance(max_run, bool) or max_run < 1):
+        raise TuneError(f"max_run must be a whole number of seconds >= 1, got {max_run!r}")
     if not str(settings["study"]).replace("-", "").replace("_", "").isalnum():
         raise TuneError(f"study name {settings['study']!r}: use letters, digits, - and _")
     return Tuning(settings, space, fixed, list(enqueue))

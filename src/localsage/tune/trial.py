@@ -90,7 +90,7 @@ def run_job(study, trial, params: dict, slot: int) -> str:
         if study.halt.is_set():
             stop.set()
         record = runner.train(t.data, hp, backend=t.backend, name=name, jobs_dir=t.jobs_dir, image=t.image,
-                              on_metrics=on_metrics, env=env, stop=stop, echo=study.echo,
+                              on_metrics=on_metrics, env=env, stop=stop, echo=study.echo, max_run=t.max_run,
                               tags={"tune-study": t.study, "tune-trial": str(trial.number)}, **script)
     finally:
         study.running.discard(stop)
@@ -130,7 +130,7 @@ def trial_outcome(study, trial, record: dict, value, pruned: bool) -> str:
         record["StopReason"] = reason
         runner.write_record(Path(record["JobDir"]), record)
     trial.set_user_attr("failure_reason", reason)
-    if status == "Stopped":
+    if status == "Stopped" and not reason.startswith(runner.MAX_RUNTIME):  # a job over max_run counts
         trial.set_user_attr("interrupted", True)
     study.study.tell(trial, state=TrialState.FAIL)
     study.log(f"trial {trial.number} failed: {reason}")
