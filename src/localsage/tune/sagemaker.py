@@ -28,8 +28,8 @@ def sagemaker_tuner(t: Tuning, session=None, image=None, role=None, instance_typ
               "metric_definitions": t.metric_definitions} if t.script else {}
     opts = cloud.TrainingOptions(output_path=output_path or DRY_RUN_OUTPUT, role=role, image=image,
                                  instance_type=instance_type, region=region,
-                                 debug_tensors=str(t.fixed.get("debug", "false")).lower() == "true", **script,
-                                 **({"max_run": t.max_run} if t.max_run else {}))
+                                 debug_tensors=str(t.fixed.get("debug", "false")).lower() == "true",
+                                 max_run=t.max_run or cloud.DEFAULT_MAX_RUN, **script)
     base = t.study[:20].rstrip("-_").replace("_", "-") or "tune"
     package = None
     if t.script:

@@ -204,12 +204,13 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
         raise TuneError(f"sampler must be one of {', '.join(SAMPLERS)}, got {settings['sampler']!r}")
     if settings["pruner"] not in PRUNERS:
         raise TuneError(f"pruner must be one of {', '.join(PRUNERS)}, got {settings['pruner']!r}")
-    for key, least in (("trials", 1), ("parallel", 1), ("prune_startup_trials", 0), ("prune_warmup_steps", 0)):
-        if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < least:
-            raise TuneError(f"{key} must be a whole number >= {least}, got {settings[key]!r}")
-    max_run = settings["max_run"]
-    if max_run is not None and (not isinstance(max_run, int) or isinstance(max_run, bool) or max_run < 1):
-        raise TuneError(f"max_run must be a whole number of seconds >= 1, got {max_run!r}")
+    for key, least in (("trials", 1), ("parallel", 1), ("prune_startup_trials", 0), ("prune_warmup_steps", 0),
+                       ("max_run", 1)):
+        value = settings[key]
+        if key == "max_run" and value is None:  # the one optional count: no limit
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise TuneError(f"{key} must be a whole number >= {least}, got {value!r}")
     if not str(settings["study"]).replace("-", "").replace("_", "").isalnum():
         raise TuneError(f"study name {settings['study']!r}: use letters, digits, - and _")
     return Tuning(settings, space, fixed, list(enqueue))

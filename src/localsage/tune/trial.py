@@ -130,7 +130,7 @@ def trial_outcome(study, trial, record: dict, value, pruned: bool) -> str:
         record["StopReason"] = reason
         runner.write_record(Path(record["JobDir"]), record)
     trial.set_user_attr("failure_reason", reason)
-    if status == "Stopped" and not reason.startswith(runner.MAX_RUNTIME):  # a job over max_run counts
+    if status == "Stopped" and record.get("SecondaryStatus") != runner.MAX_RUNTIME:  # a job over max_run counts
         trial.set_user_attr("interrupted", True)
     study.study.tell(trial, state=TrialState.FAIL)
     study.log(f"trial {trial.number} failed: {reason}")
