@@ -193,6 +193,15 @@ def tiny_job(small_data, tmp_path_factory):
     return jobs
 
 
+def port_free(port):
+    """Nothing listens on the port any more (SO_REUSEADDR, as every server binds: a connection of the
+    server's in TIME_WAIT does not count, a listening socket does)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+
+
 def serving(jobs_dir):
     """`localsage serve` of the tiny job, once it answers /ping: (CLI process, port, its process tree)."""
     import requests
@@ -218,8 +227,7 @@ def test_sigterm_to_serve_stops_torchserve(tiny_job):
     assert proc.returncode in (0, 130)
     _, alive = psutil.wait_procs(tree, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
-    with socket.socket() as s:  # the port is free again
-        s.bind(("127.0.0.1", port))
+    port_free(port)
 
 
 def test_sigkill_to_serve_takes_the_jvm_and_workers_down(tiny_job):
@@ -235,8 +243,7 @@ def test_sigkill_to_serve_takes_the_jvm_and_workers_down(tiny_job):
     _, alive = psutil.wait_procs(tree, timeout=40)
     assert not alive, [p.cmdline() for p in alive]
     assert not os.path.exists(workdir)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+    port_free(port)
 
 
 def test_groupguard_stops_the_whole_group_when_its_owner_is_killed(tmp_path):

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .servefiles import serve_module
 from .serving import LocalServer, _bin, _jobs_dir, serve_dir
 
 class ScriptLoadError(RuntimeError):
@@ -18,15 +19,8 @@ class ScriptLoadError(RuntimeError):
 
 
 def script_stage():
-    """serve/script_stage.py as a module (it lives beside the handlers, outside this package)."""
-    import importlib.util
-
-    if "localsage_script_stage" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("localsage_script_stage", serve_dir() / "script_stage.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["localsage_script_stage"] = module
-    return sys.modules["localsage_script_stage"]
+    """serve/script_stage.py as a module."""
+    return serve_module("script_stage.py")
 
 
 def extract_model_tar(tarball, dest) -> Path:

@@ -32,11 +32,18 @@ def handler_files() -> list:
 
 
 @functools.lru_cache(maxsize=None)
+def serve_module(filename):
+    """A module of serve/ (it lives beside the handlers, outside this package), loaded once from its file."""
+    name = "localsage_serve_" + filename.removesuffix(".py")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, serve_dir() / filename)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
 def serving_defaults():
     """serve/handler_defaults.py, the one place for serving defaults (workers, batching, timeout,
     topk, handler limits); the handler ships it, so it is read here from its file."""
-    path = serve_dir() / DEFAULTS_FILE
-    spec = importlib.util.spec_from_file_location("localsage_handler_defaults", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return serve_module(DEFAULTS_FILE)

@@ -23,6 +23,7 @@ from . import procs
 from .export import (  # noqa: F401 - re-exported for callers of the serving API
     HANDLER_FILE, MANIFEST, MODEL_CONFIG_YAML, handler_files, make_torchserve_dir, serve_dir, serving_defaults,
 )
+from .servefiles import serve_module
 
 
 def _jobs_dir(jobs_dir):
@@ -118,20 +119,22 @@ class LocalServer:
     """TorchServe as a child process group on loopback, with a private temp dir (TorchServe keeps
     its pid file and worker sockets in TMPDIR, so several servers can run side by side).
 
-    Inference and metrics on loopback HTTP; the management API only on a unix socket inside the
+    Inference on loopback HTTP through serve/front.py (TorchServe's own inference API is a unix
+    socket in the private folder), metrics on loopback HTTP; the management API only on a unix socket inside the
     private (0700) temp dir, as serve/serve does, so no other user and no web page posting to
     loopback can reach it; allowed_urls matches nothing (no model or workflow fetched from a URL)."""
 
     def __init__(self, models: dict, port=8080, metrics_port=8082, grpc_ports=(7070, 7071),
-                 host="127.0.0.1", env=None, log_path=None, extra_properties=None):
+                 host="127.0.0.1", env=None, log_path=None, extra_properties=None, front=True):
         self.models = {name: Path(d) for name, d in models.items()}
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
         self.workdir = Path(tempfile.mkdtemp(prefix="localsage-ts-"))  # mode 0700
         self.management_socket = self.workdir / "management.sock"
+        self.inference_socket = self.workdir / "inference.sock"  # behind serve/front.py on host:port
         props = read_properties(serve_dir() / "config.properties")
         props.update({
-            "inference_address": f"http://{host}:{port}",
+            "inference_address": f"unix:{self.inference_socket}" if front else f"http://{host}:{port}",
             "management_address": f"unix:{self.management_socket}",
             "metrics_address": f"http://127.0.0.1:{metrics_port}",
             # TorchServe always starts gRPC too; two servers must not share these ports
@@ -141,6 +144,11 @@ class LocalServer:
         })
         props.update(extra_properties or {})
         self.metrics_url = props["metrics_address"]
+        # serve/front.py on host:port before TorchServe: forms TorchServe's Java frontend cannot decode (it
+        # answers them 500) and malformed HTTP get 4xx JSON; everything else is passed on unchanged
+        # (front=False: TorchServe's own frontend on host:port, for bench/front.py's comparison)
+        self.front = serve_module("front.py").command(f"{host}:{port}", self.inference_socket, props["max_request_size"],
+                                                       props["default_response_timeout"]) if front else []
         self.config = self.workdir / "config.properties"
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "store").mkdir()
@@ -167,7 +175,7 @@ class LocalServer:
         specs = []
         for name, d in self.models.items():  # a model dir in place, or a .mar copied into the store
             specs.append(f"{name}={d.name if d.suffix == '.mar' else d.resolve()}")
-        return [_bin("torchserve"), "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(self.config),
+        return [*self.front, _bin("torchserve"), "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(self.config),
                 "--model-store", str(self.workdir / "store"), "--models", *specs]
 
     def start(self, wait_s=180.0):
