@@ -164,6 +164,31 @@ def test_sigkill_to_docker_train_next_command_removes_the_orphan(engine, image, 
     assert record_of(jobs, "kill-docker")["TrainingJobStatus"] == "Stopped"
 
 
+def test_sigkill_to_sagemaker_local_train_next_command_removes_its_containers(engine, image, small_data, tmp_path):
+    """SDK local mode starts the containers through docker-compose: after a SIGKILL of the CLI they ran on
+    (and compose with them) until `jobs list` reconciled the record: now it removes them too."""
+    jobs = tmp_path / "jobs"
+    hps = [a for k, v in LONG_HP.items() for a in ("--hp", f"{k}={v}")]
+    proc = cli("train", "--data", str(small_data), "--jobs-dir", str(jobs), "--name", "kill-sml",
+               "--backend", "sagemaker-local", "--image", image, *hps)
+    assert wait_for(lambda: [c for c in containers_of(engine, "kill-sml") if c.status == "running"], 300), _out(proc)
+    [container] = containers_of(engine, "kill-sml")
+    assert json.loads(container.labels[docker_backend.OWNER_LABEL])["pid"] == proc.pid
+    children = psutil.Process(proc.pid).children(recursive=True)  # docker-compose
+    proc.kill()
+    proc.communicate(timeout=30)
+    time.sleep(2)
+    assert containers_of(engine, "kill-sml"), "expected the containers to outlive a SIGKILLed CLI until reaped"
+    listed = subprocess.run([sys.executable, "-m", "localsage", "jobs", "list", "--jobs-dir", str(jobs)],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert not containers_of(engine, "kill-sml")
+    record = record_of(jobs, "kill-sml")
+    assert record["TrainingJobStatus"] == "Stopped" and "killed?" in record["StopReason"]
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, [p.cmdline() for p in alive]
+
+
 def test_docker_container_names_are_unique_per_run():
     assert docker_backend.container_name("a") != docker_backend.container_name("a")
     assert docker_backend.container_name("job-1").startswith("localsage-job-1-")

@@ -177,7 +177,8 @@ def describe(name, jobs_dir=None, refresh=False) -> dict:
 
 def reconcile(job_dir: Path, record: dict, engine=None) -> dict:
     """An InProgress record whose owner (the localsage process that ran it) is gone: stop what it
-    left running (the process backend's child, the docker backend's container) and record the job
+    left running (the process backend's child, the docker backend's container, SDK local mode's
+    containers) and record the job
     Stopped with the reason. Records of live owners, or owners on another host, are left alone."""
     if record.get("TrainingJobStatus") != "InProgress" or procs.alive(record.get("Owner")) is not False:
         return record
@@ -191,6 +192,10 @@ def reconcile(job_dir: Path, record: dict, engine=None) -> dict:
         from .backends import docker as docker_backend
 
         docker_backend.remove(container, engine)
+    elif record.get("Backend") == "sagemaker-local":  # the SDK's algo-N containers (and its compose then exits)
+        from .backends import docker as docker_backend
+
+        docker_backend.remove_owned(record["TrainingJobName"], owner, engine)
     started = datetime.fromisoformat(record["TrainingStartTime"]) if record.get("TrainingStartTime") else None
     elapsed = (datetime.now(timezone.utc) - started).total_seconds() if started else 0.0
     reason = (f"the localsage process that ran the job (pid {owner.get('pid')}) ended without recording "

@@ -103,7 +103,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     jobs_dir = jobs_root(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     module = backends.get(backend)
-    reap(jobs_dir, docker=backend == "docker")  # containers and records a killed localsage left behind
+    # containers and records a killed localsage left behind
+    reap(jobs_dir, docker=backend in ("docker", "sagemaker-local"))
     script = None
     if entry_point:
         script = Script(entry_point, Path(source_dir) if source_dir else None, distribution_of(distribution),

@@ -60,6 +60,33 @@ def remove(name: str, engine=None) -> bool:
         return False
 
 
+def remove_owned(job_name: str, owner: dict, engine=None) -> list:
+    """Remove the containers of job `job_name` that `owner` (a procs.identity()) started: the SDK local
+    mode's algo-N hosts carry the same labels as ours. Names removed; [] without an engine."""
+    try:
+        import docker
+    except ImportError:
+        return []
+    try:
+        engine = engine or client()
+        containers = engine.containers.list(all=True, filters={"label": f"{LABEL}={job_name}"})
+    except docker.errors.DockerException:
+        return []
+    removed = []
+    for container in containers:
+        try:
+            started_by = json.loads(container.labels.get(OWNER_LABEL, "{}"))
+        except ValueError:
+            continue
+        if started_by == owner:
+            try:
+                container.remove(force=True)
+                removed.append(container.name)
+            except docker.errors.APIError:
+                pass
+    return removed
+
+
 def reap_orphans(engine=None) -> list:
     """Remove every localsage container whose owner process (recorded in its labels) is dead."""
     try:
