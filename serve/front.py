@@ -32,6 +32,9 @@ import sys
 MAX_LINE = 4096  # Netty's HttpServerCodec defaults (TorchServe's frontend uses them)
 MAX_HEAD = 8192
 MAX_CHUNK_LINE = 4096
+# asyncio's read buffer: reading pauses past twice this, so a small one makes a 6 MB body thousands of
+# pause/resume cycles; the head limits above are checked on what was read instead
+STREAM_LIMIT = 1 << 20
 HEAD_TIMEOUT_S = 60  # a client idle (or trickling its head) this long is closed
 BODY_TIMEOUT_S = 60  # per read of a body
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -66,7 +69,8 @@ def json_response(code, kind, message, close=True, reason=None):
 async def read_head(reader, timeout):
     """The head's lines (bytes, no CRLF), or None on a clean end of the connection."""
     try:
-        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        async with asyncio.timeout(timeout):
+            raw = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as e:
         if not e.partial.strip():
             return None
@@ -124,7 +128,8 @@ def body_framing(index, max_body):
 
 async def read_exactly(reader, n, timeout):
     try:
-        return await asyncio.wait_for(reader.readexactly(n), timeout)
+        async with asyncio.timeout(timeout):
+            return await reader.readexactly(n)
     except asyncio.IncompleteReadError:
         raise Refused(400, "BadRequest", "the connection ended inside a request body") from None
     except asyncio.TimeoutError:
@@ -133,7 +138,8 @@ async def read_exactly(reader, n, timeout):
 
 async def read_line(reader, timeout, what):
     try:
-        line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+        async with asyncio.timeout(timeout):
+            line = await reader.readuntil(b"\r\n")
     except asyncio.IncompleteReadError:
         raise Refused(400, "BadRequest", f"the connection ended inside {what}") from None
     except asyncio.LimitOverrunError:
@@ -165,6 +171,16 @@ async def read_chunked(reader, max_body, timeout):
     return bytes(body)
 
 
+def send(writer, head, body):
+    """One write for a small message (one packet), two for a large one (no copy of a 6 MB body to join
+    them; Python 3.11's writelines joins)."""
+    if len(body) < 65536:
+        writer.write(head + body)
+    else:
+        writer.write(head)
+        writer.write(body)
+
+
 class Upstream:
     """TorchServe's inference socket: one connection per client connection, opened when first needed."""
 
@@ -172,19 +188,20 @@ class Upstream:
         self.path, self.timeout = path, timeout
         self.reader = self.writer = None
 
-    async def exchange(self, request, head_only):
-        """(status, header lines, body, upstream closes) of one request; Refused(5xx) when it fails."""
+    async def exchange(self, head, body, head_only):
+        """(status, status line, header lines, body) of one request; Refused(5xx) when it fails."""
         for attempt in (1, 2):
             fresh = self.writer is None
             if fresh:
                 try:
-                    self.reader, self.writer = await asyncio.open_unix_connection(self.path, limit=1 << 16)
+                    self.reader, self.writer = await asyncio.open_unix_connection(self.path, limit=STREAM_LIMIT)
                 except OSError:
                     raise Refused(503, "ServiceUnavailable", "the model server is not running (yet)") from None
             try:
-                self.writer.write(request)
+                send(self.writer, head, body)
                 await self.writer.drain()
-                return await asyncio.wait_for(self._response(head_only), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    return await self._response(head_only)
             except asyncio.TimeoutError:
                 self.close()
                 raise Refused(504, "GatewayTimeout", f"the model server did not answer within {self.timeout} s") from None
@@ -285,9 +302,9 @@ async def serve_connection(reader, writer, upstream_path, max_body, timeout):
             out += [n + b": " + v for n, v in headers if n.decode("ascii").lower() not in HOP_BY_HOP]
             if body or framing != "none" or method in (b"POST", b"PUT", b"PATCH"):
                 out.append(b"Content-Length: %d" % len(body))
-            request = b"\r\n".join(out) + b"\r\n\r\n" + body
+            head = b"\r\n".join(out) + b"\r\n\r\n"
             try:
-                status, status_line, resp_headers, resp_body = await upstream.exchange(request, method == b"HEAD")
+                status, status_line, resp_headers, resp_body = await upstream.exchange(head, body, method == b"HEAD")
             except Refused as e:  # TorchServe down or too slow: the request itself was whole, the connection stays
                 writer.write(json_response(e.code, e.kind, e.message, close=not keep_alive))
                 await writer.drain()
@@ -298,11 +315,11 @@ async def serve_connection(reader, writer, upstream_path, max_body, timeout):
             if refused is not None:
                 writer.write(json_response(*refused, close=not keep_alive))
             else:
-                head = [status_line, *resp_headers]
+                out = [status_line, *resp_headers]
                 if status not in (204, 304) and not (100 <= status < 200):
-                    head.append(b"Content-Length: %d" % len(resp_body))
-                head.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
-                writer.write(b"\r\n".join(head) + b"\r\n\r\n" + resp_body)
+                    out.append(b"Content-Length: %d" % len(resp_body))
+                out.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
+                send(writer, b"\r\n".join(out) + b"\r\n\r\n", resp_body)
             await writer.drain()
             if not keep_alive:
                 return
@@ -317,7 +334,7 @@ async def run(sock, upstream_path, cmd, max_body, timeout):
     loop = asyncio.get_running_loop()
     server = await asyncio.start_server(
         lambda r, w: serve_connection(r, w, upstream_path, max_body, timeout), sock=sock,
-        limit=MAX_LINE + MAX_HEAD + 4, backlog=1024)
+        limit=STREAM_LIMIT, backlog=1024)
     child = subprocess.Popen(cmd)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda s=sig: child.poll() is None and child.send_signal(signal.SIGTERM))
