@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,7 @@ log = logging.getLogger("localsage.data")
 
 MAGIC = b"LSD2"  # entry layout: MAGIC, uint32 height, width, channels, then HWC uint8 pixels
 HEADER = 16
+ENTRY_HEADER = struct.Struct("<4sIII")
 VERSION = "hwc-exif-2"  # part of every key: entries of an older layout are never read
 
 
@@ -113,17 +115,30 @@ def plan_cache(paths_by_split: dict, mode: str):
     return root
 
 
-def cache_key(path: str, draft_size) -> str:
+def cache_key(path: str, draft_size, st=None) -> str:
     import hashlib
 
-    st = os.stat(path)
+    st = st or os.stat(path)
     ident = f"{VERSION}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{draft_size or 0}"
     return hashlib.sha1(ident.encode()).hexdigest()
 
 
+_ENTRIES = {}  # (root, path, draft size) -> (size, mtime_ns, entry path): one hash a file, not one a read
+
+
 def entry_path(root: Path, path: str, draft_size) -> Path:
-    key = cache_key(path, draft_size)
-    return Path(root) / key[:2] / f"{key}.hwc"
+    """The entry of `path` (its size and mtime in the key: a changed source is a new entry). The source
+    is stat'ed on every call; the key's hash and the path are remembered while those stay the same."""
+    st = os.stat(path)
+    known = _ENTRIES.get((root, path, draft_size))
+    if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+        return known[2]
+    key = cache_key(path, draft_size, st)
+    file = Path(root) / key[:2] / f"{key}.hwc"
+    if len(_ENTRIES) >= 1_000_000:  # a bound, far past any dataset one process reads
+        _ENTRIES.clear()
+    _ENTRIES[(root, path, draft_size)] = (st.st_size, st.st_mtime_ns, file)
+    return file
 
 
 class ReadBuffer:
@@ -152,15 +167,12 @@ def read_entry(file: Path, into: ReadBuffer | None = None):
         if not stat.S_ISREG(st.st_mode) or size <= HEADER:
             return None
         buf = bytearray(size) if into is None else into.get(size)
-        with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-            if f.readinto(buf) != size:
-                return None
-        if buf[:4] != MAGIC:
+        if os.readv(fd, [buf]) != size:
             return None
-        h, w, c = np.frombuffer(buf, dtype="<u4", count=3, offset=4)
-        if c != 3 or size != HEADER + int(h) * int(w) * 3:
+        magic, h, w, c = ENTRY_HEADER.unpack_from(buf)
+        if magic != MAGIC or c != 3 or size != HEADER + h * w * 3:
             return None
-        return torch.frombuffer(buf, dtype=torch.uint8, offset=HEADER).view(int(h), int(w), 3).permute(2, 0, 1)
+        return torch.frombuffer(buf, dtype=torch.uint8, offset=HEADER).view(h, w, 3).permute(2, 0, 1)
     except (OSError, ValueError):
         return None
     finally:
