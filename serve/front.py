@@ -344,12 +344,13 @@ async def run(sock, upstream_path, cmd, max_body, timeout):
 
 
 def command(listen, upstream, max_body, response_timeout, python=sys.executable):
-    """The argv prefix that runs this front before a model server command (which follows `--`);
-    it waits 30 s past TorchServe's own response timeout (TorchServe answers that one itself)."""
+    """The argv prefix that runs this front before a model server command (which follows `--`).
+    TorchServe answers its own response timeout (a batch's inference) itself; the front only guards
+    against a hung server, so it waits twice that (queueing comes on top) plus 30 s."""
     import os
 
     return [python, os.path.realpath(__file__), "--listen", listen, "--upstream", str(upstream),
-            "--max-body", str(max_body), "--timeout", str(int(response_timeout) + 30), "--"]
+            "--max-body", str(max_body), "--timeout", str(2 * int(response_timeout) + 30), "--"]
 
 
 def parse_args(argv):

@@ -115,6 +115,20 @@ def unix_request(sock_path, method, path, timeout=10.0):
         conn.close()
 
 
+def longest_response_timeout(models: dict, props: dict) -> int:
+    """The longest responseTimeout of the models' model-config.yaml files and the server default."""
+    import yaml
+
+    longest = int(props.get("default_response_timeout", 120))
+    for d in models.values():
+        path = Path(d) / MODEL_CONFIG_YAML
+        try:
+            longest = max(longest, int((yaml.safe_load(path.read_text()) or {}).get("responseTimeout", 0)))
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+            continue  # a .mar, or no yaml: the default applies
+    return longest
+
+
 class LocalServer:
     """TorchServe as a child process group on loopback, with a private temp dir (TorchServe keeps
     its pid file and worker sockets in TMPDIR, so several servers can run side by side).
@@ -144,11 +158,7 @@ class LocalServer:
         })
         props.update(extra_properties or {})
         self.metrics_url = props["metrics_address"]
-        # serve/front.py on host:port before TorchServe: forms TorchServe's Java frontend cannot decode (it
-        # answers them 500) and malformed HTTP get 4xx JSON; everything else is passed on unchanged
-        # (front=False: TorchServe's own frontend on host:port, for bench/front.py's comparison)
-        self.front = serve_module("front.py").command(f"{host}:{port}", self.inference_socket, props["max_request_size"],
-                                                       props["default_response_timeout"]) if front else []
+        self.props, self.use_front = props, front  # front=False: TorchServe's own frontend on host:port (bench/front.py)
         self.config = self.workdir / "config.properties"
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "store").mkdir()
@@ -175,7 +185,12 @@ class LocalServer:
         specs = []
         for name, d in self.models.items():  # a model dir in place, or a .mar copied into the store
             specs.append(f"{name}={d.name if d.suffix == '.mar' else d.resolve()}")
-        return [*self.front, _bin("torchserve"), "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(self.config),
+        # serve/front.py on host:port before TorchServe: forms TorchServe's Java frontend cannot decode (it
+        # answers them 500) and malformed HTTP get 4xx JSON; everything else is passed on unchanged
+        front = serve_module("front.py").command(
+            f"{self.host}:{self.port}", self.inference_socket, self.props["max_request_size"],
+            longest_response_timeout(self.models, self.props)) if self.use_front else []
+        return [*front, _bin("torchserve"), "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(self.config),
                 "--model-store", str(self.workdir / "store"), "--models", *specs]
 
     def start(self, wait_s=180.0):
