@@ -147,20 +147,24 @@ def test_sigterm_to_docker_train_stops_and_removes_the_container(engine, image, 
     assert record["ExitCode"] == 143
 
 
+def kill_then_jobs_list_reaps(engine, proc, container, jobs, name):
+    """SIGKILL the CLI that owns `container`: the job's containers outlive it until `jobs list` removes them."""
+    assert json.loads(container.labels[docker_backend.OWNER_LABEL])["pid"] == proc.pid
+    proc.kill()
+    proc.communicate(timeout=30)
+    time.sleep(2)
+    assert containers_of(engine, name), "expected the containers to outlive a SIGKILLed CLI until reaped"
+    listed = subprocess.run([sys.executable, "-m", "localsage", "jobs", "list", "--jobs-dir", str(jobs)],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert not containers_of(engine, name)
+
+
 def test_sigkill_to_docker_train_next_command_removes_the_orphan(engine, image, small_data, tmp_path):
     jobs = tmp_path / "jobs"
     proc = start_train(small_data, jobs, "kill-docker", "--backend", "docker", "--image", image)
     [container] = containers_of(engine, "kill-docker")
-    owner = json.loads(container.labels[docker_backend.OWNER_LABEL])
-    assert owner["pid"] == proc.pid
-    proc.kill()
-    proc.communicate(timeout=30)
-    time.sleep(2)
-    assert containers_of(engine, "kill-docker"), "expected the container to outlive a SIGKILLed CLI until reaped"
-    listed = subprocess.run([sys.executable, "-m", "localsage", "jobs", "list", "--jobs-dir", str(jobs)],
-                            capture_output=True, text=True, timeout=120)
-    assert listed.returncode == 0, listed.stderr
-    assert not containers_of(engine, "kill-docker")
+    kill_then_jobs_list_reaps(engine, proc, container, jobs, "kill-docker")
     assert record_of(jobs, "kill-docker")["TrainingJobStatus"] == "Stopped"
 
 
@@ -173,16 +177,8 @@ def test_sigkill_to_sagemaker_local_train_next_command_removes_its_containers(en
                "--backend", "sagemaker-local", "--image", image, *hps)
     assert wait_for(lambda: [c for c in containers_of(engine, "kill-sml") if c.status == "running"], 300), _out(proc)
     [container] = containers_of(engine, "kill-sml")
-    assert json.loads(container.labels[docker_backend.OWNER_LABEL])["pid"] == proc.pid
     children = psutil.Process(proc.pid).children(recursive=True)  # docker-compose
-    proc.kill()
-    proc.communicate(timeout=30)
-    time.sleep(2)
-    assert containers_of(engine, "kill-sml"), "expected the containers to outlive a SIGKILLed CLI until reaped"
-    listed = subprocess.run([sys.executable, "-m", "localsage", "jobs", "list", "--jobs-dir", str(jobs)],
-                            capture_output=True, text=True, timeout=120)
-    assert listed.returncode == 0, listed.stderr
-    assert not containers_of(engine, "kill-sml")
+    kill_then_jobs_list_reaps(engine, proc, container, jobs, "kill-sml")
     record = record_of(jobs, "kill-sml")
     assert record["TrainingJobStatus"] == "Stopped" and "killed?" in record["StopReason"]
     _, alive = psutil.wait_procs(children, timeout=60)

@@ -60,16 +60,16 @@ def remove(name: str, engine=None) -> bool:
         return False
 
 
-def remove_owned(job_name: str, owner: dict, engine=None) -> list:
-    """Remove the containers of job `job_name` that `owner` (a procs.identity()) started: the SDK local
-    mode's algo-N hosts carry the same labels as ours. Names removed; [] without an engine."""
+def _remove_labelled(label_filter: str, started_by_matches, engine=None) -> list:
+    """Remove the containers matching a label filter whose owner label (JSON procs.identity()) passes
+    `started_by_matches`. Names removed; [] without the SDK or an engine."""
     try:
         import docker
-    except ImportError:
+    except ImportError:  # no SDK: the backend itself says so when it runs
         return []
     try:
         engine = engine or client()
-        containers = engine.containers.list(all=True, filters={"label": f"{LABEL}={job_name}"})
+        containers = engine.containers.list(all=True, filters={"label": label_filter})
     except docker.errors.DockerException:
         return []
     removed = []
@@ -78,39 +78,24 @@ def remove_owned(job_name: str, owner: dict, engine=None) -> list:
             started_by = json.loads(container.labels.get(OWNER_LABEL, "{}"))
         except ValueError:
             continue
-        if started_by == owner:
+        if started_by_matches(started_by):
             try:
                 container.remove(force=True)
                 removed.append(container.name)
             except docker.errors.APIError:
                 pass
     return removed
+
+
+def remove_owned(job_name: str, owner: dict, engine=None) -> list:
+    """Remove the containers of job `job_name` that `owner` (a procs.identity()) started: the SDK local
+    mode's algo-N hosts carry the same labels as ours."""
+    return _remove_labelled(f"{LABEL}={job_name}", lambda started_by: started_by == owner, engine)
 
 
 def reap_orphans(engine=None) -> list:
     """Remove every localsage container whose owner process (recorded in its labels) is dead."""
-    try:
-        import docker
-    except ImportError:  # no SDK: the backend itself says so when it runs
-        return []
-    try:
-        engine = engine or client()
-        containers = engine.containers.list(all=True, filters={"label": OWNER_LABEL})
-    except docker.errors.DockerException:
-        return []
-    removed = []
-    for container in containers:
-        try:
-            owner = json.loads(container.labels.get(OWNER_LABEL, "{}"))
-        except ValueError:
-            continue
-        if procs.alive(owner) is False:
-            try:
-                container.remove(force=True)
-                removed.append(container.name)
-            except docker.errors.APIError:
-                pass
-    return removed
+    return _remove_labelled(OWNER_LABEL, lambda started_by: procs.alive(started_by) is False, engine)
 
 
 def mounts(job) -> dict:
