@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import random
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -242,6 +244,57 @@ def test_normalize_matches_the_formula_in_the_requested_layout():
             torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
             assert torch.equal(out, one_pass)
             assert torch.get_num_threads() == threads  # its one-thread loop gives the threads back
+
+
+FAULTS_PER_BATCH = """
+import resource, sys, torch
+from localsage import data
+norm = data.Normalize(channels_last=True)
+if sys.argv[1] == "fresh":
+    norm._output = lambda shape: torch.empty(shape, memory_format=torch.channels_last)
+x = torch.randint(0, 256, (32, 224, 224, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+faults = []
+for _ in range(12):  # as in training: a fresh batch each step, the last step's batch and output held meanwhile
+    batch = x.clone()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    out = norm(batch)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[2:]) / 10)
+"""
+
+
+def test_normalize_reuses_an_output_buffer_only_once_nothing_holds_it():
+    norm = data.Normalize(channels_last=True)
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    first = norm(x)
+    kept = first.clone()
+    second = norm(x.flip(0).contiguous(memory_format=torch.channels_last))  # `first` still held
+    assert second.data_ptr() != first.data_ptr() and torch.equal(first, kept)
+    view = second[0]
+    del second
+    third = norm(x)  # `second` is gone but a view of it is not
+    assert third.data_ptr() not in (first.data_ptr(), view.data_ptr())
+    storage = third.untyped_storage()
+    del third
+    fourth = norm(x)  # only the storage of `third` is held
+    assert fourth.data_ptr() not in (first.data_ptr(), view.data_ptr(), storage.data_ptr())
+    pointers = {first.data_ptr(), view.data_ptr(), storage.data_ptr(), fourth.data_ptr()}
+    del first, view, storage, fourth, kept
+    assert norm(x).data_ptr() in pointers  # nothing held any more: a pooled buffer is reused
+    assert len(norm._outputs) <= norm.POOL
+
+
+def test_normalize_does_not_fault_in_a_fresh_output_each_batch():
+    """A 32x224x224 batch's 19 MB float output is a reused buffer, not fresh memory faulted in again."""
+    def faults(mode):
+        run = subprocess.run([sys.executable, "-c", FAULTS_PER_BATCH, mode], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr
+        return float(run.stdout.split()[-1])
+
+    pooled, fresh = faults("pooled"), faults("fresh")
+    assert fresh > 50  # the planted fault: a fresh output each batch (malloc faults much of it in again)
+    assert pooled < 20, (pooled, fresh)
 
 
 # ------------------------------------------------------------------ the decoded-image cache
