@@ -323,20 +323,21 @@ class Normalize(torch.nn.Module):
         self._rows = {}
         self._scratch = torch.empty(0)  # the CPU loop's float block
         self._outputs = []  # CPU output buffers, reused once nothing else holds them (_output)
+        # what a tensor nobody else refers to shows (this torch build's counts); None: never reuse
+        self._alone = _references(torch.empty(1)) if hasattr(torch._C, "_storage_Use_Count") else None
 
     POOL = 3
 
     def _output(self, shape):
         """A channels_last float32 CPU tensor of `shape`, from a pool of at most POOL buffers: a buffer is
-        reused only when no tensor but the pool's own refers to its memory (the storage's use count:
-        the pool's tensor and the probe itself) and nobody holds its storage object, so a batch the caller, autograd or a hook still holds is
-        never written over. Reuse spares the fresh allocation's page faults: a 32x224x224 output is 19 MB,
+        reused only when no tensor but the pool's own refers to its memory (the storage's use count) and
+        nobody holds its storage object, so a batch the caller, autograd or a hook still holds is never
+        written over. Reuse spares the fresh allocation's page faults: a 32x224x224 output is 19 MB,
         4,704 pages faulted in again each batch by malloc's fresh mmaps (0.05-0.08 ms of main-process CPU
         an image, taken from the cores the loader's workers need)."""
-        if hasattr(torch._C, "_storage_Use_Count"):
-            alone = _references(torch.empty(1))  # what a tensor nobody else refers to shows
+        if self._alone is not None:
             for buf in self._outputs:
-                if buf.shape == shape and _references(buf) == alone:
+                if buf.shape == shape and _references(buf) == self._alone:
                     return buf.detach()  # a new tensor on the same memory: its holder counts in the use count
         buf = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
         self._outputs = [b for b in self._outputs if b.shape == shape][-(self.POOL - 1):] + [buf]
