@@ -11,6 +11,7 @@ import random
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -174,44 +175,79 @@ def test_batched_fetch_matches_per_image_items_and_reports_bad_files(tmp_path):
 
 
 def test_reused_batch_slots_give_the_same_batches_and_kept_batches_stay_intact(tmp_path, monkeypatch):
-    """The train loader's workers reuse shared-memory slots (batch_ring): every batch, kept for two
-    epochs, equals what one segment a batch gives with the same seed, bad files included."""
+    """The train loader's workers hand over shared-memory slots (batch_ring) without a copy: every batch,
+    streamed or kept for two epochs, equals what one segment a batch gives with the same seed, bad
+    files included; a streamed batch is the slot itself, a kept one is never written over."""
     root = data.make_demo_data(tmp_path / "d", classes=2, per_class=14, size=40, corrupt=2)
     paths, targets, _ = data.scan_split(root / "train", "train")
     monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(tmp_path / "cache"))
 
-    def run(reuse):
+    def loader(reuse):
         ds = data.ImageDataset(paths, targets, data.train_transform(24), draft_size=24,
                                cache=data.plan_cache({"train": paths}, "decoded"))
-        loader = data.make_loader(ds, 2, True, 2, reuse_batches=reuse, seed=5)
+        out = data.make_loader(ds, 2, True, 2, reuse_batches=reuse, seed=5)
         assert (ds.ring is not None) == reuse
-        return [b for _ in range(2) for b in loader], ds.ring
+        return out, ds.ring
 
-    kept, ring = run(True)
-    reference, _ = run(False)
-    assert len(kept) == len(reference) > 2 * 2 * ring.slots  # 2 workers: every slot reused while batches were kept
-    for (images, labels, bad), (ref_images, ref_labels, ref_bad) in zip(kept, reference):
+    def in_ring(images, ring):
+        start = ring.data.data_ptr()
+        return start <= images.data_ptr() < start + ring.data.numel()
+
+    one_segment_a_batch, _ = loader(False)
+    reference = [b for _ in range(2) for b in one_segment_a_batch]
+    streaming, ring = loader(True)
+    streamed = 0
+    for images, labels, bad in (b for _ in range(2) for b in streaming):  # each batch dropped before the next
+        ref_images, ref_labels, ref_bad = reference[streamed]
+        streamed += 1
         assert (images is None) == (ref_images is None) and bad == ref_bad
         if images is not None:
+            assert in_ring(images, ring)  # the slot itself: nothing copied, no fallback segment
             assert images.dtype == torch.uint8 and images.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
+    assert streamed == len(reference) > 2 * 2 * ring.slots  # 2 workers: every slot reused
+    del images
+    assert not int(ring.busy.sum())
+
+    keeping, ring = loader(True)
+    kept = [b for _ in range(2) for b in keeping]
+    held = [b[0] for b in kept if b[0] is not None and in_ring(b[0], ring)]
+    assert int(ring.busy.sum()) == len(held) == ring.busy.numel()  # every slot held; the rest fell back
+    for (images, labels, bad), (ref_images, ref_labels, ref_bad) in zip(kept, reference, strict=True):
+        assert (images is None) == (ref_images is None) and bad == ref_bad
+        if images is not None:
             assert torch.equal(images, ref_images) and labels.dtype == torch.long and torch.equal(labels, ref_labels)
-    assert sum(len(b) for _, _, b in kept) == 4 and not int(ring.busy.sum())  # 2 bad files x 2 epochs; all freed
+    assert sum(len(b) for _, _, b in kept) == 4  # 2 bad files x 2 epochs
+    del kept, held, images
+    assert not int(ring.busy.sum())  # all freed once dropped
 
 
-def test_a_slot_still_in_use_falls_back_instead_of_waiting_forever(monkeypatch):
+def test_a_held_slot_is_skipped_and_freed_only_by_its_receiver():
+    import gc
+
     from localsage import batch_ring
 
     ring = batch_ring.Ring(workers=1, slots=2, shape=(4, 8, 8, 3))
     slot, view = ring.take(0, 3)
     assert view.shape == (3, 8, 8, 3) and ring.take(0, 5) is None and ring.take(1, 3) is None  # too big; no worker 1
-    ring.send(slot, 3, [1, 0, 1], [7])
-    monkeypatch.setattr(batch_ring, "WAIT_S", 0.05)
-    ring._next = 0  # the worker comes round to the slot whose batch was never received
-    assert ring.take(0, 3) is None
-    images, labels, bad = batch_ring.receive(ring.id, slot, 3, np.array([1, 0, 1]), [7])
-    assert images.shape == (3, 3, 8, 8) and labels.tolist() == [1, 0, 1] and bad == [7]
-    ring._next = 0
-    assert ring.take(0, 3)[0] == slot  # received: free again
+    view.fill_(9)
+    first = batch_ring.receive(ring.id, *ring.send(slot, 3, [1, 0, 1], [7]).args[1:])
+    images, labels, bad = first
+    assert images.shape == (3, 3, 8, 8) and labels.tolist() == [1, 0, 1] and bad == [7] and int(images.min()) == 9
+    other, _ = ring.take(0, 1)
+    assert other != slot  # the held slot is skipped
+    second = batch_ring.receive(ring.id, *ring.send(other, 1, [0], []).args[1:])
+    t0 = time.monotonic()
+    assert ring.take(0, 3) is None and time.monotonic() - t0 < 0.1  # both held: fall back at once, no wait
+    pid = os.fork()
+    if pid == 0:  # a forked child drops its inherited copy of the batches: the parent's slots stay held
+        del first, second, images
+        gc.collect()
+        os._exit(0 if int(ring.busy.sum()) == 2 else 1)
+    assert os.waitpid(pid, 0)[1] == 0 and int(ring.busy.sum()) == 2
+    del first, images
+    assert ring.take(0, 3)[0] == slot  # dropped by its receiver: free again
+    del second
 
 
 def test_cache_reads_into_a_reused_buffer_match_fresh_reads(tmp_path):
