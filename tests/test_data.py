@@ -205,7 +205,7 @@ def test_reused_batch_slots_give_the_same_batches_and_kept_batches_stay_intact(t
             assert in_ring(images, ring)  # the slot itself: nothing copied, no fallback segment
             assert images.dtype == torch.uint8 and images.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
-    assert streamed == len(reference) > 2 * 2 * ring.slots  # 2 workers: every slot reused
+    assert streamed == len(reference) > ring.busy.numel()  # more batches than slots: slots reused
     del images
     assert not int(ring.busy.sum())
 
