@@ -19,9 +19,11 @@ alternate for --rounds rounds (default 5) and each round pairs the baseline with
 the median and the range of the per-round ratios, the per-round PSS excess of ours over the baseline,
 and the load average (the machine is shared: only ratios measured side by side mean anything).
 Train step: the median of --steps steps; ours gets the batch layout localsage's loader hands over
-(NHWC uint8, an NCHW view in channels_last), the naive loop the seed's NCHW.
+(NHWC uint8, an NCHW view in channels_last), the naive loop the seed's NCHW. The train sides of a round
+run in lockstep: each sets up in its own process, then they take their steps in turn (step k of each
+side before step k + 1 of any), so both sides of a ratio see the same minutes of the machine's load.
 
-    python bench/train_pipeline.py [--images 512] [--steps 10] [--skip-train] [--model resnet18] [--batch 32] [--rounds 5] [--json out.json]
+    python bench/train_pipeline.py [--images 512] [--steps 10] [--skip-train | --skip-pipeline] [--model resnet18] [--batch 32] [--rounds 5] [--json out.json]
 """
 from __future__ import annotations
 
@@ -68,30 +70,78 @@ def tree_memory(proc: psutil.Process) -> tuple:
     return rss, pss
 
 
+class Side:
+    """One side in a subprocess, the memory of its process tree sampled while it runs."""
+
+    def __init__(self, args: list, lockstep: bool = False):
+        self.args = args
+        self.proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
+                                     stdin=subprocess.PIPE if lockstep else subprocess.DEVNULL)
+        self.peak = [0, 0]
+        self.active = threading.Event()  # sampled only while it runs: a lockstep side waiting its turn holds still
+        self.active.set()
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
+
+    def _sample(self):
+        ps = psutil.Process(self.proc.pid)
+        while self.proc.poll() is None:
+            if self.active.wait(0.1):
+                try:
+                    rss, pss = tree_memory(ps)
+                    self.peak[0], self.peak[1] = max(self.peak[0], rss), max(self.peak[1], pss)
+                except psutil.NoSuchProcess:
+                    break
+                time.sleep(0.1)
+
+    def line(self) -> str:
+        out = self.proc.stdout.readline()
+        if not out:
+            raise RuntimeError(f"side {self.args} failed")
+        return out.strip()
+
+    def expect(self, word: str) -> None:
+        if self.line() != word:
+            raise RuntimeError(f"side {self.args}: expected {word!r}")
+        self.active.clear()
+
+    def step(self) -> None:
+        """Lockstep: let the side take one train step and wait for it to finish."""
+        self.active.set()
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self.expect("stepped")
+
+    def result(self) -> dict:
+        self.active.set()
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        out = self.proc.stdout.read()
+        self.proc.wait()
+        self.sampler.join()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"side {self.args} failed")
+        result = json.loads(out.strip().splitlines()[-1])
+        result["peak_rss_mb"], result["peak_pss_mb"] = round(self.peak[0] / 2**20), round(self.peak[1] / 2**20)
+        return result
+
+
 def run_side(args: list) -> dict:
-    """Run one side in a subprocess, sampling the memory of its process tree."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = [0, 0]
+    return Side(args).result()
 
-    def sample():
-        while proc.poll() is None:
-            try:
-                rss, pss = tree_memory(ps)
-                peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.1)
 
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    out, _ = proc.communicate()
-    t.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"side {args} failed")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"], result["peak_pss_mb"] = round(peak[0] / 2**20), round(peak[1] / 2**20)
-    return result
+def run_lockstep(kinds, common: list, steps: int) -> dict:
+    """The train sides in lockstep: all set up in their own processes, then step k of each side runs
+    in turn (the order rotating every step) while the others wait, so that every side's steps are
+    timed in the same few seconds of the machine's load, not one side a minute after the other."""
+    sides = {kind: Side(["--side", f"{kind}:train", "--lockstep", *common], lockstep=True) for kind in kinds}
+    for side in sides.values():
+        side.expect("ready")
+    order = list(sides.values())
+    for k in range(steps + 1):
+        for side in order[k % len(order):] + order[:k % len(order)]:
+            side.step()
+    return {kind: side.result() for kind, side in sides.items()}
 
 
 def make_images(root: Path, count: int):
@@ -141,7 +191,7 @@ def side_pipeline(kind: str, root: str, batch: int, epochs: int = 2) -> dict:
     return {"images_per_sec": max(rates), "epoch_images_per_sec": [round(r, 1) for r in rates], "images": n}
 
 
-def side_train(kind: str, model: str, batch: int, steps: int, size: int) -> dict:
+def side_train(kind: str, model: str, batch: int, steps: int, size: int, lockstep: bool = False) -> dict:
     import torch
     import torchvision
 
@@ -169,7 +219,11 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int) -> dict
         opt = train.make_optimizer(net, hp)
     net.train()
     times = []
+    if lockstep:
+        print("ready", flush=True)
     for i in range(steps + 1):
+        if lockstep and sys.stdin.readline().strip() != "go":
+            raise SystemExit("lockstep: the benchmark went away")
         t0 = time.time()
         with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
             loss = torch.nn.functional.cross_entropy(net(norm(x)), y)
@@ -177,6 +231,8 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int) -> dict
         loss.backward()
         opt.step()
         times.append(time.time() - t0)
+        if lockstep:
+            print("stepped", flush=True)
     typical = sorted(times[1:])[len(times[1:]) // 2]  # median step; the first warms up oneDNN kernels
     return {"images_per_sec": batch / typical, "amp": str(amp), "threads": torch.get_num_threads()}
 
@@ -193,13 +249,15 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json")
     p.add_argument("--skip-train", action="store_true", help="input pipeline only")
+    p.add_argument("--skip-pipeline", action="store_true", help="train step only")
+    p.add_argument("--lockstep", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.side:
         kind, what = a.side.split(":")
         if what == "pipeline":
             print(json.dumps(side_pipeline(kind, a.root, a.batch)))
         else:
-            print(json.dumps(side_train(kind, a.model, a.batch, a.steps, a.size)))
+            print(json.dumps(side_train(kind, a.model, a.batch, a.steps, a.size, a.lockstep)))
         return
 
     from localsage.recipe import cpu_has_bf16
@@ -213,12 +271,12 @@ def main():
         make_images(Path(tmp), a.images)
         common = ["--batch", str(a.batch), "--model", a.model, "--steps", str(a.steps), "--size", str(a.size)]
         for r in range(a.rounds):
-            for kind in ("seed", "ours", "ours_nocache", "ours_eval"):
+            for kind in () if a.skip_pipeline else ("seed", "ours", "ours_nocache", "ours_eval"):
                 results["pipeline"][kind].append(run_side(["--side", f"{kind}:pipeline", "--root", tmp, *common]))
                 print(f"round {r + 1} pipeline {kind}: {results['pipeline'][kind][-1]}", flush=True)
-            for kind in () if a.skip_train else train_kinds:
-                results["train"][kind].append(run_side(["--side", f"{kind}:train", *common]))
-                print(f"round {r + 1} train {kind}: {results['train'][kind][-1]}", flush=True)
+            for kind, result in ({} if a.skip_train else run_lockstep(train_kinds, common, a.steps)).items():
+                results["train"][kind].append(result)
+                print(f"round {r + 1} train {kind}: {result}", flush=True)
 
     summary = {"machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
                "load_average_start_end": [load_start, [round(v, 2) for v in os.getloadavg()]],
