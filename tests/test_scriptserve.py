@@ -471,7 +471,10 @@ def test_localsage_serve_tarball_with_entry_point_and_source_dir(tmp_path, model
     cmd = [sys.executable, "-m", "localsage", "serve", str(tarball), "--entry-point", "dogs.py", "--source-dir",
            str(code), "--port", str(port)]
     log = open(tmp_path / "cli.out", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Ctrl-C as at a terminal: SIGINT at its default even where this suite runs as a background job
+    # (a shell's background jobs start with SIGINT ignored, and an ignored SIGINT is inherited)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while "serve: ready" not in (tmp_path / "cli.out").read_text():
