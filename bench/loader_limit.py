@@ -11,9 +11,9 @@ Then our pipeline (localsage.data's train loader, workers sized to the cores, no
 as train.py does) runs four epochs in a subprocess and is printed as a fraction of each limit
 (cache warm: the median of epochs 2-4, epoch 1 fills the cache; data-cache=off: every epoch decodes,
 the median of all four). 2,048 images by default: a 512-image epoch is 16 batches of 32, and the
-start and end of an epoch, when some workers have nothing to do, weigh a tenth of it. Rounds alternate loops and
-pipeline; the median of the rounds is printed with the range, and the load average beside them
-(the machine is shared).
+start and end of an epoch, when some workers have nothing to do, weigh a tenth of it. Rounds
+alternate loops and pipeline; the median of the rounds is printed with the range, and the load
+average beside them (the machine is shared).
 
     python bench/loader_limit.py [--images 2048] [--rounds 5] [--json out.json]
 """

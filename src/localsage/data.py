@@ -382,7 +382,7 @@ def default_workers() -> int:
 
 
 # batches a worker has in flight (torch's prefetch_factor, default 2): 4 smooths out the moments the main
-# process and the workers take the same core: +11% cache-warm img/s on 2 cores (bench/loader_limit.py's note)
+# process and the workers take the same core: +8-11% cache-warm img/s on 2 cores (README, fourth round)
 PREFETCH = 4
 
 
