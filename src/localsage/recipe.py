@@ -108,6 +108,10 @@ def setup_ranks(contract, hp) -> Ranks:
     # one process per host (CPU) or per GPU; (0, 1, 0) and no process group for a single one
     rank, world, local_rank = distributed.setup_from_contract(contract)
     device = pick_device(contract.num_gpus, local_rank)
+    if device.type == "cuda":
+        # the input shape is fixed: cuDNN times its algorithms once a shape and keeps the fastest
+        # (torchvision's reference does the same; bench/gpu.py's loop part measures it on and off)
+        torch.backends.cudnn.benchmark = True
     if device.type == "cpu":
         torch.set_num_threads(hp["threads"] or max(1, data.default_workers() // max(1, local_world())))
     seed_everything(hp["seed"] + rank)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoint, data, debugger, distributed, export, files, metrics, model as model_mod
+from . import checkpoint, data, debugger, distributed, export, feed, files, metrics, model as model_mod
 from . import contract as contract_mod
 from .hyperparameters import HyperparameterError, parse, split_reserved
 from .recipe import (  # noqa: F401 - the recipe's parts, also used by tests and benches as train.*
@@ -118,44 +118,18 @@ def load_data(indexed: dict, folders: list, hp, ranks: Ranks) -> Data:
 # ------------------------------------------------------------------ the loop
 
 
-def batches(d: Data, split: str, ranks: Ranks, bad_files: dict, limit: int = 0):
-    """(normalised images, labels, weight) on the device; unreadable images logged once and skipped."""
-    for step, (images, labels, bad) in enumerate(d.loaders[split]):
-        for index in bad:
-            if index not in bad_files[split]:
-                bad_files[split].add(index)
-                log.warning("skipped unreadable image %s", d.datasets[split].paths[index].decode())
-        if limit and step >= limit:
-            break
-        if images is None:  # every image of the batch unreadable
-            if not (ranks.world > 1 and split == "train"):
-                continue
-            # DDP: each step's gradient all-reduce needs every rank, so a rank with nothing to
-            # train on takes the step with a two-image stand-in (BatchNorm needs > 1 value per
-            # channel) whose loss is multiplied by 0, instead of skipping it and leaving the
-            # other ranks waiting
-            log.warning("rank %d: batch %d of %s had no readable image: zero-weight step", ranks.rank, step, split)
-            images = torch.zeros((2, 3, d.image_size, d.image_size), dtype=torch.uint8)
-            labels = torch.zeros((2,), dtype=torch.long)
-            weight = 0.0
-        else:
-            weight = 1.0
-        images = d.normalize(images.to(ranks.device, non_blocking=True))
-        yield images, labels.to(ranks.device, non_blocking=True), weight
-
-
 def train_one_epoch(parts: Parts, d: Data, ranks: Ranks, progress: Progress, dbg, max_steps: int = 0) -> dict:
     parts.step_model.train()
-    total, correct, loss_sum = 0, 0, 0.0
+    loss_sum, correct, total = *device_sums(ranks.device), 0
     bar = progress_bar(len(d.loaders["train"]), "train")
     t0 = time.time()
     dbg.mode("train")
     timer = dbg.timer
-    for images, labels, weight in timer.wrap(batches(d, "train", ranks, progress.bad_files, max_steps), "train"):
+    for images, labels, weight in timer.wrap(feed.batches(d, "train", ranks, progress.bad_files, max_steps), "train"):
         with torch.autocast(ranks.device.type, dtype=ranks.amp, enabled=ranks.amp is not None):
             logits = parts.step_model(images)
             loss = parts.criterion(logits, labels)
-            if not weight:  # a DDP stand-in step (see batches)
+            if not weight:  # a DDP stand-in step (see feed.host_batches)
                 loss = loss * 0.0
         timer.mark("forward")
         parts.optimizer.zero_grad(set_to_none=True)
@@ -166,8 +140,9 @@ def train_one_epoch(parts: Parts, d: Data, ranks: Ranks, progress: Progress, dbg
         parts.scheduler.step()
         timer.mark("optimizer")
         n = labels.numel() if weight else 0
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == labels).sum().item() if n else 0
+        if n:  # summed on the device: no step waits for the GPU to report its loss (read once, below)
+            loss_sum += loss.detach().double() * n
+            correct += (logits.argmax(1) == labels).sum()
         total += n
         bar.update(1)
         if ranks.world > 1:  # a stop seen by any rank stops all of them at the same step
@@ -175,24 +150,31 @@ def train_one_epoch(parts: Parts, d: Data, ranks: Ranks, progress: Progress, dbg
         if Stop.requested:
             break
     bar.close()
+    loss_sum, correct = loss_sum.item(), correct.item()  # waits for the last step's kernels
     elapsed = time.time() - t0
     loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], ranks.device)
     return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total), "images": total, "time": elapsed}
 
 
+def device_sums(device):
+    """A float64 loss sum and an int64 count, zero, on `device`."""
+    return torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.int64, device=device)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, criterion: nn.Module, d: Data, split: str, ranks: Ranks, progress: Progress, dbg) -> dict:
     model.eval()
-    total, correct, loss_sum = 0, 0, 0.0
+    loss_sum, correct, total = *device_sums(ranks.device), 0
     mode = "eval" if split == "valid" else "predict"
     dbg.mode(mode)
-    for images, labels, _ in dbg.timer.wrap(batches(d, split, ranks, progress.bad_files), mode):
+    for images, labels, _ in dbg.timer.wrap(feed.batches(d, split, ranks, progress.bad_files), mode):
         with torch.autocast(ranks.device.type, dtype=ranks.amp, enabled=ranks.amp is not None):
             logits = model(images)
-        loss_sum += criterion(logits.float(), labels).item() * labels.numel()
+        loss_sum += criterion(logits.float(), labels).double() * labels.numel()
         dbg.timer.mark("forward")
-        correct += (logits.argmax(1) == labels).sum().item()
+        correct += (logits.argmax(1) == labels).sum()
         total += labels.numel()
+    loss_sum, correct = loss_sum.item(), correct.item()
     loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], ranks.device)
     return {"loss": loss_sum / max(1, total), "acc": correct / max(1, total)}
 
