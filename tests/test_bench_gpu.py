@@ -1,0 +1,45 @@
+"""bench/gpu.py, the prepared GPU run, checked on this CPU machine at tiny size: every part it times on the GPU
+machine (the runner's loop on resident batches, three runner jobs end to end, the summary) runs and reports
+what it says it does. GPU time is scarce (one short run a session, when one is lent at all), so the script
+must not find its bugs there."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "gpu.py"
+
+
+@pytest.mark.integration
+def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(BENCH), "--out", str(out), "--work", str(tmp_path / "work"),
+                           "--device", "cpu", "--tiny", "--photos", "80", "--epochs", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loop = json.loads((out / "loop.json").read_text())
+    for name in ("runner", "profiler-on", "cudnn-benchmark-off"):
+        assert len(loop[name]["rounds_images_per_sec"]) == 5 and min(loop[name]["rounds_images_per_sec"]) > 0
+    phases = loop["profiler-on"]["ms_a_step"]
+    assert phases["forward"] > 0 and phases["backward"] > 0 and phases["total"] >= phases["forward"] + phases["backward"]
+
+    e2e = {run["run"]: run for run in json.loads((out / "e2e.json").read_text())}
+    assert set(e2e) == {"decoded", "off", "decoded-profiler-off"}
+    for run in e2e.values():
+        assert run["rc"] == 0 and [e["epoch"] for e in run["epochs"]] == [1, 2], (out / f"e2e-{run['run']}.log").read_text()
+        shares = [e["dataloader_share"] for e in run["epochs"]]
+        assert all(0 < s < 1 for s in shares) if run["profiler"] else shares == [None, None]
+    # the decoded-image cache gives the pixels a decode gives: same seed, same losses
+    assert [e["train_loss"] for e in e2e["decoded"]["epochs"]] == [e["train_loss"] for e in e2e["off"]["epochs"]]
+
+    summary = {row["run"]: row for row in json.loads((out / "summary.json").read_text())}
+    assert set(summary) == set(e2e)
+    for row in summary.values():
+        assert row["ratio"] == pytest.approx(row["images_per_sec"]["median"] / row["resident_images_per_sec"], abs=1e-3)
+        assert isinstance(row["goal_met"], bool)
+    assert summary["decoded"]["resident_images_per_sec"] == loop["profiler-on"]["images_per_sec"]["median"]
+    assert summary["decoded-profiler-off"]["resident_images_per_sec"] == loop["runner"]["images_per_sec"]["median"]
