@@ -187,17 +187,19 @@ def make_photos(root: Path, count: int, wh: tuple):
         pool.map(_photo, todo, chunksize=16)
 
 
-def dataloader_share(steps_file: Path, steps_an_epoch: int):
-    """Per epoch: the dataloader's wait over the step time (train steps of profiler/steps.jsonl)."""
+def dataloader_waits(steps_file: Path, steps_an_epoch: int):
+    """Per epoch (train steps of profiler/steps.jsonl): the dataloader's wait over the step time, and the
+    first step's wait in ms (the epoch's start)."""
     if not steps_file.exists():
         return []
     rows = [json.loads(line) for line in steps_file.read_text().splitlines()]
     rows = [r for r in rows if r.get("mode") == "train"]
-    shares = []
+    waits = []
     for e in range(math.ceil(len(rows) / steps_an_epoch)):
         part = rows[e * steps_an_epoch:(e + 1) * steps_an_epoch]
-        shares.append(round(sum(r["dataloader"] for r in part) / max(1e-9, sum(r["total"] for r in part)), 4))
-    return shares
+        share = sum(r["dataloader"] for r in part) / max(1e-9, sum(r["total"] for r in part))
+        waits.append((round(share, 4), round(1000 * part[0]["dataloader"], 1)))
+    return waits
 
 
 def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int):
@@ -228,11 +230,12 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
         metrics = job / "output/data/metrics.jsonl"
         rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
         rows = [r for r in rows if "images_per_sec" in r]
-        shares = dataloader_share(job / "output/profiler/steps.jsonl", math.ceil(n_train / size["batch"]))
+        waits = dataloader_waits(job / "output/profiler/steps.jsonl", math.ceil(n_train / size["batch"]))
         results.append({"run": name, "data-cache": cache, "profiler": profiler, "rc": proc.returncode,
                         "wall_s": round(time.time() - t0, 1), "train_images": n_train,
                         "epochs": [{"epoch": r["epoch"], "images_per_sec": round(r["images_per_sec"], 1),
-                                    "dataloader_share": shares[i] if i < len(shares) else None,
+                                    "dataloader_share": waits[i][0] if i < len(waits) else None,
+                                    "first_step_wait_ms": waits[i][1] if i < len(waits) else None,
                                     "train_loss": r.get("train_loss")} for i, r in enumerate(rows)]})
         write(out, "e2e.json", results)
     return results

@@ -33,6 +33,8 @@ def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
         assert run["rc"] == 0 and [e["epoch"] for e in run["epochs"]] == [1, 2], (out / f"e2e-{run['run']}.log").read_text()
         shares = [e["dataloader_share"] for e in run["epochs"]]
         assert all(0 < s < 1 for s in shares) if run["profiler"] else shares == [None, None]
+        firsts = [e["first_step_wait_ms"] for e in run["epochs"]]
+        assert all(f >= 0 for f in firsts) if run["profiler"] else firsts == [None, None]
     # the decoded-image cache gives the pixels a decode gives: same seed, same losses
     assert [e["train_loss"] for e in e2e["decoded"]["epochs"]] == [e["train_loss"] for e in e2e["off"]["epochs"]]
 

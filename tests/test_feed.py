@@ -1,7 +1,9 @@
 """localsage.feed: what the training step is given, on CPU and (where a GPU is present) through CUDA's side stream."""
 from __future__ import annotations
 
+import json
 import logging
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -55,3 +57,47 @@ def test_cuda_feed_gives_the_cpu_pixels_and_every_kept_batch_stays_intact():
         assert torch.allclose(images.cpu(), norm_cpu(raw), atol=1e-6)
         assert torch.equal(labels.cpu(), raw_labels)
         assert torch.allclose(doubled.cpu(), (norm_cpu(raw) * 2).sum(), rtol=1e-4)
+
+
+class SlowBatches(torch.utils.data.Dataset):
+    """Every batch takes `delay` seconds to make (a worker's decoding), fetched whole as ImageDataset's are."""
+
+    def __init__(self, n, delay):
+        self.n, self.delay = n, delay
+
+    def __len__(self):
+        return self.n
+
+    def __getitems__(self, indexes):
+        time.sleep(self.delay)
+        return torch.zeros((len(indexes), 3, 8, 8), dtype=torch.uint8), torch.tensor([i % 2 for i in indexes]), []
+
+
+def test_the_next_epochs_first_batches_are_made_while_the_epoch_before_validates(tmp_path):
+    """fit starts epoch k+1's train iterator before validating epoch k: its first step finds its batch ready
+    (epoch 1's first step waits for a whole batch; without the early start so would every epoch's)."""
+    from localsage import contract as contract_mod, hyperparameters, train
+    from localsage.debugger.sampler import STEPS, StepTimer
+
+    delay, batch = 0.4, 4
+    loaders = {split: torch.utils.data.DataLoader(SlowBatches(n, d), batch_size=batch, shuffle=split == "train",
+                                                  num_workers=1, persistent_workers=True, prefetch_factor=2,
+                                                  collate_fn=data.collate)
+               for split, n, d in (("train", 2 * batch, delay), ("valid", batch, 2 * delay))}
+    d = train.Data({split: None for split in loaders}, loaders, None, ["a", "b"], 8, 8, 1, data.Normalize())
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    parts = train.Parts(net, net, torch.nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss(), opt,
+                        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0), torch.amp.GradScaler("cuda", enabled=False))
+    contract_mod.make_dirs(tmp_path)
+    job = contract_mod.load(root=tmp_path, env={}, gpus=lambda: 0)
+    hp = hyperparameters.parse({"epochs": "3"})
+    dbg = SimpleNamespace(mode=lambda _: None, timer=StepTimer(tmp_path / "profiler"))
+    progress = train.Progress(bad_files={split: set() for split in loaders})
+    assert train.fit(job, hp, train.Ranks(0, 1, 0, torch.device("cpu"), None), d, parts, progress, dbg) is False
+    dbg.timer.close()
+    rows = [json.loads(line) for line in (tmp_path / "profiler" / STEPS).read_text().splitlines()]
+    firsts = [r["dataloader"] for r in rows if r["mode"] == "train" and r["step"] % 2 == 0]
+    assert len(firsts) == 3 and len(progress.history) == 3
+    assert firsts[0] > 0.8 * delay, firsts  # the job's first batch: nothing could start it earlier
+    assert max(firsts[1:]) < delay / 2, firsts

@@ -25,15 +25,29 @@ import torch
 log = logging.getLogger("localsage.train")
 
 
-def batches(d, split: str, ranks, bad_files: dict, limit: int = 0):
-    """(normalised images, labels, weight) on ranks.device, from d.loaders[split] (train.Data); each
-    unreadable image logged once (bad_files[split] remembers it) and skipped; at most `limit` batches."""
-    return to_device(host_batches(d, split, ranks, bad_files, limit), d.normalize, ranks.device)
+def start_train_epoch(d, epoch: int):
+    """The train loader's iterator for `epoch`, started: its workers begin on the epoch's first batches now.
+
+    The epoch loop calls this before validating the epoch before, so those batches are ready when the
+    step wants them. Started at the epoch's first step instead, every epoch opened with a wait of one
+    worker's whole batch (e.g. 128 images x 0.2 ms from the decoded-image cache, 26 ms, or x 1.2 ms
+    decoding, 150 ms: 2-9% of a 1.6 s dogImages epoch on the GPU). Same samples either way: the sampler
+    draws the epoch's order when the iterator starts."""
+    if d.train_sampler is not None:
+        d.train_sampler.set_epoch(epoch)
+    return iter(d.loaders["train"])
 
 
-def host_batches(d, split: str, ranks, bad_files: dict, limit: int = 0):
+def batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=None):
+    """(normalised images, labels, weight) on ranks.device, from d.loaders[split] (train.Data) or `source`,
+    its iterator already started; each unreadable image logged once (bad_files[split] remembers it) and
+    skipped; at most `limit` batches."""
+    return to_device(host_batches(d, split, ranks, bad_files, limit, source), d.normalize, ranks.device)
+
+
+def host_batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=None):
     """The loader's (uint8 images, labels, weight) batches, unreadable images logged once and skipped."""
-    for step, (images, labels, bad) in enumerate(d.loaders[split]):
+    for step, (images, labels, bad) in enumerate(d.loaders[split] if source is None else source):
         for index in bad:
             if index not in bad_files[split]:
                 bad_files[split].add(index)

@@ -118,14 +118,16 @@ def load_data(indexed: dict, folders: list, hp, ranks: Ranks) -> Data:
 # ------------------------------------------------------------------ the loop
 
 
-def train_one_epoch(parts: Parts, d: Data, ranks: Ranks, progress: Progress, dbg, max_steps: int = 0) -> dict:
+def train_one_epoch(parts: Parts, d: Data, ranks: Ranks, progress: Progress, dbg, max_steps: int = 0,
+                    source=None) -> dict:
+    """One pass over the train loader (or `source`, its iterator already started: feed.start_train_epoch)."""
     parts.step_model.train()
     loss_sum, correct, total = *device_sums(ranks.device), 0
     bar = progress_bar(len(d.loaders["train"]), "train")
     t0 = time.time()
     dbg.mode("train")
     timer = dbg.timer
-    for images, labels, weight in timer.wrap(feed.batches(d, "train", ranks, progress.bad_files, max_steps), "train"):
+    for images, labels, weight in timer.wrap(feed.batches(d, "train", ranks, progress.bad_files, max_steps, source), "train"):
         with torch.autocast(ranks.device.type, dtype=ranks.amp, enabled=ranks.amp is not None):
             logits = parts.step_model(images)
             loss = parts.criterion(logits, labels)
@@ -199,20 +201,22 @@ def record(contract, ranks: Ranks, values: dict):
 
 def fit(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress, dbg) -> bool:
     """The epoch loop; True when a stop signal ended it (checkpoint written)."""
+    upcoming = None  # the next epoch's train batches, their workers started while this epoch validates
     for epoch in range(progress.start_epoch, hp["epochs"] + 1):
         t0 = time.time()
-        if d.train_sampler is not None:
-            d.train_sampler.set_epoch(epoch)
+        source = upcoming or feed.start_train_epoch(d, epoch)
         # the schedule as the epoch starts: a stop mid-epoch saves it with the epoch counted as not
         # done, so schedule and epoch counter agree when the job resumes (OneCycleLR has a step budget)
         schedule_at_start = parts.scheduler.state_dict()
-        tr = train_one_epoch(parts, d, ranks, progress, dbg, hp["max-steps"])
+        tr = train_one_epoch(parts, d, ranks, progress, dbg, hp["max-steps"], source)
         if Stop.requested:
             # interrupted mid-epoch: keep the weights, count the epoch as not done
             log.info("stopped mid-epoch %d: it runs again on resume", epoch)
             if ranks.rank == 0:
                 checkpoint.save(contract.checkpoint_dir / CHECKPOINT, checkpoint.state(epoch - 1, parts, progress, schedule_at_start))
             return True
+        # the next epoch's workers start on its first batches now, while this one validates and checkpoints
+        upcoming = feed.start_train_epoch(d, epoch + 1) if epoch < hp["epochs"] else None
         va = evaluate(eval_model(parts, ranks), parts.eval_criterion, d, "valid", ranks, progress, dbg)
         values = {
             "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "valid_loss": va["loss"],
