@@ -204,7 +204,7 @@ def fit(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress, d
     upcoming = None  # the next epoch's train batches, their workers started while this epoch validates
     for epoch in range(progress.start_epoch, hp["epochs"] + 1):
         t0 = time.time()
-        source = upcoming or feed.start_train_epoch(d, epoch)
+        source = upcoming if upcoming is not None else feed.start_train_epoch(d, epoch)
         # the schedule as the epoch starts: a stop mid-epoch saves it with the epoch counted as not
         # done, so schedule and epoch counter agree when the job resumes (OneCycleLR has a step budget)
         schedule_at_start = parts.scheduler.state_dict()
