@@ -15,7 +15,9 @@ Parts (`--skip steps,loop,e2e`):
          and off with the profiler on (the default: its steps.jsonl gives the dataloader's share), and
          decoded with the profiler off; images/s per epoch from metrics.jsonl.
 summary.json: epochs >= 2 of each e2e run, median [range] images/s, the ratio to the loop's median rate with
-the same profiler setting, the dataloader's share of step time, and whether the goal is met.
+the same profiler setting, the dataloader's share of step time, and whether the goal is met. The jobs' logs
+go to e2e-logs.txt; a part that fails writes its traceback to errors.txt and the next part runs: 7 files at
+most, which the device tool brings back (8 at most).
 
     python bench/gpu.py --out DIR [--compile] [--photos 8192] [--epochs 6]
     python bench/gpu.py --out DIR --device cpu --tiny   # the script's own check without a GPU (tests/test_bench_gpu.py)
@@ -226,7 +228,8 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
         proc = subprocess.run([sys.executable, "-c", code, str(root), json.dumps(hp), job_name, str(jobs)],
                               env=env, capture_output=True, text=True)
         job = jobs / job_name
-        (out / f"e2e-{name}.log").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:])
+        with open(out / "e2e-logs.txt", "a") as log:  # one file for all runs: the device tool brings back 8 files at most
+            log.write(f"===== {name} (rc {proc.returncode})\n{proc.stdout[-20000:]}\n--- stderr ---\n{proc.stderr[-20000:]}\n")
         metrics = job / "output/data/metrics.jsonl"
         rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
         rows = [r for r in rows if "images_per_sec" in r]
@@ -287,12 +290,27 @@ def main():
                                "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
                                "cpus": os.cpu_count(), "size": size})
     skip = set(a.skip.split(","))
+    (out / "e2e-logs.txt").unlink(missing_ok=True)
     if "steps" not in skip and device.type == "cuda":
-        steps_part(out, a.compile)
-    loop = loop_part(out, work, device, size) if "loop" not in skip else None
-    e2e = e2e_part(out, work, device, size, a.photos, a.epochs) if "e2e" not in skip else None
+        part(out, "steps", steps_part, out, a.compile)
+    loop = part(out, "loop", loop_part, out, work, device, size) if "loop" not in skip else None
+    e2e = part(out, "e2e", e2e_part, out, work, device, size, a.photos, a.epochs) if "e2e" not in skip else None
     if loop and e2e:
-        summarize(out, loop, e2e)
+        part(out, "summary", summarize, out, loop, e2e)
+
+
+def part(out: Path, name: str, fn, *args):
+    """One part; a failure is written to errors.txt and the next part still runs (one GPU run a session)."""
+    try:
+        return fn(*args)
+    except Exception:
+        import traceback
+
+        text = f"===== {name}\n{traceback.format_exc()}"
+        print(text, file=sys.stderr, flush=True)
+        with open(out / "errors.txt", "a") as f:
+            f.write(text)
+        return None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
                            "--device", "cpu", "--tiny", "--photos", "80", "--epochs", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "errors.txt").exists(), (out / "errors.txt").read_text()
+    assert len(list(out.iterdir())) <= 8  # what the device tool brings back
     loop = json.loads((out / "loop.json").read_text())
     for name in ("runner", "profiler-on", "cudnn-benchmark-off"):
         assert len(loop[name]["rounds_images_per_sec"]) == 5 and min(loop[name]["rounds_images_per_sec"]) > 0
@@ -30,7 +32,7 @@ def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
     e2e = {run["run"]: run for run in json.loads((out / "e2e.json").read_text())}
     assert set(e2e) == {"decoded", "off", "decoded-profiler-off"}
     for run in e2e.values():
-        assert run["rc"] == 0 and [e["epoch"] for e in run["epochs"]] == [1, 2], (out / f"e2e-{run['run']}.log").read_text()
+        assert run["rc"] == 0 and [e["epoch"] for e in run["epochs"]] == [1, 2], (out / "e2e-logs.txt").read_text()
         shares = [e["dataloader_share"] for e in run["epochs"]]
         assert all(0 < s < 1 for s in shares) if run["profiler"] else shares == [None, None]
         firsts = [e["first_step_wait_ms"] for e in run["epochs"]]
