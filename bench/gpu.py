@@ -133,6 +133,8 @@ def loop_part(out: Path, work: Path, device, size: dict):
     labels = torch.randint(0, CLASSES, (size["batch"],), device=device, generator=g)
     resident = [(nhwc.permute(0, 3, 1, 2), labels, [])] * max(size["steps"], size["warm"])  # the loader's layout
     sync = torch.cuda.synchronize if device.type == "cuda" else None
+    if sync:
+        sync()  # the feed reads the batch on its side stream
     runs = {}
     for name, cfg in LOOP_CONFIGS.items():
         torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
