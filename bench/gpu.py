@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -187,7 +187,8 @@ def make_photos(root: Path, count: int, wh: tuple):
             folder = root / split / f"{k % CLASSES + 1:03d}.Breed_{k % CLASSES}"
             folder.mkdir(parents=True, exist_ok=True)
             todo.append((folder / f"img_{len(todo):05d}.jpg", *wh, len(todo)))
-    with Pool(os.cpu_count()) as pool:
+    # spawned, not forked: by now this process holds a CUDA context, which forked children must not inherit
+    with get_context("spawn").Pool(os.cpu_count()) as pool:
         pool.map(_photo, todo, chunksize=16)
 
 
