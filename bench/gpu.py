@@ -40,6 +40,8 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from localsage import files  # noqa: E402  (after the path insert)
+
 CLASSES = 8
 FULL = {"arch": "resnet50", "batch": 128, "size": 224, "photo": (500, 375), "steps": 30, "warm": 10, "rounds": 5}
 TINY = {"arch": "resnet18", "batch": 8, "size": 32, "photo": (64, 48), "steps": 4, "warm": 2, "rounds": 5}
@@ -159,7 +161,7 @@ def loop_part(out: Path, work: Path, device, size: dict):
         run.dbg.timer.close()
         row = {**run.cfg, "images_per_sec": spread(run.rates), "rounds_images_per_sec": [round(v, 1) for v in run.rates]}
         if run.cfg["profiler"]:
-            rows = [json.loads(line) for line in (run.dir / STEPS).read_text().splitlines()][size["warm"]:]
+            rows = files.read_jsonl(run.dir / STEPS)[size["warm"]:]
             row["ms_a_step"] = {k: round(1000 * statistics.median(r.get(k, 0.0) for r in rows), 2)
                                 for k in ("dataloader", "forward", "backward", "optimizer", "other", "total")}
         result[name] = row
@@ -195,10 +197,7 @@ def make_photos(root: Path, count: int, wh: tuple):
 def dataloader_waits(steps_file: Path, steps_an_epoch: int):
     """Per epoch (train steps of profiler/steps.jsonl): the dataloader's wait over the step time, and the
     first step's wait in ms (the epoch's start)."""
-    if not steps_file.exists():
-        return []
-    rows = [json.loads(line) for line in steps_file.read_text().splitlines()]
-    rows = [r for r in rows if r.get("mode") == "train"]
+    rows = [r for r in files.read_jsonl(steps_file) if r.get("mode") == "train"]
     waits = []
     for e in range(math.ceil(len(rows) / steps_an_epoch)):
         part = rows[e * steps_an_epoch:(e + 1) * steps_an_epoch]
@@ -233,9 +232,7 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
         job = jobs / job_name
         with open(out / "e2e-logs.txt", "a") as log:  # one file for all runs: the device tool brings back 8 files at most
             log.write(f"===== {name} (rc {proc.returncode})\n{proc.stdout[-20000:]}\n--- stderr ---\n{proc.stderr[-20000:]}\n")
-        metrics = job / "output/data/metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-        rows = [r for r in rows if "images_per_sec" in r]
+        rows = [r for r in files.read_jsonl(job / "output/data/metrics.jsonl") if "images_per_sec" in r]
         waits = dataloader_waits(job / "output/profiler/steps.jsonl", math.ceil(n_train / size["batch"]))
         results.append({"run": name, "data-cache": cache, "profiler": profiler, "rc": proc.returncode,
                         "wall_s": round(time.time() - t0, 1), "train_images": n_train,
@@ -293,7 +290,8 @@ def main():
                                "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
                                "cpus": os.cpu_count(), "size": size})
     skip = set(a.skip.split(","))
-    (out / "e2e-logs.txt").unlink(missing_ok=True)
+    for stale in ("e2e-logs.txt", "errors.txt"):  # both are appended to
+        (out / stale).unlink(missing_ok=True)
     if "steps" not in skip and device.type == "cuda":
         part(out, "steps", steps_part, out, a.compile)
     loop = part(out, "loop", loop_part, out, work, device, size) if "loop" not in skip else None
