@@ -12,7 +12,8 @@ PKG = Path(__file__).resolve().parent.parent / "src" / "localsage"
 # Container side: runs inside the training image / TorchServe worker; never imports host-side code.
 CONTAINER_SIDE = ("localsage.train", "localsage.data", "localsage.model", "localsage.debugger.hook",
                   "localsage.distributed", "localsage.scriptmode", "localsage.entry", "localsage.recipe",
-                  "localsage.checkpoint", "localsage.decode", "localsage.data_cache", "localsage.feed")
+                  "localsage.checkpoint", "localsage.decode", "localsage.data_cache", "localsage.feed",
+                  "localsage.normalize")
 HOST_SIDE = ("localsage.runner", "localsage.records", "localsage.scriptjob", "localsage.scriptserve", "localsage.backends", "localsage.tune", "localsage.serving", "localsage.cloud",
              "localsage.demo", "localsage.cli")
 

@@ -1,7 +1,7 @@
 """What the training loop steps on: the loader's uint8 batches, unreadable images skipped, normalised on the
 training device (`batches`).
 
-On CPU each batch is normalised where it is (`data.Normalize`), as it comes.
+On CPU each batch is normalised where it is (`normalize.Normalize`), as it comes.
 
 On CUDA the feed runs one batch ahead on a side stream: batch k+1's host-to-device copy (from the
 DataLoader's pinned memory) and its normalisation kernel are issued *before* batch k is handed to
