@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from multiprocessing import get_context
 from pathlib import Path
 from types import SimpleNamespace
@@ -305,8 +306,6 @@ def part(out: Path, name: str, fn, *args):
     try:
         return fn(*args)
     except Exception:
-        import traceback
-
         text = f"===== {name}\n{traceback.format_exc()}"
         print(text, file=sys.stderr, flush=True)
         with open(out / "errors.txt", "a") as f:
