@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parent.parent / "src" / "localsage"
 CONTAINER_SIDE = ("localsage.train", "localsage.data", "localsage.model", "localsage.debugger.hook",
                   "localsage.distributed", "localsage.scriptmode", "localsage.entry", "localsage.recipe",
                   "localsage.checkpoint", "localsage.decode", "localsage.data_cache", "localsage.feed",
-                  "localsage.normalize")
+                  "localsage.normalize", "localsage.device_decode")
 HOST_SIDE = ("localsage.runner", "localsage.records", "localsage.scriptjob", "localsage.scriptserve", "localsage.backends", "localsage.tune", "localsage.serving", "localsage.cloud",
              "localsage.demo", "localsage.cli")
 

@@ -42,7 +42,9 @@ def batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=None):
     """(normalised images, labels, weight) on ranks.device, from d.loaders[split] (train.Data) or `source`,
     its iterator already started; each unreadable image logged once (bad_files[split] remembers it) and
     skipped; at most `limit` batches."""
-    return to_device(host_batches(d, split, ranks, bad_files, limit, source), d.normalize, ranks.device)
+    place = getattr(d, "place", None) if split == "train" else None
+    return to_device(host_batches(d, split, ranks, bad_files, limit, source), d.normalize, ranks.device, place,
+                     bad_files.get(split))
 
 
 def host_batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=None):
@@ -70,19 +72,31 @@ def host_batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=N
         yield images, labels, weight
 
 
-def to_device(batches, normalize, device: torch.device):
-    """(uint8 NCHW images, labels, weight) on the host -> (normalised images, labels, weight) on `device`."""
+def copy_to(device: torch.device):
+    def place(images, labels, skipped):
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    return place
+
+
+def to_device(batches, normalize, device: torch.device, place=None, skipped=None):
+    """(uint8 NCHW images, labels, weight) on the host -> (normalised images, labels, weight) on `device`.
+    `place(images, labels, skipped)` puts a host batch on the device as uint8 NCHW (default: a copy;
+    device_decode.DeviceDecoder decodes the workers' JPEG batches there, adding to `skipped` the
+    indexes of files it could not read)."""
+    place = place or copy_to(device)
+    skipped = set() if skipped is None else skipped
     if device.type != "cuda":
         for images, labels, weight in batches:
-            yield normalize(images.to(device)), labels.to(device), weight
+            images, labels, weight = _emptied(*place(images, labels, skipped), weight)
+            yield normalize(images), labels, weight
         return
     side = torch.cuda.Stream(device)
     main = torch.cuda.current_stream(device)
     ahead = None
     for images, labels, weight in batches:
         with torch.cuda.stream(side):
-            images = normalize(images.to(device, non_blocking=True))
-            labels = labels.to(device, non_blocking=True)
+            images, labels, weight = _emptied(*place(images, labels, skipped), weight)
+            images = normalize(images)
             ready = torch.cuda.Event()
             ready.record(side)
         if ahead is not None:
@@ -90,6 +104,15 @@ def to_device(batches, normalize, device: torch.device):
         ahead = (images, labels, weight, ready)
     if ahead is not None:
         yield _hand_over(ahead, main)
+
+
+def _emptied(images, labels, weight):
+    """A batch the device decoder found nothing readable in becomes host_batches' zero-weight stand-in
+    (a shape test: no device sync)."""
+    if labels.numel():
+        return images, labels, weight
+    return (torch.zeros((2, *images.shape[1:]), dtype=torch.uint8, device=images.device),
+            torch.zeros((2,), dtype=torch.long, device=labels.device), 0.0)
 
 
 def _hand_over(item, main):

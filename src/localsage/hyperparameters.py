@@ -94,6 +94,8 @@ PARAMS = (
     P("strict-data", bool, False, "fail on unreadable images instead of skipping them"),
     P("data-cache", str, "decoded", "decoded: keep decoded pixels on local disk ($LOCALSAGE_CACHE_DIR, default <tmp>/localsage-cache-<uid>, private) so epochs after the first skip JPEG decoding (bit-identical images; off when it would not fit in memory or the disk lacks room) | off",
       choices=("decoded", "off")),
+    P("decode-on", str, "workers", "where train JPEGs are decoded and augmented: workers (DataLoader workers, CPU) | device (the training device: nvJPEG's batched decoder on CUDA; the workers only read files and draw crops; the same crop/flip distribution)",
+      choices=("workers", "device")),
     P("max-steps", int, 0, "stop each epoch after this many steps (0 = full epoch; for smoke tests)", min=0),
     P("threads", int, 0, "torch intra-op threads on CPU (0 = physical cores available)", min=0),
     # debugger and profiler (localsage.debugger)

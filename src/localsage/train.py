@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoint, data, debugger, distributed, export, feed, files, metrics, model as model_mod
+from . import checkpoint, data, debugger, device_decode, distributed, export, feed, files, metrics, model as model_mod
 from . import contract as contract_mod
 from .hyperparameters import HyperparameterError, parse, split_reserved
 from .recipe import (  # noqa: F401 - the recipe's parts, also used by tests and benches as train.*
@@ -73,6 +73,7 @@ class Data:
     resize_size: int
     workers: int
     normalize: nn.Module
+    place: object = None  # host batch, labels -> on the device (None: a copy); device_decode.DeviceDecoder
 
 
 @dataclass
@@ -91,12 +92,20 @@ class Progress:
 def load_data(indexed: dict, folders: list, hp, ranks: Ranks) -> Data:
     image_size = hp["image-size"]
     resize_size = hp["resize-size"] or data.default_resize(image_size)
-    datasets = {}
-    cache = data.plan_cache({split: idx[0] for split, idx in indexed.items()}, hp["data-cache"])
+    datasets, place = {}, None
+    on_device = hp["decode-on"] == "device" and hp["augment"]
+    if hp["decode-on"] == "device" and not hp["augment"]:
+        log.warning("decode-on=device decodes augmented train batches only: augment=false keeps decoding on the workers")
+    cache = data.plan_cache({split: idx[0] for split, idx in indexed.items() if not (on_device and split == "train")},
+                            hp["data-cache"])
     for split, (paths, targets, _) in indexed.items():
         train = split == "train"
         tf = data.train_transform(image_size, hp["augment"], resize_size) if train else data.eval_transform(image_size, resize_size)
         draft = image_size if train and hp["augment"] else resize_size
+        if train and on_device:  # the workers read files and draw crops; the device decodes (localsage.device_decode)
+            datasets[split] = device_decode.JpegBatches(paths, targets, tf, draft_size=draft, strict=hp["strict-data"])
+            place = device_decode.DeviceDecoder(tf.spec, ranks.device, paths, strict=hp["strict-data"])
+            continue
         datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"], cache=cache)
     workers = data.default_workers() if hp["workers"] < 0 else hp["workers"]
     pin = ranks.device.type == "cuda"
@@ -112,7 +121,7 @@ def load_data(indexed: dict, folders: list, hp, ranks: Ranks) -> Data:
     }
     normalize = data.Normalize(channels_last=hp["channels-last"]).to(ranks.device)
     return Data(datasets, loaders, sampler, [data.class_name(f) for f in folders], image_size, resize_size,
-                workers, normalize)
+                workers, normalize, place)
 
 
 # ------------------------------------------------------------------ the loop
@@ -301,9 +310,9 @@ def train(contract) -> int:
                           [parts.criterion, parts.eval_criterion], workers=d.workers, start=t0, batch_size=hp["batch-size"])
     times = {"init": time.time() - t0}
     log.info(
-        "job ready in %.1fs: arch=%s classes=%d train=%d valid=%d test=%d device=%s amp=%s workers=%d",
+        "job ready in %.1fs: arch=%s classes=%d train=%d valid=%d test=%d device=%s amp=%s workers=%d decode-on=%s",
         times["init"], hp["arch"], len(folders), len(d.datasets["train"]), len(d.datasets["valid"]),
-        len(d.datasets.get("test", ())), ranks.device, ranks.amp, d.workers,
+        len(d.datasets.get("test", ())), ranks.device, ranks.amp, d.workers, "device" if d.place else "workers",
     )
     ok = False
     try:
