@@ -3,7 +3,7 @@
 Goal: end to end through the runner (ResNet50, amp=auto -> bf16, channels_last, batch 128) at >= 90% of the
 GPU-resident step rate of the same loop on the same machine, with the dataloader's wait < 5% of step time.
 
-Parts (`--skip steps,loop,e2e`):
+Parts (`--skip steps,loop,decode,e2e`):
   steps  the hardware table: ResNet50 train step on GPU-resident uint8 batches normalised on the GPU, naive
          fp32 NCHW at batch 64 vs channels_last with AMP (bf16; fp16 + GradScaler) at batch 64/128/256, peak GPU
          memory; `--compile` adds torch.compile. A plain SGD loop, not the runner's (CUDA only).
@@ -11,9 +11,14 @@ Parts (`--skip steps,loop,e2e`):
          AdamW, the schedule, AMP, localsage.feed) on GPU-resident batches, ROUNDS rounds interleaved across
          configs: the runner as it is (profiler off), with the profiler's step timer on (it syncs the
          device at each phase), and with cudnn.benchmark off (torch's default).
+  decode where train images are decoded, on the same photos, batch by batch in this process: the workers'
+         path (decode + crop/resize/flip, data-cache off) on one core, against decode-on=device
+         (localsage.device_decode): the workers' share (read, header, boxes) on one core and the
+         device's decode + augment (nvJPEG on CUDA), with a device sync; into device.json.
   e2e    the numerator: `runner.train` (process backend) on generated 500x375 q90 JPEGs, data-cache decoded
-         and off with the profiler on (the default: its steps.jsonl gives the dataloader's share), and
-         decoded with the profiler off; images/s per epoch from metrics.jsonl.
+         and off with the profiler on (the default: its steps.jsonl gives the dataloader's share),
+         decoded with the profiler off, and decode-on=device (profiler on); images/s per epoch from
+         metrics.jsonl.
 summary.json: epochs >= 2 of each e2e run, median [range] images/s, the ratio to the loop's median rate with
 the same profiler setting, the dataloader's share of step time, and whether the goal is met. The jobs' logs
 go to e2e-logs.txt; a part that fails writes its traceback to errors.txt and the next part runs: 7 files at
@@ -173,7 +178,9 @@ def loop_part(out: Path, work: Path, device, size: dict):
 
 # ------------------------------------------------------------------ e2e: through the runner
 
-E2E_RUNS = (("decoded", "decoded", True), ("off", "off", True), ("decoded-profiler-off", "decoded", False))
+# (name, data-cache, profiler, decode-on)
+E2E_RUNS = (("decoded", "decoded", True, "workers"), ("decode-on-device", "decoded", True, "device"),
+            ("off", "off", True, "workers"), ("decoded-profiler-off", "decoded", False, "workers"))
 
 
 def _photo(args):
@@ -207,22 +214,75 @@ def dataloader_waits(steps_file: Path, steps_an_epoch: int):
     return waits
 
 
-def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int):
-    root, jobs = work / "photos", work / "jobs"
+def ensure_photos(work: Path, photos: int, size: dict) -> Path:
+    root = work / "photos"
     if not (root / "train").exists():
         t0 = time.time()
         make_photos(root, photos, size["photo"])
         print(f"generated {photos} photos in {time.time() - t0:.0f}s", flush=True)
+    return root
+
+
+# ------------------------------------------------------------------ decode: workers' path vs decode-on=device
+
+def decode_part(out: Path, work: Path, device, size: dict, photos: int, info: dict):
+    import numpy as np
+    import torch
+
+    from localsage import data, device_decode
+
+    root = ensure_photos(work, photos, size)
+    batch = size["batch"]
+    files_ = sorted(str(p).encode() for p in (root / "train").rglob("*.jpg"))[:8 * batch]
+    paths, targets = np.array(files_, dtype=np.bytes_), np.zeros(len(files_), dtype=np.int64)
+    spec = data.preprocess_spec(size["size"])
+    workers_path = data.ImageDataset(paths, targets, data.TrainTransform(spec), draft_size=size["size"])
+    device_set = device_decode.JpegBatches(paths, targets, data.TrainTransform(spec), draft_size=size["size"])
+    decoder = device_decode.DeviceDecoder(spec, device, paths)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batches = [list(range(k, min(k + batch, len(files_)))) for k in range(0, len(files_), batch)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core, as one DataLoader worker has
+    decoder(*device_set.__getitems__(batches[0])[:2], set())  # warm-up: nvJPEG's handles, kernels
+    sync()
+    rates = {"workers_decode_one_core": [], "device_workers_share_one_core": [], "device_decode_augment": []}
+    for _ in range(size["rounds"]):  # each round times the three side by side
+        t0 = time.perf_counter()
+        for b in batches:
+            workers_path.__getitems__(b)
+        rates["workers_decode_one_core"].append(len(files_) / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        raws = [device_set.__getitems__(b) for b in batches]
+        rates["device_workers_share_one_core"].append(len(files_) / (time.perf_counter() - t0))
+        sync()
+        t0 = time.perf_counter()
+        for raw, labels, _ in raws:
+            decoder(raw, labels, set())
+        sync()
+        rates["device_decode_augment"].append(len(files_) / (time.perf_counter() - t0))
+    torch.set_num_threads(threads)
+    result = {name: spread(v) for name, v in rates.items()}
+    result["images"], result["batch"], result["crop"] = len(files_), batch, size["size"]
+    result["workers_share_ratio"] = round(statistics.median(rates["device_workers_share_one_core"])
+                                          / statistics.median(rates["workers_decode_one_core"]), 2)
+    write(out, "device.json", {**info, "decode": result})
+    return result
+
+
+# ------------------------------------------------------------------ e2e: through the runner
+
+def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int):
+    root, jobs = ensure_photos(work, photos, size), work / "jobs"
     n_train = sum(1 for _ in (root / "train").rglob("*.jpg"))
     env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src"), "LOCALSAGE_CACHE_DIR": str(work / "cache")}
     if device.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     results = []
-    for name, cache, profiler in E2E_RUNS:
+    for name, cache, profiler, decode_on in E2E_RUNS:
         job_name = f"gpu-e2e-{name}-{int(time.time())}"
         hp = {"arch": size["arch"], "weights": "none", "epochs": str(epochs), "batch-size": str(size["batch"]),
               "image-size": str(size["size"]), "lr": "0.001", "debug": "false", "data-cache": cache,
-              "profiler": str(profiler).lower()}
+              "profiler": str(profiler).lower(), "decode-on": decode_on}
         # the runner's process backend, called from Python (the CLI's debugger commands need smdebug)
         code = ("import sys, json; from localsage import runner; r = runner.train(sys.argv[1], json.loads(sys.argv[2]), "
                 "name=sys.argv[3], jobs_dir=sys.argv[4], echo=True); "
@@ -235,7 +295,7 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
             log.write(f"===== {name} (rc {proc.returncode})\n{proc.stdout[-20000:]}\n--- stderr ---\n{proc.stderr[-20000:]}\n")
         rows = [r for r in files.read_jsonl(job / "output/data/metrics.jsonl") if "images_per_sec" in r]
         waits = dataloader_waits(job / "output/profiler/steps.jsonl", math.ceil(n_train / size["batch"]))
-        results.append({"run": name, "data-cache": cache, "profiler": profiler, "rc": proc.returncode,
+        results.append({"run": name, "data-cache": cache, "profiler": profiler, "decode-on": decode_on, "rc": proc.returncode,
                         "wall_s": round(time.time() - t0, 1), "train_images": n_train,
                         "epochs": [{"epoch": r["epoch"], "images_per_sec": round(r["images_per_sec"], 1),
                                     "dataloader_share": waits[i][0] if i < len(waits) else None,
@@ -276,7 +336,7 @@ def main():
     p.add_argument("--compile", action="store_true")
     p.add_argument("--photos", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--skip", default="", help="comma list of parts to skip: steps,loop,e2e")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: steps,loop,decode,e2e")
     a = p.parse_args()
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,15 +347,17 @@ def main():
 
     device = torch.device(a.device)
     size = TINY if a.tiny else FULL
-    write(out, "device.json", {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-                               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-                               "cpus": os.cpu_count(), "size": size})
+    info = {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "cpus": os.cpu_count(), "size": size}
+    write(out, "device.json", info)
     skip = set(a.skip.split(","))
     for stale in ("e2e-logs.txt", "errors.txt"):  # both are appended to
         (out / stale).unlink(missing_ok=True)
     if "steps" not in skip and device.type == "cuda":
         part(out, "steps", steps_part, out, a.compile)
     loop = part(out, "loop", loop_part, out, work, device, size) if "loop" not in skip else None
+    if "decode" not in skip:
+        part(out, "decode", decode_part, out, work, device, size, a.photos, info)
     e2e = part(out, "e2e", e2e_part, out, work, device, size, a.photos, a.epochs) if "e2e" not in skip else None
     if loop and e2e:
         part(out, "summary", summarize, out, loop, e2e)

@@ -1,5 +1,5 @@
 """bench/gpu.py, the prepared GPU run, checked on this CPU machine at tiny size: every part it times on the GPU
-machine (the runner's loop on resident batches, three runner jobs end to end, the summary) runs and reports
+machine (the runner's loop on resident batches, four runner jobs end to end (decode-on=device among them), the summary) runs and reports
 what it says it does. GPU time is scarce (one short run a session, when one is lent at all), so the script
 must not find its bugs there."""
 from __future__ import annotations
@@ -30,7 +30,8 @@ def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
     assert phases["forward"] > 0 and phases["backward"] > 0 and phases["total"] >= phases["forward"] + phases["backward"]
 
     e2e = {run["run"]: run for run in json.loads((out / "e2e.json").read_text())}
-    assert set(e2e) == {"decoded", "off", "decoded-profiler-off"}
+    assert set(e2e) == {"decoded", "off", "decoded-profiler-off", "decode-on-device"}
+    assert "decode-on=device" in (out / "e2e-logs.txt").read_text()
     for run in e2e.values():
         assert run["rc"] == 0 and [e["epoch"] for e in run["epochs"]] == [1, 2], (out / "e2e-logs.txt").read_text()
         shares = [e["dataloader_share"] for e in run["epochs"]]
@@ -39,6 +40,11 @@ def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
         assert all(f >= 0 for f in firsts) if run["profiler"] else firsts == [None, None]
     # the decoded-image cache gives the pixels a decode gives: same seed, same losses
     assert [e["train_loss"] for e in e2e["decoded"]["epochs"]] == [e["train_loss"] for e in e2e["off"]["epochs"]]
+
+    decode = json.loads((out / "device.json").read_text())["decode"]
+    for name in ("workers_decode_one_core", "device_workers_share_one_core", "device_decode_augment"):
+        assert decode[name]["min"] > 0 and decode[name]["min"] <= decode[name]["median"] <= decode[name]["max"]
+    assert decode["workers_share_ratio"] > 0 and decode["images"] > 0
 
     summary = {row["run"]: row for row in json.loads((out / "summary.json").read_text())}
     assert set(summary) == set(e2e)

@@ -1,5 +1,7 @@
-"""What the training loop steps on: the loader's uint8 batches, unreadable images skipped, normalised on the
-training device (`batches`).
+"""The training data and what the training loop steps on: the splits' datasets and loaders (`load_data`,
+`Data`), and the loader's uint8 batches, unreadable images skipped, put on the training device and
+normalised there (`batches`). With decode-on=device the train loader's batches are JPEG files that
+localsage.device_decode decodes and augments on the device (`Data.place`).
 
 On CPU each batch is normalised where it is (`normalize.Normalize`), as it comes.
 
@@ -19,10 +21,66 @@ pinned-memory allocator, which records the copy's stream itself.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from . import data, device_decode, distributed
 
 log = logging.getLogger("localsage.train")
+
+
+@dataclass
+class Data:
+    datasets: dict
+    loaders: dict
+    train_sampler: object
+    classes: list
+    image_size: int
+    resize_size: int
+    workers: int
+    normalize: nn.Module
+    place: object = None  # host batch, labels -> on the device (None: a copy); device_decode.DeviceDecoder
+
+
+def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
+    """The splits' datasets and loaders for this rank (train.Ranks), the train batches' way to the device."""
+    image_size = hp["image-size"]
+    resize_size = hp["resize-size"] or data.default_resize(image_size)
+    datasets, place = {}, None
+    on_device = hp["decode-on"] == "device" and hp["augment"]
+    if hp["decode-on"] == "device" and not hp["augment"]:
+        log.warning("decode-on=device decodes augmented train batches only: augment=false keeps decoding on the workers")
+    elif on_device and ranks.device.type != "cuda":
+        log.warning("decode-on=device on %s decodes in the training process, one image at a time: slower than the "
+                    "workers (meant for CUDA's nvJPEG)", ranks.device)
+    cache = data.plan_cache({split: idx[0] for split, idx in indexed.items() if not (on_device and split == "train")},
+                            hp["data-cache"])
+    for split, (paths, targets, _) in indexed.items():
+        train = split == "train"
+        tf = data.train_transform(image_size, hp["augment"], resize_size) if train else data.eval_transform(image_size, resize_size)
+        draft = image_size if train and hp["augment"] else resize_size
+        if train and on_device:  # the workers read files and draw crops; the device decodes (localsage.device_decode)
+            datasets[split] = device_decode.JpegBatches(paths, targets, tf, draft_size=draft, strict=hp["strict-data"])
+            place = device_decode.DeviceDecoder(tf.spec, ranks.device, paths, strict=hp["strict-data"])
+            continue
+        datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"], cache=cache)
+    workers = data.default_workers() if hp["workers"] < 0 else hp["workers"]
+    pin = ranks.device.type == "cuda"
+    # data parallel: each rank trains on its DistributedSampler share and evaluates a disjoint shard
+    sampler = None
+    if ranks.world > 1:
+        sampler = torch.utils.data.DistributedSampler(datasets["train"], ranks.world, ranks.rank, shuffle=True, seed=hp["seed"])
+    loaders = {
+        split: data.make_loader(distributed.shard(ds, ranks.rank, ranks.world) if split != "train" else ds,
+                                hp["batch-size"], split == "train", workers, pin,
+                                sampler=sampler if split == "train" else None, seed=hp["seed"])
+        for split, ds in datasets.items()
+    }
+    normalize = data.Normalize(channels_last=hp["channels-last"]).to(ranks.device)
+    return Data(datasets, loaders, sampler, [data.class_name(f) for f in folders], image_size, resize_size,
+                workers, normalize, place)
 
 
 def start_train_epoch(d, epoch: int):

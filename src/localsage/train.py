@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoint, data, debugger, device_decode, distributed, export, feed, files, metrics, model as model_mod
+from . import checkpoint, data, debugger, distributed, export, feed, files, metrics, model as model_mod
+from .feed import Data, load_data  # noqa: F401 - the loop's data, also used by tests and benches as train.*
 from . import contract as contract_mod
 from .hyperparameters import HyperparameterError, parse, split_reserved
 from .recipe import (  # noqa: F401 - the recipe's parts, also used by tests and benches as train.*
@@ -64,19 +65,6 @@ def setup_logging():
 
 
 @dataclass
-class Data:
-    datasets: dict
-    loaders: dict
-    train_sampler: object
-    classes: list
-    image_size: int
-    resize_size: int
-    workers: int
-    normalize: nn.Module
-    place: object = None  # host batch, labels -> on the device (None: a copy); device_decode.DeviceDecoder
-
-
-@dataclass
 class Progress:
     """What a checkpoint carries besides the weights."""
     start_epoch: int = 1
@@ -84,44 +72,6 @@ class Progress:
     bad_epochs: int = 0
     history: list = field(default_factory=list)
     bad_files: dict = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------ set-up, in the order main uses it
-
-
-def load_data(indexed: dict, folders: list, hp, ranks: Ranks) -> Data:
-    image_size = hp["image-size"]
-    resize_size = hp["resize-size"] or data.default_resize(image_size)
-    datasets, place = {}, None
-    on_device = hp["decode-on"] == "device" and hp["augment"]
-    if hp["decode-on"] == "device" and not hp["augment"]:
-        log.warning("decode-on=device decodes augmented train batches only: augment=false keeps decoding on the workers")
-    cache = data.plan_cache({split: idx[0] for split, idx in indexed.items() if not (on_device and split == "train")},
-                            hp["data-cache"])
-    for split, (paths, targets, _) in indexed.items():
-        train = split == "train"
-        tf = data.train_transform(image_size, hp["augment"], resize_size) if train else data.eval_transform(image_size, resize_size)
-        draft = image_size if train and hp["augment"] else resize_size
-        if train and on_device:  # the workers read files and draw crops; the device decodes (localsage.device_decode)
-            datasets[split] = device_decode.JpegBatches(paths, targets, tf, draft_size=draft, strict=hp["strict-data"])
-            place = device_decode.DeviceDecoder(tf.spec, ranks.device, paths, strict=hp["strict-data"])
-            continue
-        datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"], cache=cache)
-    workers = data.default_workers() if hp["workers"] < 0 else hp["workers"]
-    pin = ranks.device.type == "cuda"
-    # data parallel: each rank trains on its DistributedSampler share and evaluates a disjoint shard
-    sampler = None
-    if ranks.world > 1:
-        sampler = torch.utils.data.DistributedSampler(datasets["train"], ranks.world, ranks.rank, shuffle=True, seed=hp["seed"])
-    loaders = {
-        split: data.make_loader(distributed.shard(ds, ranks.rank, ranks.world) if split != "train" else ds,
-                                hp["batch-size"], split == "train", workers, pin,
-                                sampler=sampler if split == "train" else None, seed=hp["seed"])
-        for split, ds in datasets.items()
-    }
-    normalize = data.Normalize(channels_last=hp["channels-last"]).to(ranks.device)
-    return Data(datasets, loaders, sampler, [data.class_name(f) for f in folders], image_size, resize_size,
-                workers, normalize, place)
 
 
 # ------------------------------------------------------------------ the loop
