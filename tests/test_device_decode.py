@@ -71,6 +71,11 @@ def test_the_device_path_gives_the_workers_boxes_labels_and_pixels(tmp_path):
         diff = (images[k].int() - ref[ref_of[i]].int()).abs()
         assert diff.max() <= (1 if i in raw.index.tolist() else 0), (i, diff.max())
         assert diff.float().mean() < 0.5
+    # decoded in chunks (here one image a chunk: the bound on a chunk's full-size pixels), the same batch
+    one_by_one = device_decode.DeviceDecoder(data.preprocess_spec(48), "cpu", np.array(paths, dtype=np.bytes_))
+    one_by_one.CHUNK_BYTES = 1
+    again, again_labels = one_by_one(raw, torch.tensor(order), set())
+    assert torch.equal(again, images) and torch.equal(again_labels, labels)
 
 
 def test_a_drafted_photo_keeps_the_cpu_boxes_and_pixel_statistics(tmp_path):
@@ -86,7 +91,7 @@ def test_a_drafted_photo_keeps_the_cpu_boxes_and_pixel_statistics(tmp_path):
         data.make_photo_like(tmp_path / f"b{k}.jpg", 500, 375, seed=10 + k)
         paths.append(str(tmp_path / f"b{k}.jpg").encode())
     (images, labels, _), raw, (ref, ref_labels, _) = _both(paths, 64, seed=2)
-    assert raw.boxes[:, 6].unique().tolist() == [4]  # 375 // 64 = 5: DCT 1/4
+    assert raw.boxes[:, 6].unique().tolist() == [4] and raw.boxes[:, 7].unique().tolist() == [500 * 375]  # DCT 1/4
     assert torch.equal(labels, ref_labels)
     a, b = images.float(), ref.float()
     assert (a - b).abs().mean() < 3

@@ -50,8 +50,8 @@ class RawImages(NamedTuple):
     """A train batch as the workers send it with decode-on=device (labels: the JPEGs' first, then `done`'s)."""
     data: torch.Tensor  # uint8: the JPEG files end to end
     offsets: torch.Tensor  # int64 (n + 1,): file k is data[offsets[k]:offsets[k + 1]]
-    boxes: torch.Tensor  # int64 (n, 7): top, left, height, width (on the upright image as the CPU path decodes
-    #                      it: DCT-scaled), flip, EXIF orientation, draft scale
+    boxes: torch.Tensor  # int64 (n, 8): top, left, height, width (on the upright image as the CPU path decodes
+    #                      it: DCT-scaled), flip, EXIF orientation, draft scale, the file's stored pixels
     index: torch.Tensor  # int64 (n,): dataset indexes (to name a file the device cannot decode)
     done: torch.Tensor  # uint8 (m, crop, crop, 3): images the worker decoded and augmented itself
 
@@ -67,9 +67,9 @@ def draft_scale(width: int, height: int, draft_size) -> int:
 
 
 def device_header(raw: bytes, draft_size=None):
-    """(width, height, EXIF orientation, draft scale) of a JPEG the device decoder is given, as the CPU
-    path would decode it (upright, DCT-scaled); None for anything that goes the CPU way instead (see
-    the module docstring)."""
+    """(width, height, EXIF orientation, draft scale, stored pixels) of a JPEG the device decoder is given,
+    width and height as the CPU path would decode it (upright, DCT-scaled); None for anything that goes
+    the CPU way instead (see the module docstring)."""
     if raw[:2] != b"\xff\xd8" or raw[-2:] != b"\xff\xd9":
         return None
     try:
@@ -82,7 +82,8 @@ def device_header(raw: bytes, draft_size=None):
     orientation = orientation if orientation in range(1, 9) else 1
     scale = draft_scale(*img.size, draft_size)
     w, h = (-(-side // scale) for side in img.size)
-    return (h, w, orientation, scale) if orientation >= 5 else (w, h, orientation, scale)
+    pixels = img.size[0] * img.size[1]
+    return (h, w, orientation, scale, pixels) if orientation >= 5 else (w, h, orientation, scale, pixels)
 
 
 class JpegBatches(torch.utils.data.Dataset):
@@ -118,11 +119,11 @@ class JpegBatches(torch.utils.data.Dataset):
                 self._bad(path, exc)
                 bad.append(i)
                 continue
-            width, height, orientation, scale = header
+            width, height, orientation, scale, pixels = header
             top, left, h, w = tf.params(height, width)
             flip = random.random() < tf.hflip  # drawn after the box, as TrainTransform.write does
             chunks.append(raw)
-            boxes.append((top, left, h, w, int(flip), orientation, scale))
+            boxes.append((top, left, h, w, int(flip), orientation, scale, pixels))
             index.append(i)
             labels.append(int(self.targets[i]))
         if not chunks and not done:
@@ -133,7 +134,7 @@ class JpegBatches(torch.utils.data.Dataset):
         raw = RawImages(
             torch.frombuffer(bytearray(b"".join(chunks)) or bytearray(1), dtype=torch.uint8)[:offsets[-1]],
             torch.tensor(offsets, dtype=torch.int64),
-            torch.tensor(boxes, dtype=torch.int64).view(-1, 7),
+            torch.tensor(boxes, dtype=torch.int64).view(-1, 8),
             torch.tensor(index, dtype=torch.int64),
             torch.stack(done) if done else torch.empty((0, *tf.size, 3), dtype=torch.uint8))
         return raw, torch.tensor(labels + done_labels, dtype=torch.long), bad
@@ -152,7 +153,13 @@ def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 class DeviceDecoder:
-    """RawImages + labels -> (uint8 NCHW batch, labels) on `device`: see the module docstring."""
+    """RawImages + labels -> (uint8 NCHW batch, labels) on `device`: see the module docstring.
+
+    A batch is decoded in chunks of at most CHUNK_BYTES of decoded pixels, each cropped and resized before
+    the next is decoded: 128 dogImages-sized photos (~0.6 MB decoded each) are one call, but 128 12-MP
+    phone photos would be 4.6 GB at once (the CPU path decodes those at 1/8 scale)."""
+
+    CHUNK_BYTES = 256 << 20
 
     def __init__(self, spec: dict, device: torch.device, paths, strict: bool = False):
         self.spec, self.size = spec, (spec["crop"], spec["crop"])
@@ -164,18 +171,18 @@ class DeviceDecoder:
         if not isinstance(raw, RawImages):  # feed.host_batches' DDP stand-in: plain uint8 pixels
             return raw.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         n, done = len(raw.boxes), raw.done.to(dev, non_blocking=True)
-        offsets, boxes = raw.offsets.tolist(), raw.boxes.tolist()
-        streams = [raw.data[offsets[k]:offsets[k + 1]] for k in range(n)]
-        images = self._decode(streams, raw.index.tolist(), boxes, skipped) if n else []
-        kept = [k for k, img in enumerate(images) if img is not None]
-        stage = torch.empty((len(kept), 3, *self.size), dtype=torch.float32, device=dev)
-        for slot, k in enumerate(kept):
-            top, left, h, w, _, _, s = boxes[k]
-            crop = images[k][:, top * s:(top + h) * s, left * s:(left + w) * s].unsqueeze(0).float()
-            if s > 1:  # the CPU path's DCT-scaled decode, as an area average (a partial last block: its own mean)
-                crop = torch.nn.functional.avg_pool2d(crop, s, s, ceil_mode=True)
-            stage[slot] = torch.nn.functional.interpolate(crop, size=self.size, mode=self.spec["interpolation"],
-                                                          align_corners=False, antialias=self.spec["antialias"])[0]
+        offsets, boxes, index = raw.offsets.tolist(), raw.boxes.tolist(), raw.index.tolist()
+        stage = torch.empty((n, 3, *self.size), dtype=torch.float32, device=dev)
+        kept = []
+        for chunk in self._chunks(boxes):
+            images = self._decode([raw.data[offsets[k]:offsets[k + 1]] for k in chunk], [index[k] for k in chunk],
+                                  [boxes[k] for k in chunk], skipped)
+            for k, img in zip(chunk, images):
+                if img is not None:
+                    self._augment(img, boxes[k], stage[len(kept)])
+                    kept.append(k)
+            del images  # the chunk's full-size pixels go back to the allocator before the next chunk
+        stage = stage[:len(kept)]
         out = torch.empty((len(kept) + len(done), *self.size, 3), dtype=torch.uint8, device=dev)
         # round half up, in range: the antialias filter's weights are >= 0 and sum to 1
         out[:len(kept)] = stage.add_(0.5).clamp_(0, 255).permute(0, 2, 3, 1)
@@ -187,6 +194,26 @@ class DeviceDecoder:
         if len(kept) < n:
             labels = torch.cat([labels[kept], labels[n:]])
         return out.permute(0, 3, 1, 2), labels.to(dev, non_blocking=True)
+
+    def _chunks(self, boxes):
+        chunk, size = [], 0
+        for k, box in enumerate(boxes):
+            if chunk and size + 3 * box[7] > self.CHUNK_BYTES:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(k)
+            size += 3 * box[7]
+        if chunk:
+            yield chunk
+
+    def _augment(self, img, box, into):
+        """Crop, the draft's area average, resize (float, not yet rounded) into `into` (3, crop, crop)."""
+        top, left, h, w, _, _, s, _ = box
+        crop = img[:, top * s:(top + h) * s, left * s:(left + w) * s].unsqueeze(0).float()
+        if s > 1:  # the CPU path's DCT-scaled decode, as an area average (a partial last block: its own mean)
+            crop = torch.nn.functional.avg_pool2d(crop, s, s, ceil_mode=True)
+        into.copy_(torch.nn.functional.interpolate(crop, size=self.size, mode=self.spec["interpolation"],
+                                                   align_corners=False, antialias=self.spec["antialias"])[0])
 
     def _decode(self, streams, index, boxes, skipped):
         """Upright CHW uint8 images on the device; None where nothing could read the file."""
