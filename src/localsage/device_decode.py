@@ -13,19 +13,20 @@ Who does what:
   decoder is not given (not a JPEG, CMYK, XMP metadata, no end-of-image marker: truncated,
   an unreadable EXIF block) is decoded and augmented right there as the CPU path does (`done`).
 - the main process (`DeviceDecoder`, called by localsage.feed on its side stream): one
-  `decode_jpeg(list, device=...)` call a batch, then per image the EXIF orientation (PIL's
-  exif_transpose as flips and transposes), the crop, an antialiased bilinear resize in float32
-  rounded back to uint8 (what torchvision's Resize does on CUDA), and the flips of the batch at once;
-  the result is the uint8 batch the workers would have sent, which the feed normalises as before.
-  A stream the device decoder refuses is decoded from its file by localsage.decode on the host;
-  a file nothing can read is logged once and left out of the batch (strict-data: the job fails).
+  `decode_jpeg(list, device=...)` call a batch (or a chunk of it: CHUNK_BYTES), then per image the
+  EXIF orientation (PIL's exif_transpose as flips and transposes), the crop, an antialiased bilinear
+  resize in float32 rounded back to uint8 (what torchvision's Resize does on CUDA), and the flips of
+  the batch at once; the result is the uint8 batch the workers would have sent, which the feed
+  normalises as before. A stream the device decoder refuses is decoded from its file by
+  localsage.decode on the host; a file nothing can read is logged once and left out of the batch
+  (strict-data: the job fails).
 
 Against the workers' path: the same boxes and flips for the same RNG state, and pixels within 1 of
-the CPU's uint8 resize (tests/test_device_decode.py). One difference by design: the CPU path decodes
-a photo at least twice the crop size DCT-scaled (PIL's draft, 1/2-1/8); here it is decoded whole and
-its box drawn on the whole image, so boxes cover the same fractions of the photo (RandomResizedCrop's
-scale and ratio are relative) and the resize, not the DCT, takes it down. On a CPU device the same
-code runs with torchvision's CPU decoder (that is how the tests check it; it is no faster there).
+the CPU's uint8 resize (tests/test_device_decode.py). A photo at least twice the crop size, which
+the CPU path decodes DCT-scaled (PIL's draft, 1/2-1/8), gets its box drawn on that scaled size too
+(the same boxes), is decoded whole here and area-averaged by the same scale before its resize: close
+to, not equal to, a scaled IDCT (a little smoother). On a CPU device the same code runs with
+torchvision's CPU decoder (that is how the tests check it; it is no faster there).
 """
 from __future__ import annotations
 
