@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from localsage import data, device_decode, feed, runner
+from localsage.hyperparameters import HyperparameterError
 
 from conftest import TINY_HP
 
@@ -169,3 +170,14 @@ def test_nvjpeg_batches_have_the_cpu_paths_boxes_and_statistics(tmp_path):
     a, b = on_gpu.cpu().float(), on_cpu.float()
     assert (a - b).abs().mean() < 3  # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's a little
     assert (a.mean((0, 2, 3)) - b.mean((0, 2, 3))).abs().max() < 1
+
+
+def test_a_torchvision_that_cannot_decode_on_the_device_fails_the_job_before_the_first_step(monkeypatch):
+    device_decode.check_device("cpu")  # torchvision's CPU decoder: fine
+
+    def no_nvjpeg(*args, **kwargs):
+        raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
+
+    monkeypatch.setattr(device_decode, "decode_jpeg", no_nvjpeg)
+    with pytest.raises(HyperparameterError, match="decode-on=device: .*nvJPEG support.*decode-on=workers"):
+        device_decode.check_device("cpu")

@@ -41,6 +41,7 @@ from torchvision.io import ImageReadMode, decode_jpeg  # imported here, before D
 
 from .data import DataError
 from .decode import decode
+from .hyperparameters import HyperparameterError
 
 log = logging.getLogger("localsage.train")  # where feed logs the workers' unreadable files
 
@@ -151,6 +152,19 @@ def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
     if orientation in (3, 4):
         img = img.flip(1)
     return img
+
+
+def check_device(device) -> None:
+    """Raise HyperparameterError, before the first step, when this torchvision cannot decode a JPEG on
+    `device` (a build without nvJPEG): every batch would otherwise fall back to the host image by image."""
+    from torchvision.io import encode_jpeg
+
+    sample = encode_jpeg(torch.zeros((3, 16, 16), dtype=torch.uint8))
+    try:
+        decode_jpeg([sample], mode=ImageReadMode.RGB, device=torch.device(device))
+    except (RuntimeError, ValueError) as exc:
+        raise HyperparameterError(f"decode-on=device: this torchvision cannot decode JPEGs on {device} ({exc}); "
+                                  "use decode-on=workers") from exc
 
 
 class DeviceDecoder:

@@ -52,7 +52,9 @@ def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
     on_device = hp["decode-on"] == "device" and hp["augment"]
     if hp["decode-on"] == "device" and not hp["augment"]:
         log.warning("decode-on=device decodes augmented train batches only: augment=false keeps decoding on the workers")
-    elif on_device and ranks.device.type != "cuda":
+    if on_device:
+        device_decode.check_device(ranks.device)
+    if on_device and ranks.device.type != "cuda":
         log.warning("decode-on=device on %s decodes in the training process, one image at a time: slower than the "
                     "workers (meant for CUDA's nvJPEG)", ranks.device)
     cache = data.plan_cache({split: idx[0] for split, idx in indexed.items() if not (on_device and split == "train")},
