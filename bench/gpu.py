@@ -231,6 +231,7 @@ def decode_part(out: Path, work: Path, device, size: dict, photos: int, info: di
 
     from localsage import data, device_decode
 
+    device_decode.check_device(device)  # a torchvision without nvJPEG: this part's error, not a slow fallback
     root = ensure_photos(work, photos, size)
     batch = size["batch"]
     files_ = sorted(str(p).encode() for p in (root / "train").rglob("*.jpg"))[:8 * batch]
