@@ -135,10 +135,14 @@ def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_lost_file_skip
     assert (images[:2].int() - ref.int()).abs().max() <= 1  # p1 from the host: the same crop
     with pytest.raises(data.DataError, match="p2.jpg"):
         device_decode.DeviceDecoder(spec, "cpu", arr, strict=True)(raw, labels, set())
-    # a batch with nothing left becomes the zero-weight stand-in; the DDP stand-in's plain pixels pass through
-    stream = [(only[0], only[1], 1.0), (torch.zeros((2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 0.0)]
+    # a batch with nothing left is skipped, or in DDP becomes the zero-weight stand-in; host_batches' own
+    # stand-in (plain pixels) passes through
+    stream = [(only[0], only[1], 1.0), (torch.zeros((2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 0.0),
+              (raw, labels, 1.0)]
     out = list(feed.to_device(stream, data.Normalize(), torch.device("cpu"), dec, skipped))
-    assert [(x.shape[0], w) for x, _, w in out] == [(2, 0.0), (2, 0.0)]
+    assert [(x.shape[0], w) for x, _, w in out] == [(2, 0.0), (3, 1.0)]
+    out = list(feed.to_device(stream, data.Normalize(), torch.device("cpu"), dec, skipped, stand_in=True))
+    assert [(x.shape[0], w) for x, _, w in out] == [(2, 0.0), (2, 0.0), (3, 1.0)]
 
 
 def test_a_job_decoding_on_the_device_trains_and_counts_unreadable_files(tmp_path, jobs_dir):

@@ -104,7 +104,7 @@ def batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=None):
     skipped; at most `limit` batches."""
     place = getattr(d, "place", None) if split == "train" else None
     return to_device(host_batches(d, split, ranks, bad_files, limit, source), d.normalize, ranks.device, place,
-                     bad_files.get(split))
+                     bad_files.get(split), stand_in=ranks.world > 1 and split == "train")
 
 
 def host_batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=None):
@@ -138,24 +138,26 @@ def copy_to(device: torch.device):
     return place
 
 
-def to_device(batches, normalize, device: torch.device, place=None, skipped=None):
+def to_device(batches, normalize, device: torch.device, place=None, skipped=None, stand_in=False):
     """(uint8 NCHW images, labels, weight) on the host -> (normalised images, labels, weight) on `device`.
     `place(images, labels, skipped)` puts a host batch on the device as uint8 NCHW (default: a copy;
     device_decode.DeviceDecoder decodes the workers' JPEG batches there, adding to `skipped` the
-    indexes of files it could not read)."""
-    place = place or copy_to(device)
-    skipped = set() if skipped is None else skipped
+    indexes of files it could not read; a batch left empty is skipped, or with `stand_in` (DDP's train
+    split) becomes host_batches' zero-weight stand-in)."""
+    placed = _placed(batches, place or copy_to(device), set() if skipped is None else skipped, stand_in)
     if device.type != "cuda":
-        for images, labels, weight in batches:
-            images, labels, weight = _emptied(*place(images, labels, skipped), weight)
+        for images, labels, weight in placed:
             yield normalize(images), labels, weight
         return
     side = torch.cuda.Stream(device)
     main = torch.cuda.current_stream(device)
     ahead = None
-    for images, labels, weight in batches:
+    while True:
         with torch.cuda.stream(side):
-            images, labels, weight = _emptied(*place(images, labels, skipped), weight)
+            item = next(placed, None)  # placed on the side stream
+            if item is None:
+                break
+            images, labels, weight = item
             images = normalize(images)
             ready = torch.cuda.Event()
             ready.record(side)
@@ -166,13 +168,15 @@ def to_device(batches, normalize, device: torch.device, place=None, skipped=None
         yield _hand_over(ahead, main)
 
 
-def _emptied(images, labels, weight):
-    """A batch the device decoder found nothing readable in becomes host_batches' zero-weight stand-in
-    (a shape test: no device sync)."""
-    if labels.numel():
-        return images, labels, weight
-    return (torch.zeros((2, *images.shape[1:]), dtype=torch.uint8, device=images.device),
-            torch.zeros((2,), dtype=torch.long, device=labels.device), 0.0)
+def _placed(batches, place, skipped: set, stand_in: bool):
+    for images, labels, weight in batches:
+        images, labels = place(images, labels, skipped)
+        if not labels.numel():  # the device decoder could read none of the batch's files (a shape test: no sync)
+            if not stand_in:
+                continue
+            images = torch.zeros((2, *images.shape[1:]), dtype=torch.uint8, device=images.device)
+            labels, weight = torch.zeros((2,), dtype=torch.long, device=labels.device), 0.0
+        yield images, labels, weight
 
 
 def _hand_over(item, main):
