@@ -42,6 +42,11 @@ class DataError(ValueError):
     pass
 
 
+def unreadable(path: str, exc: BaseException) -> DataError:
+    """The error that fails a strict-data job on a file no decoder reads."""
+    return DataError(f"unreadable image {path}: {exc} (strict-data=true)")
+
+
 def class_name(folder: str) -> str:
     """`001.Affenpinscher` -> `Affenpinscher` (folders without a numeric prefix stay as they are)."""
     head, dot, tail = folder.partition(".")
@@ -234,7 +239,7 @@ class ImageDataset(torch.utils.data.Dataset):
             return decode(path, self.draft_size)
         except Exception as exc:  # PIL raises many types for corrupt data
             if self.strict:
-                raise DataError(f"unreadable image {path}: {exc} (strict-data=true)") from exc
+                raise unreadable(path, exc) from exc
             return None
 
     def __getitem__(self, index):

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg  # imported here, before DataLoader workers fork
 
-from .data import DataError
+from .data import unreadable
 from .decode import decode
 from .hyperparameters import HyperparameterError
 
@@ -100,7 +100,7 @@ class JpegBatches(torch.utils.data.Dataset):
 
     def _bad(self, path, exc):
         if self.strict:
-            raise DataError(f"unreadable image {path}: {exc} (strict-data=true)") from exc
+            raise unreadable(path, exc) from exc
 
     def __getitems__(self, indexes):
         tf = self.transform
@@ -249,7 +249,7 @@ class DeviceDecoder:
                 out.append(decode(path).to(self.device))  # upright already: the box was drawn on that size
             except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
                 if self.strict:
-                    raise DataError(f"unreadable image {path}: {exc} (strict-data=true)") from exc
+                    raise unreadable(path, exc) from exc
                 if i not in skipped:
                     skipped.add(i)
                     log.warning("skipped unreadable image %s", path)
