@@ -123,8 +123,7 @@ def main(argv=None):
     try:
         for i, (side, front) in enumerate((("front", True), ("direct", False))):
             port = args.port + 10 * i
-            servers[side] = serving.LocalServer({"ours": ours}, port=port, metrics_port=port + 2,
-                                                grpc_ports=(port + 3, port + 4), log_path=root / f"{side}.out",
+            servers[side] = serving.LocalServer({"ours": ours}, port=port, log_path=root / f"{side}.out",
                                                 front=front).start(wait_s=300)
         for server in servers.values():  # warm-up
             predicts(server.port, images, 16, args.concurrency)

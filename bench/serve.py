@@ -211,8 +211,7 @@ def main(argv=None):
           f"(~{sum(map(len, images)) // len(images) // 1024} KB), concurrency {args.concurrency}, "
           f"<= {args.requests} requests / {args.duration:.0f} s per handler, {os.cpu_count()} CPUs", flush=True)
     server = scriptserve.ScriptServer({"ours": ours, "seed": seed, **scripts}, port=args.port,
-                                 metrics_port=args.port + 2, grpc_ports=(args.port + 3, args.port + 4),
-                                 log_path=root / "torchserve.out")
+                                      log_path=root / "torchserve.out")
     results = {}
     try:
         server.start(wait_s=300)

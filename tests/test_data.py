@@ -2,7 +2,6 @@
 decoded-image cache (transparency and safety) and the preprocessing spec written for serving."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import multiprocessing

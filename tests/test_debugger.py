@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FAST_HP
 from localsage import debugger, runner
 from localsage.contract import Contract
 from localsage.data import make_demo_data

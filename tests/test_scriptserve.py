@@ -30,7 +30,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from localsage import scriptserve, serving
+from localsage import scriptserve
 from test_serving import free_ports  # one helper for free loopback ports
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -158,6 +158,23 @@ def assert_alive(predict_url, sample_jpeg):
 # ------------------------------------------------------------------------------- the artifact
 
 
+def test_side_ports_are_free_distinct_and_avoid_taken_ones():
+    """Metrics and gRPC beside a server: port + 2 when free, else (and always for gRPC beside a port other
+    than 8080) ports the kernel picks, never the server's own port or a taken one (TorchServe exits on a
+    taken gRPC port before it serves anything)."""
+    port, free_next = free_ports(2)
+    metrics, grpc = serving.side_ports(port, metrics=free_next)
+    assert metrics == free_next and len({port, metrics, *grpc}) == 4
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        metrics, grpc = serving.side_ports(busy - 2)
+        assert busy not in (metrics, *grpc) and len({busy - 2, metrics, *grpc}) == 4
+        for p in (metrics, *grpc):  # all free now
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
+
+
 def test_export_writes_torchserve_dir(model_dir):
     """The training job's model/ is a TorchServe model directory as exported (no extra step)."""
     manifest = json.loads((model_dir / serving.MANIFEST).read_text())

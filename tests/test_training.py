@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import FAST_HP, TINY_HP
-from localsage import contract, export, hyperparameters, metrics, model, runner
+from localsage import export, hyperparameters, metrics, model, runner
 from localsage.cli import main as cli_main
 
 

@@ -101,7 +101,6 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     stage(5, "TorchServe with the model (127.0.0.1, loopback only)")
     port = free_port()
     server = serving.LocalServer({MODEL_NAME: job_dir / "model"}, port=port,
-                                 metrics_port=free_port(), grpc_ports=(free_port(), free_port()),
                                  log_path=jobs_dir / "demo-torchserve.log")
     server.start()
     try:

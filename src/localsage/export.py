@@ -13,9 +13,7 @@ so `torchserve --models name=<dir>` and SageMaker's /opt/ml/model serve the dire
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 from datetime import datetime
 from pathlib import Path
 

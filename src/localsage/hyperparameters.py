@@ -111,18 +111,6 @@ PARAMS = (
 SPEC = {p.name: p for p in PARAMS}
 
 
-RESERVED_PREFIX = "sagemaker_"  # the platform's keys (sagemaker_program, ...), never the trainer's
-RESERVED = ("_tuning_objective_metric",)  # SageMaker HPO adds it to every training job
-
-
-def split_reserved(raw: dict) -> tuple[dict, dict]:
-    """(the trainer's hyperparameters, the platform's reserved ones)."""
-    mine, reserved = {}, {}
-    for key, value in (raw or {}).items():
-        (reserved if str(key).startswith(RESERVED_PREFIX) or key in RESERVED else mine)[key] = value
-    return mine, reserved
-
-
 def defaults() -> dict:
     return {p.name: p.default for p in PARAMS}
 

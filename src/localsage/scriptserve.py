@@ -97,16 +97,15 @@ class ScriptServer(LocalServer):
                 if time.monotonic() > deadline:
                     raise
             except RuntimeError:
-                raise ScriptLoadError(self.startup_failure() or f"TorchServe exited; see {self.log_path}") from None
+                raise ScriptLoadError(self.startup_failure() or "TorchServe exited; " + (
+                    f"see {self.log_path}" if self.log_path else "its log is above")) from None
 
 
 def serve_script(model_dir, port=8080, name="model", program=None, code_dir=None) -> int:
     """`localsage serve` for a script model: foreground TorchServe on 127.0.0.1:<port>; a load failure
     (requirements, import, model_fn) is printed and returns 1."""
     try:
-        server = ScriptServer({name: model_dir}, programs={name: program}, code_dirs={name: code_dir}, port=port,
-                              metrics_port=port + 2,
-                              grpc_ports=(7070, 7071) if port == 8080 else (port + 3, port + 4))
+        server = ScriptServer({name: model_dir}, programs={name: program}, code_dirs={name: code_dir}, port=port)
     except ScriptLoadError as e:
         print(f"serve: {e}", file=sys.stderr, flush=True)
         return 1

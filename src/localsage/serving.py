@@ -138,8 +138,11 @@ class LocalServer:
     private (0700) temp dir, as serve/serve does, so no other user and no web page posting to
     loopback can reach it; allowed_urls matches nothing (no model or workflow fetched from a URL)."""
 
-    def __init__(self, models: dict, port=8080, metrics_port=8082, grpc_ports=(7070, 7071),
+    def __init__(self, models: dict, port=8080, metrics_port=None, grpc_ports=None,
                  host="127.0.0.1", env=None, log_path=None, extra_properties=None, front=True):
+        if metrics_port is None or grpc_ports is None:  # unpinned: side_ports picks free ones
+            picked_metrics, picked_grpc = side_ports(port)
+            metrics_port, grpc_ports = metrics_port or picked_metrics, grpc_ports or picked_grpc
         self.models = {name: Path(d) for name, d in models.items()}
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
@@ -273,15 +276,41 @@ class LocalServer:
         self.stop()
 
 
+def side_ports(port: int, metrics: int | None = None) -> tuple[int, tuple[int, int]]:
+    """(metrics port, (gRPC inference, gRPC management)) beside a server on `port`: metrics on `metrics`
+    (default port + 2) and gRPC on TorchServe's 7070/7071 beside 8080, each only when free, else a port
+    the kernel picks. All are held open while choosing, so none repeats; TorchServe always starts gRPC,
+    and a taken port would stop it before it serves anything."""
+    held = []
+
+    def take(preferred):
+        s = socket.socket()
+        held.append(s)
+        try:
+            s.bind(("127.0.0.1", preferred or 0))
+        except OSError:  # taken: the kernel picks one
+            s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+    try:
+        if port:
+            take(port)  # held too, so the kernel never picks the server's own port
+        metrics_port = take(metrics or (port + 2 if port else 0))
+        grpc = (take(7070 if port == 8080 else 0), take(7071 if port == 8080 else 0))
+    finally:
+        for s in held:
+            s.close()
+    return metrics_port, grpc
+
+
 def serve_job(job, jobs_dir=None, port=8080, name=None) -> int:
     """Foreground TorchServe on 127.0.0.1:<port> with one job's model; Ctrl-C or SIGTERM (the CLI
     turns it into KeyboardInterrupt) stops it: the JVM and its workers, then the temp dir."""
     model_dir = job_model_dir(job, jobs_dir)
     name = name or _model_name(job)
-    server = LocalServer({name: model_dir}, port=port, metrics_port=port + 2,
-                         grpc_ports=(7070, 7071) if port == 8080 else (port + 3, port + 4))
+    server = LocalServer({name: model_dir}, port=port)
     print(f"TorchServe: POST http://127.0.0.1:{port}/predictions/{name} (or /invocations), GET /ping; "
-          f"metrics http://127.0.0.1:{port + 2}/metrics; management only on {server.management_socket}; "
+          f"metrics {server.metrics_url}/metrics; management only on {server.management_socket}; "
           "Ctrl-C stops", flush=True)
     try:
         server.start(wait_s=0)

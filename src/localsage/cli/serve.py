@@ -34,7 +34,7 @@ def cmd_predict(args):
 
 def _script_model(args):
     """(model dir, unpacked temp dir or None) when args name a script model (a user's inference.py), else None."""
-    from .. import scriptserve, serving
+    from .. import scriptserve
 
     try:
         model_dir, unpacked = scriptserve.resolve_model(args.job, args.jobs_dir)

@@ -13,7 +13,6 @@ With debug=false and profiler=false it does nothing (hook None, timer disabled).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
