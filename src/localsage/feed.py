@@ -124,12 +124,17 @@ def host_batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=N
             # channel) whose loss is multiplied by 0, instead of skipping it and leaving the
             # other ranks waiting
             log.warning("rank %d: batch %d of %s had no readable image: zero-weight step", ranks.rank, step, split)
-            images = torch.zeros((2, 3, d.image_size, d.image_size), dtype=torch.uint8)
-            labels = torch.zeros((2,), dtype=torch.long)
-            weight = 0.0
+            images, labels, weight = stand_in_batch((3, d.image_size, d.image_size))
         else:
             weight = 1.0
         yield images, labels, weight
+
+
+def stand_in_batch(shape, device=None):
+    """DDP's zero-weight step for a rank whose batch has no readable image: two black images of `shape`
+    (C, H, W) and their labels, weight 0."""
+    return (torch.zeros((2, *shape), dtype=torch.uint8, device=device),
+            torch.zeros((2,), dtype=torch.long, device=device), 0.0)
 
 
 def copy_to(device: torch.device):
@@ -174,8 +179,7 @@ def _placed(batches, place, skipped: set, stand_in: bool):
         if not labels.numel():  # the device decoder could read none of the batch's files (a shape test: no sync)
             if not stand_in:
                 continue
-            images = torch.zeros((2, *images.shape[1:]), dtype=torch.uint8, device=images.device)
-            labels, weight = torch.zeros((2,), dtype=torch.long, device=labels.device), 0.0
+            images, labels, weight = stand_in_batch(images.shape[1:], images.device)
         yield images, labels, weight
 
 

@@ -140,8 +140,8 @@ class LocalServer:
 
     def __init__(self, models: dict, port=8080, metrics_port=None, grpc_ports=None,
                  host="127.0.0.1", env=None, log_path=None, extra_properties=None, front=True):
-        if metrics_port is None or grpc_ports is None:  # unpinned: side_ports picks free ones
-            picked_metrics, picked_grpc = side_ports(port)
+        if metrics_port is None or grpc_ports is None:  # unpinned: side_ports picks free ones (a pinned one held)
+            picked_metrics, picked_grpc = side_ports(port, metrics_port)
             metrics_port, grpc_ports = metrics_port or picked_metrics, grpc_ports or picked_grpc
         self.models = {name: Path(d) for name, d in models.items()}
         self.host, self.port = host, port
