@@ -35,6 +35,22 @@ def test_single_host_is_a_noop(monkeypatch):
     assert distributed.all_reduce_sum([1, 2.5]) == [1.0, 2.5]
 
 
+def test_cpu_threads_are_the_hyperparameter_else_the_given_share_else_the_hosts_cores(monkeypatch):
+    from localsage import backends, data, recipe
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    cores = data.default_workers()
+    assert recipe.cpu_threads(0) == max(1, cores // 2)  # two processes on this host share its cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a share given by a tuner's worker or local mode
+    assert recipe.cpu_threads(0) == 3
+    assert recipe.cpu_threads(5) == 5  # the hyperparameter wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "auto")  # not a count: ignored
+    assert recipe.cpu_threads(0) == max(1, cores // 2)
+    assert backends.thread_share_env(8, 2) == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
+    assert backends.thread_share_env(2, 3) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -97,7 +97,7 @@ PARAMS = (
     P("decode-on", str, "workers", "where train JPEGs are decoded and augmented: workers (DataLoader workers, CPU) | device (the training device: nvJPEG's batched decoder on CUDA; the workers only read files and draw crops; the same crop/flip distribution)",
       choices=("workers", "device")),
     P("max-steps", int, 0, "stop each epoch after this many steps (0 = full epoch; for smoke tests)", min=0),
-    P("threads", int, 0, "torch intra-op threads on CPU (0 = physical cores available)", min=0),
+    P("threads", int, 0, "torch intra-op threads on CPU (0 = $OMP_NUM_THREADS, else the cores shared by this host's processes)", min=0),
     # debugger and profiler (localsage.debugger)
     P("debug", bool, True, "record smdebug tensors in output/tensors (debughookconfig.json, when SageMaker provides it, wins)"),
     P("debug-train-interval", int, 10, "save losses and labels/predictions at every one of the first 50 TRAIN steps, then every N", min=1),

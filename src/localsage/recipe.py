@@ -113,13 +113,25 @@ def setup_ranks(contract, hp) -> Ranks:
         # (torchvision's reference does the same; bench/gpu.py's loop part measures it on and off)
         torch.backends.cudnn.benchmark = True
     if device.type == "cpu":
-        torch.set_num_threads(hp["threads"] or max(1, data.default_workers() // max(1, local_world())))
+        torch.set_num_threads(cpu_threads(hp["threads"]))
     seed_everything(hp["seed"] + rank)
     return Ranks(rank, world, local_rank, device, amp_dtype(device, hp["amp"]))
 
 
 def local_world() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def cpu_threads(threads: int) -> int:
+    """torch's intra-op threads on CPU: the `threads` hyperparameter, else $OMP_NUM_THREADS (the share a
+    tuner's worker or local mode's hosts give each process on one machine), else this host's cores
+    shared by its processes."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if threads:
+        return threads
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, data.default_workers() // max(1, local_world()))
 
 
 def build_model(hp, ranks: Ranks, num_classes: int) -> nn.Module:

@@ -260,9 +260,10 @@ def train(contract) -> int:
                           [parts.criterion, parts.eval_criterion], workers=d.workers, start=t0, batch_size=hp["batch-size"])
     times = {"init": time.time() - t0}
     log.info(
-        "job ready in %.1fs: arch=%s classes=%d train=%d valid=%d test=%d device=%s amp=%s workers=%d decode-on=%s",
-        times["init"], hp["arch"], len(folders), len(d.datasets["train"]), len(d.datasets["valid"]),
-        len(d.datasets.get("test", ())), ranks.device, ranks.amp, d.workers, "device" if d.place else "workers",
+        "job ready in %.1fs: arch=%s classes=%d train=%d valid=%d test=%d device=%s amp=%s threads=%d workers=%d "
+        "decode-on=%s", times["init"], hp["arch"], len(folders), len(d.datasets["train"]), len(d.datasets["valid"]),
+        len(d.datasets.get("test", ())), ranks.device, ranks.amp, torch.get_num_threads(), d.workers,
+        "device" if d.place else "workers",
     )
     ok = False
     try:

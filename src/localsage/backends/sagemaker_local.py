@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from .. import procs
-from . import STOP_GRACE_SECONDS
+from . import STOP_GRACE_SECONDS, thread_share_env
 from .docker import DEFAULT_IMAGE, LABEL, OWNER_LABEL, SHM_SIZE, gpus_available
 
 REGION = "us-east-1"
@@ -168,6 +168,14 @@ def run(job, log, stop: threading.Event) -> int:
                 pass
 
     threading.Thread(target=watch, daemon=True).start()
+    gpu = gpus_available(engine)
+    env = dict(job.env or {})
+    if job.instance_count > 1 and not gpu and not {"OMP_NUM_THREADS", "MKL_NUM_THREADS"} & set(env):
+        # local mode's hosts are containers on this one machine, not machines of their own
+        cores = len(os.sched_getaffinity(0))
+        env = {**thread_share_env(cores, job.instance_count), **env}
+        log(f"local mode: {job.instance_count} hosts share this machine's {cores} cores: "
+            f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} each")
     writer = LineWriter(log, sys.stdout)
     code = 0
     try:
@@ -176,8 +184,8 @@ def run(job, log, stop: threading.Event) -> int:
                 image_uri=image,
                 role=DUMMY_ROLE,
                 instance_count=job.instance_count,
-                instance_type="local_gpu" if gpus_available(engine) else "local",
-                environment=dict(job.env or {}),
+                instance_type="local_gpu" if gpu else "local",
+                environment=env,
                 output_path=f"file://{results}",
                 sagemaker_session=session(work, job.name),
                 disable_profiler=True,

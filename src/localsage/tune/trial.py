@@ -13,7 +13,7 @@ import threading
 import zlib
 from pathlib import Path
 
-from .. import hyperparameters, runner
+from .. import backends, hyperparameters, runner
 
 JOB_NAME_MAX = 63  # SageMaker: letters, digits, hyphens; at most 63 characters
 STAMP_LEN = len(runner.job_name("x")) - 2  # the timestamp runner.job_name appends
@@ -36,10 +36,10 @@ def slot_env(slot: int, parallel: int, gpus: list, fixed: dict, cores: int, scri
     (the built-in trainer's `threads` hyperparameter; a script gets OMP/MKL_NUM_THREADS instead)."""
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": str(gpus[slot % len(gpus)])}, {}
-    share = str(max(1, cores // parallel))
+    env = backends.thread_share_env(cores, parallel)
     if script:
-        return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}, {}
-    hp = {} if "threads" in fixed else {"threads": int(share)}
+        return env, {}
+    hp = {} if "threads" in fixed else {"threads": int(env["OMP_NUM_THREADS"])}
     return {}, hp
 
 
