@@ -1,24 +1,14 @@
 # One image for SageMaker-style training (`docker run IMAGE train`) and hosting (`docker run IMAGE serve`).
 #
-#   make wheelhouse image                 # builds from the host-made wheelhouse, no network inside the build
-#   DOCKER_BUILDKIT=0 docker build --build-arg BASE_IMAGE=localsage-base:bookworm -t localsage:latest .
+#   make wheelhouse image     # pip installs from the host-made wheelhouse, served on loopback during the
+#                             # build (.ci/build-image.sh): no network beyond this machine, no wheel layer
+#   docker build -t localsage:latest .    # elsewhere, with an index: the same pins from PyPI
 #
 # BASE_IMAGE must provide python3.11 with the venv module (Debian bookworm userland). For GPUs on
 # real SageMaker/EC2 any such image works (the torch wheels bundle CUDA); see README.
 # Written for the classic builder (no BuildKit features).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# ---- deps: a virtualenv with the pinned requirements, installed only from ./wheelhouse -------------
-FROM ${BASE_IMAGE} AS deps
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python3 -m venv /opt/venv
-COPY requirements.txt /tmp/build/requirements.txt
-COPY wheelhouse/ /tmp/build/wheelhouse/
-RUN /opt/venv/bin/pip install --no-index --find-links /tmp/build/wheelhouse \
-        -r /tmp/build/requirements.txt "setuptools>=61" wheel \
- && /opt/venv/bin/pip check
-
-# ---- final image ---------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \
       org.opencontainers.image.title=localsage
@@ -36,8 +26,15 @@ RUN command -v java >/dev/null \
      && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
      && rm -rf /var/lib/apt/lists/*)
 
-# Dependencies first: code changes below do not reinstall them.
-COPY --from=deps /opt/venv /opt/venv
+# Dependencies first: code changes below do not reinstall them. WHEELS_URL (set by make image): a
+# find-links page of wheels, and no index; unset: pip's configured index.
+ARG WHEELS_URL=
+COPY requirements.txt /tmp/build/requirements.txt
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install ${WHEELS_URL:+--no-index --find-links "$WHEELS_URL"} \
+        -r /tmp/build/requirements.txt "setuptools>=61" wheel \
+ && /opt/venv/bin/pip check \
+ && rm -rf /tmp/build
 
 # The project itself (only src/, serve/ and the packaging files; see .dockerignore).
 WORKDIR /opt/program

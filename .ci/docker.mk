@@ -9,12 +9,12 @@ DOCKER_PYTHON ?= $(or $(wildcard .venv/bin/python),python3)
 LOCAL_BASE_IMAGE ?= localsage-base:bookworm
 # Base for the image: the locally built one when it exists (no registry here), else the Dockerfile default.
 BASE_IMAGE ?= $(shell docker image inspect $(LOCAL_BASE_IMAGE) >/dev/null 2>&1 && echo $(LOCAL_BASE_IMAGE))
-# one image build at a time on this machine (parallel cold builds each hold a 10 GB layer)
-DOCKER_BUILD = flock /tmp/localsage-docker-build.lock env DOCKER_BUILDKIT=0 docker build
+# one image build at a time on this machine (a cold build writes a 6 GB layer)
+DOCKER_BUILD = flock /tmp/localsage-docker-build.lock env DOCKER_PYTHON=$(DOCKER_PYTHON) .ci/build-image.sh
 
 WHEELHOUSE_STAMP = wheelhouse/.stamp
 IMAGE_STAMP = build/image-$(subst :,_,$(subst /,_,$(IMAGE))).stamp
-IMAGE_INPUTS = Dockerfile .dockerignore requirements.txt pyproject.toml $(wildcard README.md) \
+IMAGE_INPUTS = Dockerfile .dockerignore .ci/build-image.sh requirements.txt pyproject.toml $(wildcard README.md) \
 	$(shell find src serve -type f -not -name '*.pyc' -not -path '*/__pycache__/*' 2>/dev/null)
 
 # The stamp holds the image id; forget it when the image is gone or was rebuilt elsewhere.
@@ -42,7 +42,7 @@ base-image: ## build localsage-base:bookworm with debootstrap (no registry neede
 image: $(IMAGE_STAMP) ## build IMAGE (default localsage:latest); no-op when nothing changed
 $(IMAGE_STAMP): $(IMAGE_INPUTS) $(WHEELHOUSE_STAMP)
 	mkdir -p build serve
-	$(DOCKER_BUILD) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) .
+	$(DOCKER_BUILD) $(IMAGE) $(BASE_IMAGE)
 	docker image inspect -f '{{.Id}}' $(IMAGE) > $@
 
 # `make train-local BACKEND=docker|sagemaker-local` builds the image first (needs BACKEND set before
