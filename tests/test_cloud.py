@@ -677,6 +677,36 @@ def test_cli_train_script_dry_run_shows_the_upload_and_uploads_nothing(capsys, p
     assert sorted(p.name for p in project.rglob("*")) == before  # no archive written
 
 
+def test_cli_train_sends_env_processes_per_host_and_hook_parameters(capsys, project):
+    """--env, --processes-per-host and --debugger-hook-config reach the CreateTrainingJob request, for the
+    built-in trainer and a script alike (as Estimator(environment=...), the toolkit's hyperparameter and
+    DebuggerHookConfig(hook_parameters=...))."""
+    builtin = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--name", "dogs-env", "--dry-run",
+                           "--hp", "epochs=2", "--processes-per-host", "2", "--env", "NCCL_DEBUG=INFO"])
+    assert builtin.func(builtin) == 0
+    req = json.loads(capsys.readouterr().out)["request"]
+    assert req["HyperParameters"] == {"epochs": "2", "sagemaker_mpi_num_of_processes_per_host": "2"}
+    assert req["Environment"] == {"NCCL_DEBUG": "INFO"}
+    script = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--name", "dogs-hook", "--dry-run",
+                          "--processes-per-host", "4", "--debugger-hook-config", "train.save_interval=5"],
+                         entry_point="train_model.py", source_dir=project)
+    assert script.func(script) == 0
+    req = json.loads(capsys.readouterr().out)[-1]["request"]
+    assert req["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "4"
+    assert req["DebugHookConfig"]["HookParameters"] == {"train.save_interval": "5"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--processes-per-host", "0"], "expected at least 1"),
+    (["--inference-entry-point", "inference.py"], "localsage deploy --entry-point"),
+    (["--debugger-hook-config", "train.save_interval=5", "--no-debug-tensors"], "--no-debug-tensors")])
+def test_cloud_train_refuses_what_it_cannot_carry(capsys, project, extra, message):
+    args = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--dry-run", *extra],
+                       entry_point="train_model.py", source_dir=project)
+    assert args.func(args) == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("definition, message", [
     ("test_loss", "NAME=REGEX"), ("test_loss=loss: [0-9.]+", "capture the value"),
     ("test_loss=loss: ([0-9.+)", "bad regex")])

@@ -51,6 +51,39 @@ def test_cpu_threads_are_the_hyperparameter_else_the_given_share_else_the_hosts_
     assert backends.thread_share_env(2, 3) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def test_processes_per_host_is_the_toolkit_override_else_the_gpus_else_one():
+    from localsage.hyperparameters import HyperparameterError, processes_per_host
+
+    key = "sagemaker_mpi_num_of_processes_per_host"
+    assert processes_per_host({}, 0) == 1 and processes_per_host({}, 4) == 4
+    for raw in ("2", '"2"', 2, " 2 "):  # as sent (JSON-encoded) or as decoded
+        assert processes_per_host({key: raw}, 8) == 2
+    for bad in ("0", "two", "1.5", True, "-1"):
+        with pytest.raises(HyperparameterError, match=key):
+            processes_per_host({key: bad}, 0)
+
+
+def test_local_mode_hosts_share_the_cores_among_all_their_processes(tmp_path):
+    """N local-mode hosts with P processes each (on CPU) split the machine's cores N x P ways; a GPU,
+    one host, or the job's own thread settings leave the environment as it is."""
+    from localsage.backends import JobSpec
+    from localsage.backends.sagemaker_local import host_thread_env
+
+    def job(count, env=None, **reserved):
+        return JobSpec(name="j", dir=tmp_path, channels={}, hyperparameters={"lr": "0.1", **reserved},
+                       instance_count=count, env=env or {})
+
+    env, line = host_thread_env(job(2), gpu=False, cores=8)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4" and "2 hosts share" in line
+    env, line = host_thread_env(job(2, sagemaker_mpi_num_of_processes_per_host='"2"'), gpu=False, cores=8)
+    assert env["OMP_NUM_THREADS"] == "2" and "2 processes on each of 2 hosts" in line
+    env, line = host_thread_env(job(2, {"A": "1"}, sagemaker_mpi_num_of_processes_per_host="3"), gpu=False, cores=2)
+    assert env == {"A": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # never below one thread
+    assert host_thread_env(job(2), gpu=True, cores=8) == ({}, None)
+    assert host_thread_env(job(1), gpu=False, cores=8) == ({}, None)
+    assert host_thread_env(job(2, {"OMP_NUM_THREADS": "6"}), gpu=False, cores=8) == ({"OMP_NUM_THREADS": "6"}, None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,20 +148,26 @@ def test_a_rank_with_an_unreadable_batch_keeps_step_with_the_others(tmp_path):
     assert summary["epochs_run"] == 1
 
 
-def test_one_host_runs_a_process_per_slot_from_the_toolkit_override(tmp_path, small_data):
-    """sagemaker_mpi_num_of_processes_per_host=2 (how the AWS toolkit sets processes per host, and how a
-    CPU machine gets more than one): `train` launches two gloo ranks on one host itself."""
-    root = tmp_path / "ml"
-    contract.make_dirs(root)
-    hp = {**TINY_HP, "epochs": "2", "max-steps": "0", "workers": "0", "threads": "1",
-          "sagemaker_mpi_num_of_processes_per_host": "2"}
-    contract.write_config(root, hp, [contract.COMBINED_CHANNEL])  # one host, algo-1 (need not resolve)
-    os.symlink(small_data, root / "input/data" / contract.COMBINED_CHANNEL)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_") and k not in ("MASTER_PORT", "LOCAL_RANK")}
-    proc = subprocess.run([sys.executable, "-m", "localsage.train", "--ml-root", str(root)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "rank=0 world_size=2 local_rank=0" in proc.stdout and "rank=1 world_size=2 local_rank=1" in proc.stdout
-    rows = [r for r in metrics.read_jsonl(root / "output/data/metrics.jsonl") if "epoch" in r]
+def test_one_host_runs_a_process_per_slot_from_the_toolkit_override(tmp_path, small_data, capsys, monkeypatch):
+    """`train --processes-per-host 2` (the built-in trainer too) sends sagemaker_mpi_num_of_processes_per_host=2,
+    how the AWS toolkit sets processes per host and how a CPU machine gets more than one: the trainer
+    launches two gloo ranks on one host itself, each with half the cores."""
+    from localsage import runner
+    from localsage.cli import main as cli_main
+    from localsage.data import default_workers
+
+    jobs = tmp_path / "jobs"
+    hp = {**TINY_HP, "epochs": "2", "max-steps": "0", "workers": "0"}
+    args = ["train", "--data", str(small_data), "--jobs-dir", str(jobs), "--name", "two-ranks", "--processes-per-host", "2"]
+    for name in ("MASTER_PORT", "LOCAL_RANK", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli_main(args + [x for k, v in hp.items() for x in ("--hp", f"{k}={v}")]) == 0, capsys.readouterr().out[-3000:]
+    record = runner.describe("two-ranks", jobs)
+    assert record["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "2"
+    log = (jobs / "two-ranks" / runner.LOG).read_text()
+    assert "rank=0 world_size=2 local_rank=0" in log and "rank=1 world_size=2 local_rank=1" in log
+    threads = max(1, default_workers() // 2)
+    assert log.count(f"threads={threads} ") >= 1, [line for line in log.splitlines() if "threads=" in line]
+    rows = [r for r in metrics.read_jsonl(jobs / "two-ranks/output/data/metrics.jsonl") if "epoch" in r]
     assert [r["epoch"] for r in rows] == [1, 2]  # the leader reports once per epoch
-    assert (root / "model" / export.WEIGHTS_FILE).exists()
+    assert (jobs / "two-ranks/model" / export.WEIGHTS_FILE).exists()

@@ -465,3 +465,16 @@ def test_the_train_command_runs_a_script(probe_source, small_data, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "capture group" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_script_only_flags_without_an_entry_point_are_refused_before_any_job(tmp_path):
+    """The built-in trainer has no use for a script's flags: a clear refusal, not a silently ignored flag."""
+    from localsage.cli import main as cli_main
+
+    base = ["train", "--data", str(tmp_path), "--jobs-dir", str(tmp_path / "jobs")]
+    for extra in (["--debugger-hook-config", "train.save_interval=5"], ["--inference-entry-point", "inference.py"]):
+        with pytest.raises(SystemExit, match="need --entry-point"):
+            cli_main(base + extra)
+    with pytest.raises(SystemExit, match="--processes-per-host 0: expected at least 1"):
+        cli_main(base + ["--processes-per-host", "0"])
+    assert not (tmp_path / "jobs").exists()

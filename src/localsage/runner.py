@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import backends, contract, metrics, procs
-from .hyperparameters import to_strings
+from .hyperparameters import PROCESSES_PER_HOST_KEY, to_strings
 from .records import (  # noqa: F401 - the job-record API, re-exported for callers of the runner
     BACKEND_INFO, LOG, MAX_RUNTIME, NAME_PATTERN, RECORD, _now, backend_info, check_name, describe, final_metrics,
     finish, job_name, jobs_root, list_jobs, locate, pack, read_record, reap, reconcile, write_record,
@@ -120,6 +120,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
             hps = script_hyperparameters(script, hyperparameters or {}, submit, name)
         else:
             hps = to_strings(hyperparameters or {})
+            if processes_per_host:  # the built-in trainer reads the toolkit's key too
+                hps[PROCESSES_PER_HOST_KEY] = str(int(processes_per_host))
         return prepare(name, channels, hps, jobs_dir, instance_count, restart=restart), hps
 
     if name:

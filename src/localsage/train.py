@@ -28,7 +28,7 @@ from torch import nn
 from . import checkpoint, data, debugger, distributed, export, feed, files, metrics, model as model_mod
 from .feed import Data, load_data  # noqa: F401 - the loop's data, also used by tests and benches as train.*
 from . import contract as contract_mod
-from .hyperparameters import HyperparameterError, parse, split_reserved
+from .hyperparameters import HyperparameterError, parse, processes_per_host, split_reserved
 from .recipe import (  # noqa: F401 - the recipe's parts, also used by tests and benches as train.*
     Parts, Ranks, amp_dtype, build_model, build_parts, local_world, make_optimizer, make_scheduler, pick_device,
     seed_everything, setup_ranks,
@@ -37,7 +37,6 @@ from .recipe import (  # noqa: F401 - the recipe's parts, also used by tests and
 log = logging.getLogger("localsage.train")
 CHECKPOINT, BEST = checkpoint.CHECKPOINT, checkpoint.BEST
 STOPPED_EXIT = 143
-PROCS_PER_HOST = "sagemaker_mpi_num_of_processes_per_host"  # the toolkit's override of processes per host
 
 
 class Stop:
@@ -321,15 +320,9 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def procs_per_host(contract) -> int:
-    """Processes on this host: sagemaker_mpi_num_of_processes_per_host when given (as the AWS toolkit
-    applies it to every runner), else one per visible GPU, else one."""
-    raw = split_reserved(contract.hyperparameters)[1].get(PROCS_PER_HOST)
-    if raw is not None:
-        try:
-            return max(1, int(str(raw).strip().strip('"')))
-        except ValueError:
-            raise HyperparameterError(f"{PROCS_PER_HOST}={raw!r}: expected a whole number") from None
-    return max(1, contract.num_gpus if torch.cuda.is_available() else 1)
+    """Processes on this host: the toolkit's override, else one per visible GPU, else one."""
+    gpus = contract.num_gpus if torch.cuda.is_available() else 0
+    return processes_per_host(split_reserved(contract.hyperparameters)[1], gpus)
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from .. import procs
+from ..hyperparameters import processes_per_host, split_reserved
 from . import STOP_GRACE_SECONDS, thread_share_env
 from .docker import DEFAULT_IMAGE, LABEL, OWNER_LABEL, SHM_SIZE, gpus_available
 
@@ -140,6 +141,20 @@ def script_estimator(script: dict, common: dict):
                    distribution=script.get("distribution") or None, debugger_hook_config=False, **common)
 
 
+def host_thread_env(job, gpu: bool, cores: int) -> tuple[dict, str | None]:
+    """(the containers' environment, a line saying how they share the cores, or None). Local mode's hosts
+    are containers on this one machine, not machines of their own: on CPU, with several hosts, each of the
+    H x P processes (P per host, as sagemaker_mpi_num_of_processes_per_host says) gets cores / (H x P)
+    threads, unless the job's environment sets them."""
+    env = dict(job.env or {})
+    if job.instance_count <= 1 or gpu or {"OMP_NUM_THREADS", "MKL_NUM_THREADS"} & set(env):
+        return env, None
+    per_host = processes_per_host(split_reserved(job.hyperparameters)[1], 0)
+    env = {**thread_share_env(cores, job.instance_count * per_host), **env}
+    each = f"{per_host} processes on each of {job.instance_count} hosts" if per_host > 1 else f"{job.instance_count} hosts"
+    return env, f"local mode: {each} share this machine's {cores} cores: OMP_NUM_THREADS={env['OMP_NUM_THREADS']} each"
+
+
 def run(job, log, stop: threading.Event) -> int:
     import docker
 
@@ -169,13 +184,9 @@ def run(job, log, stop: threading.Event) -> int:
 
     threading.Thread(target=watch, daemon=True).start()
     gpu = gpus_available(engine)
-    env = dict(job.env or {})
-    if job.instance_count > 1 and not gpu and not {"OMP_NUM_THREADS", "MKL_NUM_THREADS"} & set(env):
-        # local mode's hosts are containers on this one machine, not machines of their own
-        cores = len(os.sched_getaffinity(0))
-        env = {**thread_share_env(cores, job.instance_count), **env}
-        log(f"local mode: {job.instance_count} hosts share this machine's {cores} cores: "
-            f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} each")
+    env, shared = host_thread_env(job, gpu, len(os.sched_getaffinity(0)))
+    if shared:
+        log(shared)
     writer = LineWriter(log, sys.stdout)
     code = 0
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .common import cloud_guard, parse_hp, print_table
+from .common import cloud_guard, pairs, parse_hp, print_table
 
 # cheap to import (standard library only): the parser needs its constants
 from ..cloud.constants import (DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN, DEFAULT_REPOSITORY, DEFAULT_VOLUME_SIZE, ROLE_ENV,
@@ -45,6 +45,8 @@ def training_options(args):
                                  entry_point=getattr(args, "entry_point", None),
                                  source_dir=getattr(args, "source_dir", None),
                                  metric_definitions=getattr(args, "metric_definition", None) or None,
+                                 hook_parameters=pairs(getattr(args, "debugger_hook_config", None),
+                                                       "--debugger-hook-config") or None,
                                  distribution=None if getattr(args, "distribution", None) in (None, "", "none")
                                  else args.distribution)
 
@@ -55,18 +57,27 @@ def train_on_sagemaker(args) -> int:
 
     hps = parse_hp(args.hp, args.hp_file)
     opts = training_options(args)
+    if getattr(args, "inference_entry_point", None):
+        raise cloud.CloudError("--inference-entry-point copies a local job's inference script into its model; "
+                               "for SageMaker give it to `localsage deploy --entry-point` (it repacks the model)")
+    per_host = getattr(args, "processes_per_host", None)
+    if per_host is not None:
+        if per_host < 1:
+            raise cloud.CloudError(f"--processes-per-host {per_host}: expected at least 1")
+        hps[hyperparameters.PROCESSES_PER_HOST_KEY] = per_host
     if not opts.entry_point:  # the built-in trainer: bad values fail here, not after an instance was billed
         hps = hyperparameters.to_strings(hps)
         hyperparameters.parse(hps)
     cloud.check_options(opts)
+    env = pairs(getattr(args, "env", None), "--env")
     name = cloud.check_job_name(args.name or runner.job_name())
     if args.dry_run:
-        cloud.print_requests(cloud.training_requests(args.data, hps, opts, name, args.instance_count))
+        cloud.print_requests(cloud.training_requests(args.data, hps, opts, name, args.instance_count, env))
         return 0
     cloud.aws_session(opts.region)
     cloud.require_role(opts.role)
     cloud.confirm(cloud.training_summary(args.data, opts, args.instance_count), args.yes)
-    record = runner.train(args.data, hps, backend="sagemaker", name=name, jobs_dir=args.jobs_dir,
+    record = runner.train(args.data, hps, backend="sagemaker", name=name, jobs_dir=args.jobs_dir, env=env,
                           image=opts.image, instance_count=args.instance_count, backend_options=opts.to_dict())
     return 0 if record["TrainingJobStatus"] == "Completed" else 1
 

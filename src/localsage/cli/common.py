@@ -19,6 +19,17 @@ def parse_hp(pairs, hp_file=None) -> dict:
     return values
 
 
+def pairs(items, flag) -> dict:
+    """Repeated `FLAG KEY=VALUE` options as a dict (values kept as given)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
 def fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

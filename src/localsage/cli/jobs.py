@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .common import fmt, parse_hp, print_table
+from .common import fmt, pairs, parse_hp, print_table
 
 
 def cmd_demo_data(args):
@@ -17,16 +17,6 @@ def cmd_demo_data(args):
 CLOUD_MAX_RUN = 4 * 3600  # --max-run's default for --backend sagemaker; local jobs have none unless given
 
 
-def pairs(items, flag) -> dict:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = value
-    return out
-
-
 def script_options(args) -> dict:
     """runner.train keywords of a script job (--entry-point and friends); {} for the built-in trainer."""
     from ..metrics import definition
@@ -37,12 +27,16 @@ def script_options(args) -> dict:
         raise SystemExit(f"--metric-definition: {exc}") from None
     opts = {"metric_definitions": definitions or None, "env": pairs(args.env, "--env") or None,
             "max_run": args.max_run, "debug": getattr(args, "debug_tensors", True)}
+    if args.processes_per_host is not None and args.processes_per_host < 1:
+        raise SystemExit(f"--processes-per-host {args.processes_per_host}: expected at least 1")
+    opts["processes_per_host"] = args.processes_per_host  # the built-in trainer honours it too
     if args.entry_point:
         opts.update(entry_point=args.entry_point, source_dir=args.source_dir, distribution=args.distribution,
-                    processes_per_host=args.processes_per_host, inference_entry_point=args.inference_entry_point,
+                    inference_entry_point=args.inference_entry_point,
                     debugger_hook_config=pairs(args.debugger_hook_config, "--debugger-hook-config") or None)
-    elif args.source_dir or args.distribution or args.inference_entry_point:
-        raise SystemExit("--source-dir, --distribution and --inference-entry-point need --entry-point")
+    elif args.source_dir or args.distribution or args.inference_entry_point or args.debugger_hook_config:
+        raise SystemExit("--source-dir, --distribution, --inference-entry-point and --debugger-hook-config need "
+                         "--entry-point (the built-in trainer's tensors: --hp debug-tensor-interval=N)")
     return opts
 
 
@@ -161,7 +155,8 @@ def add_script_arguments(p) -> None:
     g.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable for the job (repeatable)")
     g.add_argument("--distribution", choices=("torch_distributed",), help="run the script with torchrun")
     g.add_argument("--processes-per-host", type=int,
-                   help="processes per host (sagemaker_mpi_num_of_processes_per_host; default: GPUs, else 1)")
+                   help="processes per host, for the built-in trainer too (sagemaker_mpi_num_of_processes_per_host; "
+                   "default: GPUs, else 1)")
     g.add_argument("--debugger-hook-config", action="append", metavar="KEY=VALUE",
                    help="DebuggerHookConfig hook_parameters, e.g. train.save_interval=100 (repeatable)")
     g.add_argument("--inference-entry-point", help="the inference program copied with the source into model/code "

@@ -32,6 +32,7 @@ class TrainingOptions:
     source_dir: str | None = None         # packed into sourcedir.tar.gz and uploaded before the job
     metric_definitions: list | None = None  # [{"Name", "Regex"}]: instead of the built-in ones
     distribution: str | None = None       # script mode: "torch_distributed" (torchrun on every instance)
+    hook_parameters: dict | None = None   # DebuggerHookConfig(hook_parameters=...), e.g. train.save_interval
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainingOptions":
@@ -124,7 +125,7 @@ def estimator(opts: TrainingOptions, job_name: str, hyperparameters: dict, insta
     paths = job_paths(opts.output_path, job_name)
     debug = None
     if opts.debug_tensors:
-        debug = DebuggerHookConfig(s3_output_path=paths["tensors"], collection_configs=[
+        debug = DebuggerHookConfig(s3_output_path=paths["tensors"], hook_parameters=opts.hook_parameters, collection_configs=[
             CollectionConfig(name, parameters=dict(params)) for name, params in DEBUG_COLLECTIONS.items()])
     max_wait = None
     if opts.spot:
@@ -231,4 +232,6 @@ def check_options(opts: TrainingOptions) -> None:
     metric definitions (CloudError)."""
     metric_definitions(opts.metric_definitions)
     split_s3(opts.output_path)
+    if opts.hook_parameters and not opts.debug_tensors:
+        raise CloudError("--debugger-hook-config sets the tensors hook that --no-debug-tensors turns off")
     script_mode(opts, "check", {}, None)

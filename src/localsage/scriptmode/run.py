@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from .. import contract
-from ..hyperparameters import PROCESSES_PER_HOST_KEY, TORCH_DISTRIBUTED_KEY
+from ..hyperparameters import TORCH_DISTRIBUTED_KEY, processes_per_host
 from . import code as code_mod
 from . import env as env_mod
 
@@ -46,13 +46,6 @@ RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
 
 def log(message: str) -> None:
     print(f"localsage script mode: {message}", flush=True)
-
-
-def processes_per_host(tenv) -> int:
-    override = tenv.framework_params.get(PROCESSES_PER_HOST_KEY)
-    if override not in (None, ""):
-        return max(int(override), 1)
-    return max(tenv.num_gpus, 1)
 
 
 def torchrun() -> list[str]:
@@ -73,7 +66,8 @@ def command(tenv, code: Path) -> list[str]:
     if package:
         return [sys.executable, "-m", tenv.module_name, *args]
     if tenv.framework_params.get(TORCH_DISTRIBUTED_KEY) is True:
-        cmd = [*torchrun(), "--nnodes", str(len(tenv.hosts)), "--nproc_per_node", str(processes_per_host(tenv))]
+        per_host = processes_per_host(tenv.framework_params, tenv.num_gpus)
+        cmd = [*torchrun(), "--nnodes", str(len(tenv.hosts)), "--nproc_per_node", str(per_host)]
         if len(tenv.hosts) > 1:
             cmd += ["--master_addr", tenv.hosts[0], "--master_port", str(MASTER_PORT),
                     "--node_rank", str(tenv.hosts.index(tenv.current_host))]
