@@ -176,6 +176,26 @@ def test_sagemaker_local_two_instances_train_data_parallel(engine, image, demo_d
     assert valid_acc(job_dir) >= 0.9
 
 
+def test_sagemaker_local_two_hosts_of_two_processes_share_the_cores_four_ways(engine, image, small_data, tmp_path):
+    """--processes-per-host 2 on 2 local-mode hosts: 4 gloo ranks across the two containers, each with a
+    quarter of this machine's cores (never fewer than one thread), and one model from the leader."""
+    record = runner.train(small_data, {**TINY_HP, "max-steps": "0", "workers": "0"}, backend="sagemaker-local",
+                          image=image, jobs_dir=tmp_path, echo=False, name="sm-local-2x2", instance_count=2,
+                          processes_per_host=2)
+    job_dir = Path(record["JobDir"])
+    log = (job_dir / runner.LOG).read_text()
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
+    assert record["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "2"
+    for rank, host, local in ((0, "algo-1-", 0), (1, "algo-1-", 1), (2, "algo-2-", 0), (3, "algo-2-", 1)):
+        wanted = f"rank={rank} world_size=4 local_rank={local}"
+        assert any(f"host={host}" in line and wanted in line for line in log.splitlines()), log[-3000:]
+    share = max(1, len(os.sched_getaffinity(0)) // 4)
+    assert "2 processes on each of 2 hosts share" in log
+    ready = [line for line in log.splitlines() if "job ready" in line]
+    assert len(ready) == 4 and all(f" threads={share} " in line for line in ready), ready
+    assert sum(n.endswith(".pth") for n in tar_names(job_dir / "model.tar.gz")) == 1
+
+
 def test_sagemaker_local_stop_records_stopped(engine, image, small_data, tmp_path):
     record = runner.train(small_data, {**TINY_HP, "epochs": "50"}, backend="sagemaker-local", image=image,
                           jobs_dir=tmp_path, echo=False, name="sm-local-stop", on_metrics=lambda m: m["epoch"] >= 1)
