@@ -152,19 +152,21 @@ def decode_value(value):
         return value
 
 
-def processes_per_host(reserved: dict, gpus: int) -> int:
-    """Processes one host runs: sagemaker_mpi_num_of_processes_per_host when given (AWS's toolkits apply
-    it to every runner), else one per GPU, else one. `reserved` holds raw (JSON-encoded) or decoded values."""
-    raw = (reserved or {}).get(PROCESSES_PER_HOST_KEY)
+def processes_per_host(values: dict, gpus: int) -> int:
+    """Processes one host runs: sagemaker_mpi_num_of_processes_per_host when `values` (hyperparameters as
+    sent, JSON-encoded, or decoded) hold it (AWS's toolkits apply it to every runner), else one per GPU,
+    else one."""
+    raw = (values or {}).get(PROCESSES_PER_HOST_KEY)
     value = decode_value(raw)
     if value in (None, ""):
         return max(1, gpus)
     try:
-        if isinstance(value, bool) or int(str(value).strip()) < 1:
-            raise ValueError
-        return int(str(value).strip())
+        count = int(str(value).strip())
     except ValueError:
-        raise HyperparameterError(f"{PROCESSES_PER_HOST_KEY}={raw!r}: expected a whole number, at least 1") from None
+        count = 0
+    if isinstance(value, bool) or count < 1:
+        raise HyperparameterError(f"{PROCESSES_PER_HOST_KEY}={raw!r}: expected a whole number, at least 1")
+    return count
 
 
 def decode(raw: dict) -> dict:

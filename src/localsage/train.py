@@ -322,7 +322,7 @@ def failure_reason(exc: BaseException) -> str:
 def procs_per_host(contract) -> int:
     """Processes on this host: the toolkit's override, else one per visible GPU, else one."""
     gpus = contract.num_gpus if torch.cuda.is_available() else 0
-    return processes_per_host(split_reserved(contract.hyperparameters)[1], gpus)
+    return processes_per_host(contract.hyperparameters, gpus)
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from .. import procs
-from ..hyperparameters import processes_per_host, split_reserved
+from ..hyperparameters import processes_per_host
 from . import STOP_GRACE_SECONDS, thread_share_env
 from .docker import DEFAULT_IMAGE, LABEL, OWNER_LABEL, SHM_SIZE, gpus_available
 
@@ -149,7 +149,7 @@ def host_thread_env(job, gpu: bool, cores: int) -> tuple[dict, str | None]:
     env = dict(job.env or {})
     if job.instance_count <= 1 or gpu or {"OMP_NUM_THREADS", "MKL_NUM_THREADS"} & set(env):
         return env, None
-    per_host = processes_per_host(split_reserved(job.hyperparameters)[1], 0)
+    per_host = processes_per_host(job.hyperparameters, 0)
     env = {**thread_share_env(cores, job.instance_count * per_host), **env}
     each = f"{per_host} processes on each of {job.instance_count} hosts" if per_host > 1 else f"{job.instance_count} hosts"
     return env, f"local mode: {each} share this machine's {cores} cores: OMP_NUM_THREADS={env['OMP_NUM_THREADS']} each"
