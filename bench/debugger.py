@@ -31,6 +31,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+from localsage import procs  # noqa: E402
 from localsage.contract import Contract  # noqa: E402
 from localsage.debugger import HYPERPARAMETERS, hook as hook_mod, sampler  # noqa: E402
 from localsage.debugger.constants import DENSE_STEPS  # noqa: E402
@@ -116,7 +117,7 @@ def main(argv=None):
     dense = statistics.median([times["A"][i] / times["B"][i] for i in dense_idx] or [float("nan")]) - 1
     mean = {k: statistics.mean(v[skip:]) for k, v in times.items()}
     med = {k: statistics.median(v[skip:]) for k, v in times.items()}
-    cores = sampler.cores()
+    cores = procs.cores()
     sampler_core = sam.cpu_seconds / max(sam.wall_seconds, 1e-9)
     result = {
         "device": str(device), "arch": args.arch, "image_size": args.size, "batch": args.batch, "steps": args.steps,

@@ -108,10 +108,9 @@ def main():
     sys.path.insert(0, str(HERE))
     from train_pipeline import make_images
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    from localsage import procs
+
+    cores = procs.cores()
     load_start = [round(v, 2) for v in os.getloadavg()]
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:

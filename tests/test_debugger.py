@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from localsage import debugger, runner
+from localsage import debugger, procs, runner
 from localsage.contract import Contract
 from localsage.data import make_demo_data
 from localsage.debugger import hook as hook_mod
@@ -234,7 +234,7 @@ class SlowDataset(torch.utils.data.Dataset):
 
 
 def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
-    workers = sampler.cores()  # a sane worker count: only the waiting can make Dataloader fire
+    workers = procs.cores()  # a sane worker count: only the waiting can make Dataloader fire
     loader = torch.utils.data.DataLoader(SlowDataset(), batch_size=4, num_workers=workers)
     out = tiny_loop(tmp_path / "slow", loader, epochs=1, workers=workers, hp={"debug-tensor-interval": 1000})
     v = rules.run_rules(out, only=["Dataloader", "StepOutlier", "OverallSystemUsage"])
@@ -257,7 +257,7 @@ def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
 
 
 def test_a_healthy_loop_does_not_fire_dataloader(tmp_path):
-    out = tiny_loop(tmp_path / "fast", random_batches(), epochs=1, workers=sampler.cores())
+    out = tiny_loop(tmp_path / "fast", random_batches(), epochs=1, workers=procs.cores())
     v = rules.run_rules(out, only=["Dataloader"])[0]
     assert not v["triggered"], v
 

@@ -36,11 +36,11 @@ def test_single_host_is_a_noop(monkeypatch):
 
 
 def test_cpu_threads_are_the_hyperparameter_else_the_given_share_else_the_hosts_cores(monkeypatch):
-    from localsage import backends, data, recipe
+    from localsage import backends, procs, recipe
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    cores = data.default_workers()
+    cores = procs.cores()
     assert recipe.cpu_threads(0) == max(1, cores // 2)  # two processes on this host share its cores
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a share given by a tuner's worker or local mode
     assert recipe.cpu_threads(0) == 3
@@ -49,6 +49,30 @@ def test_cpu_threads_are_the_hyperparameter_else_the_given_share_else_the_hosts_
     assert recipe.cpu_threads(0) == max(1, cores // 2)
     assert backends.thread_share_env(8, 2) == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
     assert backends.thread_share_env(2, 3) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+CUT_SHARES = """
+import os, sys
+from localsage import contract, data, procs, recipe
+from localsage.scriptmode import env as script_env
+root = sys.argv[1]
+contract.make_dirs(root)
+contract.write_config(root, {"lr": "0.1"}, [contract.COMBINED_CHANNEL])
+print(os.cpu_count(), procs.cores(), data.default_workers(), recipe.cpu_threads(0), script_env.load(root, {}).num_cpus)
+"""
+
+
+def test_every_cpu_share_is_cut_from_the_cores_this_process_may_run_on(tmp_path):
+    # a job pinned to one core (docker --cpuset-cpus, taskset) on a machine of more: loader workers,
+    # torch threads and SM_NUM_CPUS count the one core it has, not the machine's
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", CUT_SHARES, str(tmp_path / "ml")], env=env, capture_output=True,
+                         text=True, preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    machine, cores, workers, threads, sm_num_cpus = map(int, out.stdout.split())
+    assert machine == os.cpu_count() and cores == 1
+    assert (workers, threads, sm_num_cpus) == (1, 1, 1)
 
 
 def test_processes_per_host_is_the_toolkit_override_else_the_gpus_else_one():

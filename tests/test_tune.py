@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import FAST_HP, TINY_HP
-from localsage import cloud, metrics, runner, tune
+from localsage import cloud, metrics, procs, runner, tune
 from localsage.cli import main as cli_main
 
 TINY_FIXED = {k: v for k, v in TINY_HP.items() if k not in ("lr", "batch-size")}
@@ -68,6 +68,8 @@ def test_default_space_compiles_to_optuna_and_sagemaker():
     ({"space": {"lr": {"type": "float", "min": -1, "max": 0.1}}}, "lr min -1.0 is not a valid lr"),
     ({"fixed": {"epochs": 0}}, "fixed hyperparameters: invalid hyperparameter(s): epochs='0'"),
     ({"fixed": {"lr": 0.01}}, "lr both fixed and searched"),
+    ({"fixed": {"sagemaker_mpi_num_of_processes_per_host": 0}},
+     "fixed hyperparameters: sagemaker_mpi_num_of_processes_per_host=0: expected a whole number, at least 1"),
     ({"sampler": "annealing"}, "sampler must be one of"),
     ({"spaces": {}}, "unknown key(s) spaces"),
 ])
@@ -102,6 +104,15 @@ def test_samplers_pruners_and_worker_resources():
     assert tune.slot_env(0, 2, [], {}, 8) == ({}, {"threads": 4})
     assert tune.slot_env(0, 4, [], {}, 2) == ({}, {"threads": 1})
     assert tune.slot_env(0, 2, [], {"threads": 3}, 8) == ({}, {})
+    # a trial of several processes per host: each of its processes gets its part of the trial's share
+    per_host = {"sagemaker_mpi_num_of_processes_per_host": "2"}
+    assert tune.slot_env(0, 2, [], per_host, 8) == ({}, {"threads": 2})
+    assert tune.slot_env(0, 2, [], per_host, 8, script=True) == ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, {})
+    assert tune.slot_env(0, 4, [], per_host, 2) == ({}, {"threads": 1})
+    # the built-in trainer's names take - for _, the toolkit's reserved key keeps SageMaker's spelling
+    t = tune.build({"fixed": {"warmup_epochs": 1, "sagemaker_mpi_num_of_processes_per_host": 2}}, {})
+    assert t.fixed == {"warmup-epochs": 1, "sagemaker_mpi_num_of_processes_per_host": 2}
+    assert t.trial_hyperparameters({})["sagemaker_mpi_num_of_processes_per_host"] == 2
 
 
 # ---------------------------------------------------------------- SageMaker HPO, offline
@@ -176,7 +187,7 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
     assert {tr.state.name for tr in trials} <= {"COMPLETE", "PRUNED"}
     # every trial is a job in the registry, tagged with its trial number, with its CPU-thread share
     records = {r["TrainingJobName"]: r for r in runner.list_jobs(jobs)}
-    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    threads = str(max(1, procs.cores() // 2))
     for tr in trials:
         record = records[tr.user_attrs["job_name"]]
         assert record["Tags"] == {"tune-study": "six", "tune-trial": str(tr.number)}

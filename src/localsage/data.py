@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2.functional import center_crop  # imported before DataLoader workers fork
 
+from . import procs
 from .batch_ring import Ring, RingBatch
 from .data_cache import ReadBuffer, cache_dir, cache_estimate, cached_decode, plan_cache  # noqa: F401 - the data API
 from .decode import decode  # noqa: F401 - the data API
@@ -292,11 +292,7 @@ def collate(items):
 
 
 def default_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(0, min(cores, 8))
+    return max(0, min(procs.cores(), 8))
 
 
 # batches a worker has in flight (torch's prefetch_factor, default 2): 4 smooths out the moments the main

@@ -8,12 +8,11 @@ data, the study (already at its budget), and the final job when its hyperparamet
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from pathlib import Path
 
-from . import runner
+from . import procs, runner
 
 # The demo recipe: resnet18 from scratch at 64 px reaches >= 0.9 on the demo set in a few epochs.
 FIXED = {"arch": "resnet18", "weights": "none", "image-size": 64, "epochs": 6, "workers": 1, "seed": 0}
@@ -29,12 +28,6 @@ MODEL_NAME = "demo"
 
 def stage(n: int, text: str):
     print(f"\n== [{n}/6] {text}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def final_job(data_dir: Path, hp: dict, jobs_dir: Path, backend: str, image=None) -> dict:
@@ -99,7 +92,7 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     print(f"report: {report_mod.build(job_dir)}")
 
     stage(5, "TorchServe with the model (127.0.0.1, loopback only)")
-    port = free_port()
+    port = procs.free_port()
     server = serving.LocalServer({MODEL_NAME: job_dir / "model"}, port=port,
                                  log_path=jobs_dir / "demo-torchserve.log")
     server.start()

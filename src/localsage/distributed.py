@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import socket
 import subprocess
 import time
 from typing import Sequence
@@ -83,21 +82,15 @@ def setup_from_contract(c, local_rank: int | None = None) -> tuple[int, int, int
                  interface=rc.get("network_interface_name"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_local(nprocs: int, command: Sequence[str], single_host: bool = True, env: dict | None = None) -> int:
     """Run `command` nprocs times on this host (LOCAL_RANK 0..n-1, LOCAL_WORLD_SIZE n), as torchrun does;
     SIGTERM/SIGINT are forwarded to every process, each dies with this one (parent-death signal).
     Returns 0 when all succeed, else the first non-zero exit code (143 when stopped)."""
-    from .procs import die_with_parent
+    from .procs import die_with_parent, free_port
 
     base = {**os.environ, **(env or {}), "LOCAL_WORLD_SIZE": str(nprocs)}
     if single_host and "MASTER_PORT" not in base:
-        base["MASTER_PORT"] = str(_free_port())
+        base["MASTER_PORT"] = str(free_port())
     children = []
 
     def forward(signum, frame):

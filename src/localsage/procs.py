@@ -1,10 +1,13 @@
-"""Process lifetimes: who owns a job, whether that owner still lives, children that die with it.
+"""Process lifetimes: who owns a job, whether that owner still lives, children that die with it; and
+what a process may take from this machine (its cores, a free loopback port).
 
 - `identity(pid)` is (pid, start time in clock ticks since boot, boot id): a PID reused by another
   process, or the same PID after a reboot, is a different identity, so a record that carries its
   owner's identity can tell a dead owner from a live one.
 - `die_with_parent(sig)` as a Popen preexec_fn: Linux's PR_SET_PDEATHSIG, so a child gets `sig`
   when the thread that started it dies, even by SIGKILL (when no code of the parent can run).
+- `cores()` is the one count of CPUs every share is cut from (loader workers, torch threads, local
+  mode's hosts, a tuner's parallel trials, SM_NUM_CPUS, the profiler's per-core samples).
 
 Foundations: no localsage imports, nothing heavy (the CLI, the backends and the launcher use it).
 """
@@ -16,6 +19,23 @@ import signal
 import socket
 
 PR_SET_PDEATHSIG = 1
+
+
+def cores() -> int:
+    """The CPUs this process may run on: its affinity mask (what `docker run --cpuset-cpus` or
+    `taskset` leaves it), not the machine's count, which os.cpu_count() gives even when most of them
+    are out of reach."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this OS
+        return os.cpu_count() or 1
+
+
+def free_port() -> int:
+    """A loopback TCP port the kernel has just handed out and nothing holds (free now, not reserved)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _boot_id() -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data, distributed, model as model_mod
+from . import distributed, model as model_mod, procs
 
 log = logging.getLogger("localsage.train")
 
@@ -131,7 +131,7 @@ def cpu_threads(threads: int) -> int:
         return threads
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, data.default_workers() // max(1, local_world()))
+    return max(1, procs.cores() // max(1, local_world()))
 
 
 def build_model(hp, ranks: Ranks, num_classes: int) -> nn.Module:

@@ -184,7 +184,7 @@ def run(job, log, stop: threading.Event) -> int:
 
     threading.Thread(target=watch, daemon=True).start()
     gpu = gpus_available(engine)
-    env, shared = host_thread_env(job, gpu, len(os.sched_getaffinity(0)))
+    env, shared = host_thread_env(job, gpu, procs.cores())
     if shared:
         log(shared)
     writer = LineWriter(log, sys.stdout)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import time
 
+from .. import procs
+
 from .constants import HYPERPARAMETERS, debugger_hp, enabled_rules  # noqa: F401  (defaults from localsage/hyperparameters.py)
 
 log = logging.getLogger("localsage.debugger")
@@ -45,7 +47,7 @@ class Session:
             self.sampler = sampler_mod.SystemSampler(contract.profiler_dir)
             self.sampler.start()
             sampler_mod.write_job_info(
-                contract.profiler_dir, start=start or time.time(), cores=sampler_mod.cores(),
+                contract.profiler_dir, start=start or time.time(), cores=procs.cores(),
                 gpus=len(self.sampler.handles), workers=workers, batch_size=batch_size)
 
     def mode(self, name: str):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -49,13 +48,6 @@ def _nvml():
         return None
     except Exception:  # no driver, no device: CPU-only sampling
         return None
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class SystemSampler(threading.Thread):

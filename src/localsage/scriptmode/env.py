@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import contract
+from .. import contract, procs
 from ..hyperparameters import LOG_LEVEL_KEY, PROGRAM_KEY, SUBMIT_DIR_KEY, decode, framework_params, split_reserved
 
 FRAMEWORK_MODULE = "localsage.entry:main"
@@ -208,6 +208,6 @@ def load(root=None, environ=None) -> TrainingEnv:
     return TrainingEnv(
         root=c.root, hyperparameters=user, reserved=reserved, resource_config=c.resource_config,
         input_data_config=c.input_data_config, channels=dict(c.channels), hosts=hosts,
-        current_host=c.current_host, num_gpus=c.num_gpus, num_cpus=os.cpu_count() or 1,
+        current_host=c.current_host, num_gpus=c.num_gpus, num_cpus=procs.cores(),
         program=str(program) if program else None, module_dir=str(submit) if submit else None,
         job_name=str(job_name), log_level=level)

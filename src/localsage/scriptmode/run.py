@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import contract
+from .. import contract, procs
 from ..hyperparameters import TORCH_DISTRIBUTED_KEY, processes_per_host
 from . import code as code_mod
 from . import env as env_mod
@@ -215,7 +215,7 @@ def start_sampler(root):
         profiler_dir = contract.profiler_dir(root)
         sampler = sampler_mod.SystemSampler(profiler_dir)
         sampler.start()
-        sampler_mod.write_job_info(profiler_dir, start=time.time(), cores=sampler_mod.cores(),
+        sampler_mod.write_job_info(profiler_dir, start=time.time(), cores=procs.cores(),
                                    gpus=len(sampler.handles))
         return sampler
     except Exception as exc:  # psutil missing, an unwritable output dir

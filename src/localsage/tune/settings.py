@@ -185,7 +185,13 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
         raise TuneError("source_dir needs entry_point (the script to run)")
     settings["metric_definitions"] = parse_metric_definitions(settings["metric_definitions"]) or None
     space = parse_space(raw.get("space") or ({} if script else DEFAULT_SPACE), script=script)
-    fixed = {(str(k) if script else str(k).replace("_", "-")): v for k, v in (raw.get("fixed") or {}).items()}
+    # the built-in trainer's names take - for _; the toolkit's reserved keys (sagemaker_*) stay as SageMaker spells them
+    fixed = {(str(k) if script or hyperparameters.is_reserved(k) else str(k).replace("_", "-")): v
+             for k, v in (raw.get("fixed") or {}).items()}
+    try:
+        hyperparameters.processes_per_host(fixed, 0)
+    except hyperparameters.HyperparameterError as exc:
+        raise TuneError(f"fixed hyperparameters: {exc}") from None
     both = sorted(set(fixed) & set(space))
     if both:
         raise TuneError(f"tune config: {', '.join(both)} both fixed and searched; remove one")

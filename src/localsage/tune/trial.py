@@ -7,13 +7,12 @@ every match is an intermediate value for the pruner, the last one is the trial's
 from __future__ import annotations
 
 import math
-import os
 import re
 import threading
 import zlib
 from pathlib import Path
 
-from .. import backends, hyperparameters, runner
+from .. import backends, hyperparameters, procs, runner
 
 JOB_NAME_MAX = 63  # SageMaker: letters, digits, hyphens; at most 63 characters
 STAMP_LEN = len(runner.job_name("x")) - 2  # the timestamp runner.job_name appends
@@ -33,10 +32,12 @@ def trial_job_name(study: str, number: int) -> str:
 
 def slot_env(slot: int, parallel: int, gpus: list, fixed: dict, cores: int, script: bool = False) -> tuple[dict, dict]:
     """Resources of one parallel worker: a GPU each (round robin) or an equal share of the CPU threads
-    (the built-in trainer's `threads` hyperparameter; a script gets OMP/MKL_NUM_THREADS instead)."""
+    for each process of its job (the built-in trainer's `threads` hyperparameter; a script gets
+    OMP/MKL_NUM_THREADS instead): `parallel` trials of P processes each (the fixed
+    sagemaker_mpi_num_of_processes_per_host, else 1) split the cores parallel x P ways."""
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": str(gpus[slot % len(gpus)])}, {}
-    env = backends.thread_share_env(cores, parallel)
+    env = backends.thread_share_env(cores, parallel * hyperparameters.processes_per_host(fixed, 0))
     if script:
         return env, {}
     hp = {} if "threads" in fixed else {"threads": int(env["OMP_NUM_THREADS"])}
@@ -48,7 +49,7 @@ def slot_env(slot: int, parallel: int, gpus: list, fixed: dict, cores: int, scri
 def run_job(study, trial, params: dict, slot: int) -> str:
     """Run the trial's job to its end (study: the workers.Study running it); returns the trial's state."""
     t = study.t
-    env, extra = slot_env(slot, t.parallel, study.gpus, t.fixed, os.cpu_count() or 1, script=t.script)
+    env, extra = slot_env(slot, t.parallel, study.gpus, t.fixed, procs.cores(), script=t.script)
     hp = {**t.trial_hyperparameters(params), **extra}
     name = trial_job_name(t.study, trial.number)
     job_dir = Path(t.jobs_dir).resolve() / name
