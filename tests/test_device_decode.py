@@ -79,6 +79,29 @@ def test_the_device_path_gives_the_workers_boxes_labels_and_pixels(tmp_path):
     assert torch.equal(again, images) and torch.equal(again_labels, labels)
 
 
+def test_a_worker_reads_each_file_once_whatever_decodes_it(tmp_path, monkeypatch):
+    """What the device decoder is not given (PNG, CMYK) the worker decodes from the bytes it has read to
+    look at the header: one read a file, as for the JPEGs it passes on (and no second look at a file that
+    may have changed in between)."""
+    data.make_photo_like(tmp_path / "p.jpg", 80, 60, seed=2)
+    base = Image.open(tmp_path / "p.jpg")
+    base.save(tmp_path / "rgb.png")
+    base.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    paths = [str(tmp_path / n).encode() for n in ("p.jpg", "rgb.png", "cmyk.jpg")]
+    opened, real_open = [], open
+
+    def counting(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    ds = device_decode.JpegBatches(np.array(paths, dtype=np.bytes_), np.arange(3), data.TrainTransform(data.preprocess_spec(32)))
+    monkeypatch.setattr("builtins.open", counting)
+    raw, labels, bad = ds.__getitems__([0, 1, 2])
+    monkeypatch.undo()
+    assert bad == [] and raw.index.tolist() == [0] and raw.done.shape == (2, 32, 32, 3)
+    assert sorted(opened) == sorted(p.decode() for p in paths)  # each once
+
+
 def test_a_drafted_photo_keeps_the_cpu_boxes_and_pixel_statistics(tmp_path):
     """Photos >= 2x the crop: the workers' path decodes them DCT-scaled; the device decodes them whole and
     area-averages by the same scale, so boxes are identical and pixels close (not equal: IDCT scaling vs

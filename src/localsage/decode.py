@@ -54,7 +54,11 @@ def decode(path: str, draft_size: int | None = None) -> torch.Tensor:
     (torchvision 0.29 marks torchvision.io's decoders deprecated in favour of TorchCodec; the
     pinned version has them.)"""
     with open(path, "rb") as f:
-        raw = f.read()
+        return decode_bytes(f.read(), draft_size)
+
+
+def decode_bytes(raw: bytes, draft_size: int | None = None) -> torch.Tensor:
+    """`decode` of a file's bytes already read (a caller that looked at them first reads the file once)."""
     img = Image.open(io.BytesIO(raw))  # parses the header only
     if img.format == "JPEG" and "xmp" not in img.info and not (draft_size and min(img.size) >= 2 * draft_size):
         try:

@@ -40,7 +40,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg  # imported here, before DataLoader workers fork
 
 from .data import unreadable
-from .decode import decode
+from .decode import decode, decode_bytes
 from .hyperparameters import HyperparameterError
 
 log = logging.getLogger("localsage.train")  # where feed logs the workers' unreadable files
@@ -113,7 +113,7 @@ class JpegBatches(torch.utils.data.Dataset):
                 header = device_header(raw, self.draft_size)
                 if header is None:  # the CPU path's decode and transform, here
                     out = torch.empty((*tf.size, 3), dtype=torch.uint8)
-                    tf.write(decode(path, self.draft_size), out)
+                    tf.write(decode_bytes(raw, self.draft_size), out)  # the bytes read above
                     done.append(out)
                     done_labels.append(int(self.targets[i]))
                     continue
