@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 from localsage import serving  # noqa: E402
 import serve as serve_bench  # noqa: E402 - bench/serve.py: model dirs and JPEGs
+from spread import spread_text  # noqa: E402 - bench/spread.py
 
 BODY_BYTES = 6 * 2**20
 
@@ -100,10 +101,6 @@ def measure(port, args, images, body):
     return out
 
 
-def summary(values):
-    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -144,7 +141,7 @@ def main(argv=None):
     print("|---|---|---|---|")
     for key in rounds[0]["front"]:
         ratios = [g["front"][key] / g["direct"][key] for g in rounds]
-        print(f"| {key} | {summary(ratios)} | {statistics.median(g['front'][key] for g in rounds):.1f} | "
+        print(f"| {key} | {spread_text(ratios, '{:.3f}')} | {statistics.median(g['front'][key] for g in rounds):.1f} | "
               f"{statistics.median(g['direct'][key] for g in rounds):.1f} |")
     return 0
 

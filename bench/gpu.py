@@ -47,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from localsage import files  # noqa: E402  (after the path insert)
+from spread import spread  # noqa: E402  (bench/spread.py)
 
 CLASSES = 8
 FULL = {"arch": "resnet50", "batch": 128, "size": 224, "photo": (500, 375), "steps": 30, "warm": 10, "rounds": 5}
@@ -56,10 +57,6 @@ TINY = {"arch": "resnet18", "batch": 8, "size": 32, "photo": (64, 48), "steps": 
 def write(out: Path, name: str, obj):
     (out / name).write_text(json.dumps(obj, indent=2))
     print(json.dumps(obj), flush=True)
-
-
-def spread(values):
-    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1)}
 
 
 # ------------------------------------------------------------------ steps: the hardware table (CUDA)
@@ -165,7 +162,7 @@ def loop_part(out: Path, work: Path, device, size: dict):
               "steps_a_round": size["steps"], "rounds": size["rounds"]}
     for name, run in runs.items():
         run.dbg.timer.close()
-        row = {**run.cfg, "images_per_sec": spread(run.rates), "rounds_images_per_sec": [round(v, 1) for v in run.rates]}
+        row = {**run.cfg, "images_per_sec": spread(run.rates, 1), "rounds_images_per_sec": [round(v, 1) for v in run.rates]}
         if run.cfg["profiler"]:
             rows = files.read_jsonl(run.dir / STEPS)[size["warm"]:]
             row["ms_a_step"] = {k: round(1000 * statistics.median(r.get(k, 0.0) for r in rows), 2)
@@ -262,7 +259,7 @@ def decode_part(out: Path, work: Path, device, size: dict, photos: int, info: di
         sync()
         rates["device_decode_augment"].append(len(files_) / (time.perf_counter() - t0))
     torch.set_num_threads(threads)
-    result = {name: spread(v) for name, v in rates.items()}
+    result = {name: spread(v, 1) for name, v in rates.items()}
     result["images"], result["batch"], result["crop"] = len(files_), batch, size["size"]
     result["workers_share_ratio"] = round(statistics.median(rates["device_workers_share_one_core"])
                                           / statistics.median(rates["workers_decode_one_core"]), 2)
@@ -317,7 +314,7 @@ def summarize(out: Path, loop: dict, e2e: list):
             continue
         rates = [e["images_per_sec"] for e in later]
         resident = loop["profiler-on" if run["profiler"] else "runner"]["images_per_sec"]["median"]
-        row = {"run": run["run"], "images_per_sec": spread(rates), "resident_images_per_sec": resident,
+        row = {"run": run["run"], "images_per_sec": spread(rates, 1), "resident_images_per_sec": resident,
                "ratio": round(statistics.median(rates) / resident, 3),
                "ratio_range": [round(min(rates) / resident, 3), round(max(rates) / resident, 3)]}
         shares = [e["dataloader_share"] for e in later if e["dataloader_share"] is not None]

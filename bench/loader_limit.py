@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,11 +85,6 @@ def sub(what: str, root: str, extra=()) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def med(values):
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--side", help=argparse.SUPPRESS)
@@ -107,6 +103,7 @@ def main():
 
     sys.path.insert(0, str(HERE))
     from train_pipeline import make_images
+    from spread import spread_text
 
     from localsage import procs
 
@@ -117,8 +114,8 @@ def main():
         make_images(Path(tmp), a.images)
         for r in range(a.rounds):
             st = sub("loops", tmp)
-            warm = med(sub("pipeline", tmp, ["--cache", "decoded"])["epoch_images_per_sec"][1:])
-            off = med(sub("pipeline", tmp, ["--cache", "off"])["epoch_images_per_sec"])
+            warm = statistics.median(sub("pipeline", tmp, ["--cache", "decoded"])["epoch_images_per_sec"][1:])
+            off = statistics.median(sub("pipeline", tmp, ["--cache", "off"])["epoch_images_per_sec"])
             limit_warm = cores / (st["read"] + st["resize"])
             limit_off = cores / (st["decode"] + st["resize"])
             rounds.append({**{k: v * 1e3 for k, v in st.items()}, "limit_warm": limit_warm, "limit_off": limit_off,
@@ -129,7 +126,7 @@ def main():
 
     def row(key, fmt="{:.3g}"):
         values = [x[key] for x in rounds]
-        return f"{fmt.format(med(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+        return spread_text(values, fmt)
 
     print(f"\n{cores} cores, {a.rounds} rounds, median [range]; load average at start {load_start}, at end {load_end}")
     print("| per image, one core | ms |\n|---|---|")

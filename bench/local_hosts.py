@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from localsage import runner
 from localsage.data import make_demo_data
-
-
-def spread(values):
-    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
+from spread import spread  # bench/spread.py
 
 
 def main():

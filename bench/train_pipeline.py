@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -289,10 +290,6 @@ def main():
               "pipeline_eval": "input pipeline, eval transform, epoch 2 (cache warm)",
               "train": "train step fp32", "train_bf16": "train step amp=bf16 (CPU autocast)"}
 
-    def med(values):
-        v = sorted(values)
-        return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-
     print(f"\n{a.rounds} rounds, each pairing both sides; ratio = median [min-max] of the per-round ratios; "
           f"load average at start {load_start}, at end {summary['load_average_start_end'][1]}")
     print("| part | baseline img/s (median) | ours img/s (median) | ratio | per-round ratios | baseline peak PSS MB | ours peak PSS MB (max excess) |")
@@ -303,18 +300,18 @@ def main():
         pairs = list(zip(results[part][base], results[part][ours]))
         ratios = [o["images_per_sec"] / b["images_per_sec"] for b, o in pairs]
         excess = max(o["peak_pss_mb"] - b["peak_pss_mb"] for b, o in pairs)
-        summary[name] = {"ratio_median": round(med(ratios), 2), "ratio_min": round(min(ratios), 2),
+        summary[name] = {"ratio_median": round(statistics.median(ratios), 2), "ratio_min": round(min(ratios), 2),
                          "ratio_max": round(max(ratios), 2), "ratios": [round(r, 2) for r in ratios],
                          base: [b for b, _ in pairs], "ours": [o for _, o in pairs], "pss_excess_max_mb": excess}
-        print(f"| {labels[name]} | {med([b['images_per_sec'] for b, _ in pairs]):.1f} "
-              f"| {med([o['images_per_sec'] for _, o in pairs]):.1f} | **{med(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}] "
-              f"| {' '.join(f'{r:.2f}' for r in ratios)} | {med([b['peak_pss_mb'] for b, _ in pairs])} "
-              f"| {med([o['peak_pss_mb'] for _, o in pairs])} ({excess:+d}) |")
+        print(f"| {labels[name]} | {statistics.median([b['images_per_sec'] for b, _ in pairs]):.1f} "
+              f"| {statistics.median([o['images_per_sec'] for _, o in pairs]):.1f} | **{statistics.median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}] "
+              f"| {' '.join(f'{r:.2f}' for r in ratios)} | {statistics.median([b['peak_pss_mb'] for b, _ in pairs])} "
+              f"| {statistics.median([o['peak_pss_mb'] for _, o in pairs])} ({excess:+d}) |")
     if results["pipeline"]["ours"]:
         r1 = [o["epoch_images_per_sec"][0] / b["epoch_images_per_sec"][0]
               for b, o in zip(results["pipeline"]["seed"], results["pipeline"]["ours"])]
-        summary["pipeline_epoch1"] = {"ratio_median": round(med(r1), 2), "ratio_min": round(min(r1), 2), "ratio_max": round(max(r1), 2)}
-        print(f"| input pipeline, train transform, epoch 1 (decodes, fills the cache) | | | **{med(r1):.2f}x** "
+        summary["pipeline_epoch1"] = {"ratio_median": round(statistics.median(r1), 2), "ratio_min": round(min(r1), 2), "ratio_max": round(max(r1), 2)}
+        print(f"| input pipeline, train transform, epoch 1 (decodes, fills the cache) | | | **{statistics.median(r1):.2f}x** "
               f"[{min(r1):.2f}-{max(r1):.2f}] | {' '.join(f'{r:.2f}' for r in r1)} | | |")
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=2))
