@@ -697,7 +697,6 @@ def test_cli_train_sends_env_processes_per_host_and_hook_parameters(capsys, proj
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--processes-per-host", "0"], "expected at least 1"),
     (["--inference-entry-point", "inference.py"], "localsage deploy --entry-point"),
     (["--debugger-hook-config", "train.save_interval=5", "--no-debug-tensors"], "--no-debug-tensors")])
 def test_cloud_train_refuses_what_it_cannot_carry(capsys, project, extra, message):

@@ -75,6 +75,38 @@ def test_every_cpu_share_is_cut_from_the_cores_this_process_may_run_on(tmp_path)
     assert (workers, threads, sm_num_cpus) == (1, 1, 1)
 
 
+@pytest.mark.parametrize("argv", [
+    ["train", "--instance-count", "0"], ["train", "--instance-count", "-1"], ["train", "--instance-count", "two"],
+    ["train", "--processes-per-host", "0"], ["train", "--backend", "sagemaker", "--dry-run", "--instance-count", "0"],
+    ["train", "--backend", "sagemaker", "--dry-run", "--processes-per-host", "-3"],
+    ["deploy", "some-job", "--instance-count", "0"], ["demo", "--parallel", "0"], ["demo", "--trials", "0"]])
+def test_a_count_below_one_is_a_usage_error(tmp_path, capsys, argv):
+    from localsage.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*argv, "--jobs-dir", str(tmp_path / "jobs")] if argv[0] != "deploy" else argv)
+    assert exit_.value.code == 2
+    flag = next(a for a in argv if a in ("--instance-count", "--processes-per-host", "--parallel", "--trials"))
+    assert f"argument {flag}: expected a whole number, at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "jobs").exists()
+
+
+@pytest.mark.parametrize("backend", ["process", "docker"])
+def test_a_one_host_backend_refuses_more_hosts_before_any_job(tmp_path, capsys, backend):
+    """--instance-count 2 on the process backend used to run one host under a record saying two."""
+    from localsage import runner
+    from localsage.cli import main as cli_main
+
+    jobs = tmp_path / "jobs"
+    code = cli_main(["train", "--data", str(tmp_path), "--backend", backend, "--instance-count", "2", "--jobs-dir", str(jobs)])
+    assert code == 2
+    assert f"the {backend} backend runs one instance, not 2; use --backend sagemaker-local" in capsys.readouterr().err
+    assert not jobs.exists() or not any(jobs.iterdir())
+    with pytest.raises(ValueError, match="instance_count must be a whole number, at least 1, got 0"):
+        runner.train(tmp_path, {}, backend="sagemaker-local", jobs_dir=jobs, instance_count=0)
+    assert runner.list_jobs(jobs) == []
+
+
 def test_processes_per_host_is_the_toolkit_override_else_the_gpus_else_one():
     from localsage.hyperparameters import HyperparameterError, processes_per_host
 

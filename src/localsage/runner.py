@@ -103,6 +103,7 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     jobs_dir = jobs_root(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     module = backends.get(backend)
+    backends.check_instance_count(backend, instance_count)
     # containers and records a killed localsage left behind
     reap(jobs_dir, docker=backend in ("docker", "sagemaker-local"))
     script = None

@@ -15,6 +15,17 @@ INFO_FILE = "backend.json"  # runner.BACKEND_INFO: fields merged into the job re
 
 NAMES = {"process": "process", "docker": "docker", "sagemaker-local": "sagemaker_local", "sagemaker": "sagemaker"}
 STOP_GRACE_SECONDS = 30
+MULTI_HOST = ("sagemaker-local", "sagemaker")  # the others run one instance: this machine, or one container
+
+
+def check_instance_count(backend: str, count) -> None:
+    """Raise ValueError, before any job folder exists, for a count the backend cannot run (never run
+    fewer hosts than the record says)."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"instance_count must be a whole number, at least 1, got {count!r}")
+    if count > 1 and backend not in MULTI_HOST:
+        raise ValueError(f"the {backend} backend runs one instance, not {count}; use --backend sagemaker-local "
+                         "(its hosts are containers on this machine) or sagemaker")
 
 
 @dataclass

@@ -117,8 +117,6 @@ def mounts(job) -> dict:
 def run(job, log, stop: threading.Event) -> int:
     import docker
 
-    if job.instance_count != 1:
-        raise ValueError("the docker backend runs one instance; use the sagemaker-local backend for instance_count > 1")
     engine = client()
     image = job.image or DEFAULT_IMAGE
     engine.images.get(image)  # ImageNotFound -> the runner records "could not run the job: ... (run `make image`)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .common import cloud_guard, pairs, parse_hp, print_table
+from .common import at_least_one, cloud_guard, pairs, parse_hp, print_table
 
 # cheap to import (standard library only): the parser needs its constants
 from ..cloud.constants import (DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN, DEFAULT_REPOSITORY, DEFAULT_VOLUME_SIZE, ROLE_ENV,
@@ -61,9 +61,7 @@ def train_on_sagemaker(args) -> int:
         raise cloud.CloudError("--inference-entry-point copies a local job's inference script into its model; "
                                "for SageMaker give it to `localsage deploy --entry-point` (it repacks the model)")
     per_host = getattr(args, "processes_per_host", None)
-    if per_host is not None:
-        if per_host < 1:
-            raise cloud.CloudError(f"--processes-per-host {per_host}: expected at least 1")
+    if per_host is not None:  # >= 1: the option's argparse type
         hps[hyperparameters.PROCESSES_PER_HOST_KEY] = per_host
     if not opts.entry_point:  # the built-in trainer: bad values fail here, not after an instance was billed
         hps = hyperparameters.to_strings(hps)
@@ -180,7 +178,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backend", default="sagemaker", choices=("sagemaker",))
     p.add_argument("--endpoint-name")
     p.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
-    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--instance-count", type=at_least_one, default=1)
     p.add_argument("--image", help="ECR image URI (default <account>.dkr.ecr.<region>.amazonaws.com/localsage:latest)")
     p.add_argument("--role", help=f"SageMaker execution role ARN or name (default ${ROLE_ENV})")
     p.add_argument("--output-path", help="s3://bucket/prefix to upload a locally trained job's model.tar.gz "

@@ -1,6 +1,7 @@
 """Helpers shared by the command modules: --hp parsing, the one table printer, error guards."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,18 @@ def pairs(items, flag) -> dict:
             raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value
     return out
+
+
+def at_least_one(text) -> int:
+    """argparse type of a count (instances, processes per host, trials): a whole number >= 1, refused
+    before any job starts (exit 2 with the usage line), not silently taken as one."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number, at least 1, got {text!r}")
+    return value
 
 
 def fmt(value) -> str:

@@ -1,6 +1,8 @@
 """`localsage demo`: the whole loop on generated data."""
 from __future__ import annotations
 
+from .common import at_least_one
+
 
 def cmd_demo(args):
     from .. import demo
@@ -16,6 +18,6 @@ def add_parser(subparsers):
     p.add_argument("--jobs-dir", default="jobs")
     p.add_argument("--backend", default="process")
     p.add_argument("--image")
-    p.add_argument("--trials", type=int, default=TRIALS)
-    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--trials", type=at_least_one, default=TRIALS)
+    p.add_argument("--parallel", type=at_least_one, default=1)
     p.set_defaults(func=cmd_demo)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .common import fmt, pairs, parse_hp, print_table
+from .common import at_least_one, fmt, pairs, parse_hp, print_table
 
 
 def cmd_demo_data(args):
@@ -27,8 +27,6 @@ def script_options(args) -> dict:
         raise SystemExit(f"--metric-definition: {exc}") from None
     opts = {"metric_definitions": definitions or None, "env": pairs(args.env, "--env") or None,
             "max_run": args.max_run, "debug": getattr(args, "debug_tensors", True)}
-    if args.processes_per_host is not None and args.processes_per_host < 1:
-        raise SystemExit(f"--processes-per-host {args.processes_per_host}: expected at least 1")
     opts["processes_per_host"] = args.processes_per_host  # the built-in trainer honours it too
     if args.entry_point:
         opts.update(entry_point=args.entry_point, source_dir=args.source_dir, distribution=args.distribution,
@@ -124,7 +122,8 @@ def add_parser(sub) -> None:
     p.add_argument("--name")
     p.add_argument("--jobs-dir")
     p.add_argument("--image", help="container image (docker and SageMaker backends)")
-    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--instance-count", type=at_least_one, default=1,
+                   help="hosts (sagemaker-local: containers on this machine; sagemaker: instances)")
     add_train_arguments(p)
     for action in p._actions:  # local jobs: no run-time limit unless --max-run is given
         if action.dest == "max_run":
@@ -154,7 +153,7 @@ def add_script_arguments(p) -> None:
                    help="scrape NAME from the job log: the regex's first group is the value (repeatable)")
     g.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable for the job (repeatable)")
     g.add_argument("--distribution", choices=("torch_distributed",), help="run the script with torchrun")
-    g.add_argument("--processes-per-host", type=int,
+    g.add_argument("--processes-per-host", type=at_least_one,
                    help="processes per host, for the built-in trainer too (sagemaker_mpi_num_of_processes_per_host; "
                    "default: GPUs, else 1)")
     g.add_argument("--debugger-hook-config", action="append", metavar="KEY=VALUE",
