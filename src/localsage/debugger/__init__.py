@@ -17,7 +17,6 @@ import logging
 import time
 
 from .. import procs
-
 from .constants import HYPERPARAMETERS, debugger_hp, enabled_rules  # noqa: F401  (defaults from localsage/hyperparameters.py)
 
 log = logging.getLogger("localsage.debugger")
