@@ -135,14 +135,17 @@ AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", 
 
 def test_sagemaker_local_one_instance(engine, image, small_data, tmp_path):
     before = {k: os.environ.get(k) for k in AWS_VARS}
-    record = runner.train(small_data, TINY_HP, backend="sagemaker-local", image=image, jobs_dir=tmp_path,
-                          echo=False, name="sm-local-1")
+    record = runner.train(small_data, {**TINY_HP, "debug": "true"}, backend="sagemaker-local", image=image,
+                          jobs_dir=tmp_path, echo=False, name="sm-local-1",
+                          debugger_hook_config={"train.save_interval": "1"})
     job_dir = Path(record["JobDir"])
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     assert MODEL_FILES <= tar_names(job_dir / "model.tar.gz")
     assert "data/metrics.jsonl" in tar_names(job_dir / "output.tar.gz")
     log = (job_dir / runner.LOG).read_text()
     assert "algo-1-" in log and "epoch=1;" in log  # the SDK's docker-compose output reached the job log
+    # local mode writes no debughookconfig.json: the hook parameters reached the trainer all the same
+    assert "smdebug hook from debughookconfig.json" in log
     assert {k: os.environ.get(k) for k in AWS_VARS} == before, "dummy AWS settings leaked into the process"
     assert job_containers(engine, "sm-local-1") == []
 

@@ -275,6 +275,49 @@ def test_debughookconfig_wins(tmp_path):
     assert hook_mod.written_steps(root / "output" / "tensors") == [0, 3, 6]
 
 
+def test_built_in_trainer_takes_sagemakers_hook_config_from_the_cli(small_data, tmp_path):
+    """`train --debugger-hook-config` on a local built-in job: SageMaker's debughookconfig.json with those
+    HookParameters, and it wins over the debug-* hyperparameters as in the cloud (debug-train-interval=1
+    would save the loss at every step; the file's train.save_interval=3 saves it at 0, 3, ...)."""
+    from smdebug import modes
+    from smdebug.trials import create_trial
+
+    from localsage.cli import main
+
+    jobs = tmp_path / "jobs"
+    hp = [a for k, v in {**SMALL_JOB_HP, "batch-size": "2", "epochs": "1"}.items() for a in ("--hp", f"{k}={v}")]
+    base = ["train", "--data", str(small_data), "--jobs-dir", str(jobs), *hp]
+    hook_args = ["--debugger-hook-config", "train.save_interval=3", "--debugger-hook-config", "save_all=true"]
+    assert main(base + ["--name", "hooked", *hook_args]) == 0
+    job_dir = jobs / "hooked"
+    cfg = json.loads((job_dir / "input" / "config" / "debughookconfig.json").read_text())
+    assert cfg["HookParameters"] == {"train.save_interval": "3", "save_all": "true"}
+    assert cfg["LocalPath"] == str(job_dir / "output" / "tensors")
+    trial = create_trial(str(job_dir / "output" / "tensors"))
+    steps = trial.tensor(hook_mod.LOSS_NAME).steps(mode=modes.TRAIN)
+    assert len(steps) >= 2 and all(s % 3 == 0 for s in steps), steps
+    assert "conv1_output_0" in trial.tensor_names()  # save_all: every module's output, which ours never saves
+    # the hook the config sets up cannot be turned off by the hyperparameter at the same time
+    assert main(base + ["--name", "off", "--hp", "debug=false", *hook_args]) == 2
+    assert not (jobs / "off").exists()
+
+
+def test_local_modes_hook_parameters_make_the_same_config(tmp_path):
+    """SDK local mode writes no debughookconfig.json: the parameters arrive in LOCALSAGE_DEBUG_HOOK and
+    the contract holds the config SageMaker would have written; a file, when present, wins."""
+    from localsage import contract
+
+    env = {contract.DEBUG_HOOK_ENV: json.dumps({"train.save_interval": 3})}
+    loaded = contract.load(tmp_path, env=env, gpus=lambda: 0)
+    assert loaded.debughookconfig == contract.default_debughookconfig(tmp_path / "output" / "tensors",
+                                                                       {"train.save_interval": "3"})
+    for quiet in ({}, {contract.DEBUG_HOOK_ENV: "{}"}, {contract.DEBUG_HOOK_ENV: "off"}):
+        assert contract.load(tmp_path, env=quiet, gpus=lambda: 0).debughookconfig is None
+    contract.config_dir(tmp_path).mkdir(parents=True)
+    contract.debughookconfig_file(tmp_path).write_text(json.dumps({"HookParameters": {"save_interval": "7"}}))
+    assert contract.load(tmp_path, env=env, gpus=lambda: 0).debughookconfig == {"HookParameters": {"save_interval": "7"}}
+
+
 def test_forced_smdebug_write_failure_is_reported(tmp_path, smdebug_agent_reset, caplog):
     """smdebug swallows write errors with its default (losses-only) configuration, as a SageMaker
     debughookconfig.json gives: the verifier must turn that into an error."""

@@ -472,7 +472,7 @@ def test_script_only_flags_without_an_entry_point_are_refused_before_any_job(tmp
     from localsage.cli import main as cli_main
 
     base = ["train", "--data", str(tmp_path), "--jobs-dir", str(tmp_path / "jobs")]
-    for extra in (["--debugger-hook-config", "train.save_interval=5"], ["--inference-entry-point", "inference.py"]):
+    for extra in (["--inference-entry-point", "inference.py"], ["--distribution", "torch_distributed"]):
         with pytest.raises(SystemExit, match="need --entry-point"):
             cli_main(base + extra)
     assert not (tmp_path / "jobs").exists()

@@ -157,7 +157,7 @@ def load(root=None, env=None, gpus=None) -> Contract:
         output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR") or output_dir / "data"),
         failure_file=output_dir / "failure",
         checkpoint_dir=Path(env.get(CHECKPOINT_ENV) or root / "checkpoints"),
-        debughookconfig=_read_json(cfg / "debughookconfig.json", None),
+        debughookconfig=_read_json(cfg / DEBUGHOOKCONFIG_FILE, None) or _env_debughookconfig(root, env),
         hosts=hosts,
         current_host=current,
         num_gpus=int(gpus_env) if gpus_env is not None else (gpus or _count_gpus)(),
@@ -252,6 +252,24 @@ def default_debughookconfig(local_path, hook_parameters: dict | None = None) -> 
         "CollectionConfigurations": [{"CollectionName": name, "CollectionParameters": dict(params)}
                                      for name, params in DEFAULT_COLLECTIONS],
     }
+
+
+def debug_hook_parameters(env) -> dict | None:
+    """What DEBUG_HOOK_ENV asks of a job: None when it turns the hook off, else the HookParameters it
+    carries ({} when unset or when it carries none)."""
+    setting = env.get(DEBUG_HOOK_ENV, "").strip()
+    if setting.lower() in ("off", "false", "0", "no"):
+        return None
+    if not setting.startswith("{"):
+        return {}
+    return {str(k): str(v) for k, v in json.loads(setting).items()}
+
+
+def _env_debughookconfig(root, env) -> dict | None:
+    """SageMaker writes debughookconfig.json for a DebuggerHookConfig; the SDK's local mode does not, so a
+    local job's hook parameters arrive in DEBUG_HOOK_ENV: the same config, or None when there are none."""
+    params = debug_hook_parameters(env)
+    return default_debughookconfig(tensors_dir(root), params) if params else None
 
 
 def profiler_dir(root) -> Path:

@@ -192,6 +192,16 @@ def _unwrap(value):
     return decoded if isinstance(value, str) and isinstance(decoded, str) else value
 
 
+def tensors_off(values: dict) -> bool:
+    """True when the built-in trainer's `debug` hyperparameter turns its smdebug hook off (a value
+    that is not a boolean fails in the job, with parse's message)."""
+    value = _unwrap((values or {}).get("debug", True))
+    try:
+        return not (value if isinstance(value, bool) else _bool(str(value)))
+    except ValueError:
+        return False
+
+
 def parse(raw: dict) -> dict:
     """Typed hyperparameters from SageMaker's string map; raise HyperparameterError on any problem.
 

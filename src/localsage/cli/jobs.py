@@ -28,13 +28,13 @@ def script_options(args) -> dict:
     opts = {"metric_definitions": definitions or None, "env": pairs(args.env, "--env") or None,
             "max_run": args.max_run, "debug": getattr(args, "debug_tensors", True)}
     opts["processes_per_host"] = args.processes_per_host  # the built-in trainer honours it too
+    # and SageMaker's debughookconfig.json (it wins over the debug-* hyperparameters, as in the cloud)
+    opts["debugger_hook_config"] = pairs(args.debugger_hook_config, "--debugger-hook-config") or None
     if args.entry_point:
         opts.update(entry_point=args.entry_point, source_dir=args.source_dir, distribution=args.distribution,
-                    inference_entry_point=args.inference_entry_point,
-                    debugger_hook_config=pairs(args.debugger_hook_config, "--debugger-hook-config") or None)
-    elif args.source_dir or args.distribution or args.inference_entry_point or args.debugger_hook_config:
-        raise SystemExit("--source-dir, --distribution, --inference-entry-point and --debugger-hook-config need "
-                         "--entry-point (the built-in trainer's tensors: --hp debug-tensor-interval=N)")
+                    inference_entry_point=args.inference_entry_point)
+    elif args.source_dir or args.distribution or args.inference_entry_point:
+        raise SystemExit("--source-dir, --distribution and --inference-entry-point need --entry-point")
     return opts
 
 
@@ -157,6 +157,7 @@ def add_script_arguments(p) -> None:
                    help="processes per host, for the built-in trainer too (sagemaker_mpi_num_of_processes_per_host; "
                    "default: GPUs, else 1)")
     g.add_argument("--debugger-hook-config", action="append", metavar="KEY=VALUE",
-                   help="DebuggerHookConfig hook_parameters, e.g. train.save_interval=100 (repeatable)")
+                   help="DebuggerHookConfig hook_parameters, e.g. train.save_interval=100 (repeatable; for the built-in "
+                   "trainer too: the config wins over its debug-* hyperparameters, as in the cloud)")
     g.add_argument("--inference-entry-point", help="the inference program copied with the source into model/code "
                    "(default: inference.py when the source dir has one)")

@@ -98,15 +98,14 @@ def wait_for_hosts(hosts, timeout_s=900) -> None:
 
 def write_debughookconfig(tenv, environ) -> str | None:
     """The path of the hook config smdebug should read (None: debugging is off)."""
-    setting = environ.get(contract.DEBUG_HOOK_ENV, "")
-    if setting.strip().lower() in ("off", "false", "0", "no"):
+    params = contract.debug_hook_parameters(environ)
+    if params is None:
         return None
     if environ.get(contract.SMDEBUG_CONFIG_ENV):
         return environ[contract.SMDEBUG_CONFIG_ENV]
     path = contract.debughookconfig_file(tenv.root)
     if path.exists():
         return str(path)
-    params = json.loads(setting) if setting.strip().startswith("{") else None
     config = contract.default_debughookconfig(contract.tensors_dir(tenv.root), params)
     try:
         path.write_text(json.dumps(config, indent=2))
