@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from spread import spread  # bench/spread.py
 
 SCRIPT = '''
 import time
@@ -89,14 +90,10 @@ def main():
             print(json.dumps(row) + ("  (warm-up)" if i == 0 else ""), flush=True)
             if i:
                 rows.append(row)
-    summary = {}
-    for mode in modes:
-        out = [r["outside_s"] for r in rows if r["mode"] == mode]
-        summary[mode] = {"outside_median_s": round(statistics.median(out), 2), "min": round(min(out), 2),
-                         "max": round(max(out), 2)}
-    base = summary["bare"]["outside_median_s"]
+    summary = {mode: {"outside_s": spread(r["outside_s"] for r in rows if r["mode"] == mode)} for mode in modes}
     for mode in modes[1:]:
-        summary[mode]["added_vs_bare_s"] = round(summary[mode]["outside_median_s"] - base, 2)
+        summary[mode]["added_vs_bare_s"] = round(summary[mode]["outside_s"]["median"]
+                                                 - summary["bare"]["outside_s"]["median"], 2)
     print(json.dumps({"runs": args.runs, "cores": os.cpu_count(), "summary": summary}, indent=2))
 
 
