@@ -22,6 +22,7 @@ from conftest import TINY_HP
 from localsage import files, procs, runner
 from localsage.backends import docker as docker_backend
 
+ROOT = Path(__file__).resolve().parent.parent
 LONG_HP = {**TINY_HP, "epochs": "200", "max-steps": "0", "workers": "0", "threads": "1"}
 
 
@@ -288,6 +289,46 @@ time.sleep(300)
     _, alive = psutil.wait_procs(tree, timeout=20)
     assert not alive, [p.cmdline() for p in alive]
     assert not folder.exists()
+
+
+def test_a_killed_image_build_takes_its_wheel_server_down(tmp_path):
+    """.ci/build-image.sh serves wheelhouse/ on loopback while `docker build` runs (here a stand-in that
+    fetches one wheel through the URL it is given, then hangs). SIGKILL to the script runs no EXIT trap:
+    the server must notice its parent is gone and stop, leaving no process and no open port."""
+    repo, stub = tmp_path / "repo", tmp_path / "bin"
+    (repo / ".ci").mkdir(parents=True)
+    for name in ("build-image.sh", "wheel-server.py"):
+        (repo / ".ci" / name).write_bytes((ROOT / ".ci" / name).read_bytes())
+    (repo / "wheelhouse").mkdir()
+    (repo / "wheelhouse" / "w-1.0-py3-none-any.whl").write_text("wheel bytes")
+    stub.mkdir()
+    (stub / "docker").write_text(f"""#!/bin/sh
+for a; do case $a in WHEELS_URL=*) url=${{a#WHEELS_URL=}};; esac; done
+{sys.executable} -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + "w-1.0-py3-none-any.whl").read().decode())' "$url" > fetched.tmp
+mv fetched.tmp fetched
+exec sleep 300
+""")
+    (stub / "docker").chmod(0o755)
+    script = subprocess.Popen(["bash", ".ci/build-image.sh", "localsage:test"], cwd=repo,
+                              env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "DOCKER_PYTHON": sys.executable},
+                              stderr=subprocess.PIPE, text=True)
+    tree = []
+    try:
+        assert wait_for(lambda: (repo / "fetched").exists(), 30), "the build never reached the wheel server"
+        assert (repo / "fetched").read_text().strip() == "wheel bytes"
+        tree = psutil.Process(script.pid).children(recursive=True)
+        server = [p for p in tree if "wheel-server.py" in " ".join(p.cmdline())]
+        assert len(server) == 1, [p.cmdline() for p in tree]
+        port = next(c.laddr.port for c in server[0].net_connections() if c.status == psutil.CONN_LISTEN)
+        script.kill()
+        script.wait()
+        _, alive = psutil.wait_procs(server, timeout=15)
+        assert not alive, "the wheel server outlived its killed build script"
+        port_free(port)
+    finally:
+        for p in tree:
+            if p.is_running():
+                p.kill()
 
 
 # ------------------------------------------------------------------ resume after a mid-epoch stop (onecycle)
