@@ -124,15 +124,19 @@ def test_a_drafted_photo_keeps_the_cpu_boxes_and_pixel_statistics(tmp_path):
     assert ((ratio > 0.95) & (ratio < 1.05)).all(), ratio
 
 
-def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_lost_file_skipped_once(tmp_path, monkeypatch, caplog):
+def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_broken_one_skipped_once(tmp_path, monkeypatch, caplog):
     paths = []
     for k in range(4):
         data.make_photo_like(tmp_path / f"p{k}.jpg", 70, 50, seed=k)
         paths.append(str(tmp_path / f"p{k}.jpg").encode())
-    refused = {(tmp_path / "p1.jpg").read_bytes(), (tmp_path / "p2.jpg").read_bytes()}
+    broken = bytearray((tmp_path / "p2.jpg").read_bytes())  # a bogus Huffman table: the header reads, no decoder does
+    at = broken.index(b"\xff\xc4")
+    broken[at + 5:at + 21] = b"\xff" * 16
+    (tmp_path / "p2.jpg").write_bytes(broken)
+    refused = {(tmp_path / "p1.jpg").read_bytes()}
     real = device_decode.decode_jpeg
 
-    def picky(streams, **kw):  # the device decoder refusing two of the streams (as nvJPEG may a variant)
+    def picky(streams, **kw):  # the device decoder refusing a stream the host reads (as nvJPEG may a variant)
         for s in streams if isinstance(streams, list) else [streams]:
             if bytes(s.numpy()) in refused:
                 raise RuntimeError("Error while decoding JPEG images")
@@ -144,8 +148,11 @@ def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_lost_file_skip
     ds = device_decode.JpegBatches(arr, np.arange(4), data.TrainTransform(spec))
     random.seed(0)
     raw, labels, bad = ds.__getitems__([0, 1, 2, 3])
+    assert bad == [] and raw.index.tolist() == [0, 1, 2, 3]  # p2's header is fine: it goes to the device
     only = ds.__getitems__([2])
-    (tmp_path / "p2.jpg").unlink()  # gone between the worker's read and the host's
+    random.seed(0)
+    ref, _, _ = data.ImageDataset(arr[[0, 1]], np.arange(2), data.TrainTransform(spec)).__getitems__([0, 1])
+    (tmp_path / "p1.jpg").unlink()  # gone after the worker's read: the host decodes the bytes it was given
     dec = device_decode.DeviceDecoder(spec, "cpu", arr)
     skipped = set()
     with caplog.at_level(logging.WARNING, logger="localsage.train"):
@@ -153,8 +160,6 @@ def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_lost_file_skip
         dec(raw, labels, skipped)
     assert got.tolist() == [0, 1, 3] and images.shape == (3, 3, 32, 32) and skipped == {2}
     assert [r.getMessage() for r in caplog.records] == [f"skipped unreadable image {tmp_path / 'p2.jpg'}"]
-    random.seed(0)
-    ref, _, _ = data.ImageDataset(arr[[0, 1]], np.arange(2), data.TrainTransform(spec)).__getitems__([0, 1])
     assert (images[:2].int() - ref.int()).abs().max() <= 1  # p1 from the host: the same crop
     with pytest.raises(data.DataError, match="p2.jpg"):
         device_decode.DeviceDecoder(spec, "cpu", arr, strict=True)(raw, labels, set())

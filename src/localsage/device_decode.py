@@ -17,8 +17,9 @@ Who does what:
   EXIF orientation (PIL's exif_transpose as flips and transposes), the crop, an antialiased bilinear
   resize in float32 rounded back to uint8 (what torchvision's Resize does on CUDA), and the flips of
   the batch at once; the result is the uint8 batch the workers would have sent, which the feed
-  normalises as before. A stream the device decoder refuses is decoded from its file by
-  localsage.decode on the host; a file nothing can read is logged once and left out of the batch
+  normalises as before. A stream the device decoder refuses is decoded on the host by
+  localsage.decode from the bytes the worker read (never the file again); one nothing can read is
+  logged once and left out of the batch
   (strict-data: the job fails).
 
 Against the workers' path: the same boxes and flips for the same RNG state, and pixels within 1 of
@@ -40,7 +41,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg  # imported here, before DataLoader workers fork
 
 from .data import unreadable
-from .decode import decode, decode_bytes
+from .decode import decode_bytes
 from .hyperparameters import HyperparameterError
 
 log = logging.getLogger("localsage.train")  # where feed logs the workers' unreadable files
@@ -245,8 +246,8 @@ class DeviceDecoder:
             except RuntimeError:
                 pass
             path = self.paths[i].decode()
-            try:
-                out.append(decode(path).to(self.device))  # upright already: the box was drawn on that size
+            try:  # the bytes the worker read (the file may be gone); upright already, the box's size
+                out.append(decode_bytes(stream.numpy().tobytes()).to(self.device))
             except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
                 if self.strict:
                     raise unreadable(path, exc) from exc
