@@ -694,6 +694,13 @@ def test_cli_train_sends_env_processes_per_host_and_hook_parameters(capsys, proj
     req = json.loads(capsys.readouterr().out)[-1]["request"]
     assert req["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "4"
     assert req["DebugHookConfig"]["HookParameters"] == {"train.save_interval": "5"}
+    builtin = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--name", "dogs-hook", "--dry-run",
+                           "--debugger-hook-config", "save_all=true"])
+    assert builtin.func(builtin) == 0  # the built-in trainer reads SageMaker's debughookconfig.json too
+    assert json.loads(capsys.readouterr().out)["request"]["DebugHookConfig"]["HookParameters"] == {"save_all": "true"}
+    off = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--dry-run", "--hp", "debug=false",
+                       "--debugger-hook-config", "save_all=true"])
+    assert off.func(off) == 2 and "debug=false" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [

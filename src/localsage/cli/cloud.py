@@ -66,6 +66,8 @@ def train_on_sagemaker(args) -> int:
     if not opts.entry_point:  # the built-in trainer: bad values fail here, not after an instance was billed
         hps = hyperparameters.to_strings(hps)
         hyperparameters.parse(hps)
+        if opts.hook_parameters and hyperparameters.tensors_off(hps):
+            raise cloud.CloudError("--debugger-hook-config sets the tensors hook that debug=false turns off")
     cloud.check_options(opts)
     env = pairs(getattr(args, "env", None), "--env")
     name = cloud.check_job_name(args.name or runner.job_name())
