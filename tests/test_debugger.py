@@ -313,6 +313,8 @@ def test_local_modes_hook_parameters_make_the_same_config(tmp_path):
                                                                        {"train.save_interval": "3"})
     for quiet in ({}, {contract.DEBUG_HOOK_ENV: "{}"}, {contract.DEBUG_HOOK_ENV: "off"}):
         assert contract.load(tmp_path, env=quiet, gpus=lambda: 0).debughookconfig is None
+    with pytest.raises(ValueError, match="LOCALSAGE_DEBUG_HOOK='{save_interval: 3}' is not a JSON object"):
+        contract.load(tmp_path, env={contract.DEBUG_HOOK_ENV: "{save_interval: 3}"}, gpus=lambda: 0)
     contract.config_dir(tmp_path).mkdir(parents=True)
     contract.debughookconfig_file(tmp_path).write_text(json.dumps({"HookParameters": {"save_interval": "7"}}))
     assert contract.load(tmp_path, env=env, gpus=lambda: 0).debughookconfig == {"HookParameters": {"save_interval": "7"}}

@@ -262,7 +262,10 @@ def debug_hook_parameters(env) -> dict | None:
         return None
     if not setting.startswith("{"):
         return {}
-    return {str(k): str(v) for k, v in json.loads(setting).items()}
+    try:
+        return {str(k): str(v) for k, v in json.loads(setting).items()}
+    except (ValueError, AttributeError):
+        raise ValueError(f"{DEBUG_HOOK_ENV}={setting!r} is not a JSON object of hook parameters") from None
 
 
 def _env_debughookconfig(root, env) -> dict | None:
