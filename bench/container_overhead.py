@@ -3,7 +3,7 @@
     PYTHONPATH=src python bench/container_overhead.py [--rounds 5] [--epochs 1] [--image localsage:latest]
 
 Runs alternate (process, docker, process, docker, ...) so a changing machine load hits both alike,
-and print wall time per run, the train time the job itself measured and the time outside it (wall -
+and prints wall time per run, the train time the job itself measured and the time outside it (wall -
 train: start-up, data index, packing, container start and removal); then, per backend, the median and
 range of the rounds, and of each round's docker-minus-process difference.
 """

@@ -65,8 +65,8 @@ def train_on_sagemaker(args) -> int:
         hps[hyperparameters.PROCESSES_PER_HOST_KEY] = per_host
     if not opts.entry_point:  # the built-in trainer: bad values fail here, not after an instance was billed
         hps = hyperparameters.to_strings(hps)
-        hyperparameters.parse(hps)
-        if opts.hook_parameters and hyperparameters.tensors_off(hps):
+        typed = hyperparameters.parse(hps)
+        if opts.hook_parameters and not typed["debug"]:
             raise cloud.CloudError("--debugger-hook-config sets the tensors hook that debug=false turns off")
     cloud.check_options(opts)
     env = pairs(getattr(args, "env", None), "--env")
