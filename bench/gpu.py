@@ -17,14 +17,15 @@ Parts (`--skip steps,loop,decode,e2e`):
          device's decode + augment (nvJPEG on CUDA), with a device sync; into device.json.
   e2e    the numerator: `runner.train` (process backend) on generated 500x375 q90 JPEGs, data-cache decoded
          and off with the profiler on (the default: its steps.jsonl gives the dataloader's share),
-         decoded with the profiler off, and decode-on=device (profiler on); images/s per epoch from
-         metrics.jsonl.
+         decoded with the profiler off, and decode-on=device with the profiler on and off (the step
+         timer syncs the device at each phase, so with it on the device's decode cannot overlap the
+         step); images/s per epoch from metrics.jsonl. `--runs a,b` runs only the named ones.
 summary.json: epochs >= 2 of each e2e run, median [range] images/s, the ratio to the loop's median rate with
 the same profiler setting, the dataloader's share of step time, and whether the goal is met. The jobs' logs
 go to e2e-logs.txt; a part that fails writes its traceback to errors.txt and the next part runs: 7 files at
 most, which the device tool brings back (8 at most).
 
-    python bench/gpu.py --out DIR [--compile] [--photos 8192] [--epochs 6]
+    python bench/gpu.py --out DIR [--compile] [--photos 8192] [--epochs 6] [--skip PARTS] [--runs RUNS]
     python bench/gpu.py --out DIR --device cpu --tiny   # the script's own check without a GPU (tests/test_bench_gpu.py)
 """
 from __future__ import annotations
@@ -177,7 +178,8 @@ def loop_part(out: Path, work: Path, device, size: dict):
 
 # (name, data-cache, profiler, decode-on)
 E2E_RUNS = (("decoded", "decoded", True, "workers"), ("decode-on-device", "decoded", True, "device"),
-            ("off", "off", True, "workers"), ("decoded-profiler-off", "decoded", False, "workers"))
+            ("off", "off", True, "workers"), ("decoded-profiler-off", "decoded", False, "workers"),
+            ("decode-on-device-profiler-off", "decoded", False, "device"))
 
 
 def _photo(args):
@@ -269,7 +271,7 @@ def decode_part(out: Path, work: Path, device, size: dict, photos: int, info: di
 
 # ------------------------------------------------------------------ e2e: through the runner
 
-def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int):
+def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int, runs=None, job_timeout=None):
     root, jobs = ensure_photos(work, photos, size), work / "jobs"
     n_train = sum(1 for _ in (root / "train").rglob("*.jpg"))
     env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src"), "LOCALSAGE_CACHE_DIR": str(work / "cache")}
@@ -277,6 +279,8 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
         env["CUDA_VISIBLE_DEVICES"] = ""
     results = []
     for name, cache, profiler, decode_on in E2E_RUNS:
+        if runs and name not in runs:
+            continue
         job_name = f"gpu-e2e-{name}-{int(time.time())}"
         hp = {"arch": size["arch"], "weights": "none", "epochs": str(epochs), "batch-size": str(size["batch"]),
               "image-size": str(size["size"]), "lr": "0.001", "debug": "false", "data-cache": cache,
@@ -286,8 +290,12 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
                 "name=sys.argv[3], jobs_dir=sys.argv[4], echo=True); "
                 "print(r['TrainingJobStatus'], r.get('FailureReason'))")
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-c", code, str(root), json.dumps(hp), job_name, str(jobs)],
-                              env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run([sys.executable, "-c", code, str(root), json.dumps(hp), job_name, str(jobs)],
+                                  env=env, capture_output=True, text=True, timeout=job_timeout)
+        except subprocess.TimeoutExpired as exc:  # a stuck job: the next run still gets its turn
+            text = [x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (exc.stdout, exc.stderr)]
+            proc = SimpleNamespace(returncode=f"timed out after {job_timeout} s", stdout=text[0], stderr=text[1])
         job = jobs / job_name
         with open(out / "e2e-logs.txt", "a") as log:  # one file for all runs: the device tool brings back 8 files at most
             log.write(f"===== {name} (rc {proc.returncode})\n{proc.stdout[-20000:]}\n--- stderr ---\n{proc.stderr[-20000:]}\n")
@@ -335,7 +343,12 @@ def main():
     p.add_argument("--photos", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--skip", default="", help="comma list of parts to skip: steps,loop,decode,e2e")
+    p.add_argument("--job-timeout", type=float, help="seconds an e2e job may take (default: no limit)")
+    p.add_argument("--runs", default="", help="comma list of e2e runs (default: all): " + ",".join(r[0] for r in E2E_RUNS))
     a = p.parse_args()
+    runs = set(filter(None, a.runs.split(",")))
+    if runs - {r[0] for r in E2E_RUNS}:
+        p.error(f"--runs: unknown {sorted(runs - {r[0] for r in E2E_RUNS})}")
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -356,7 +369,7 @@ def main():
     loop = part(out, "loop", loop_part, out, work, device, size) if "loop" not in skip else None
     if "decode" not in skip:
         part(out, "decode", decode_part, out, work, device, size, a.photos, info)
-    e2e = part(out, "e2e", e2e_part, out, work, device, size, a.photos, a.epochs) if "e2e" not in skip else None
+    e2e = part(out, "e2e", e2e_part, out, work, device, size, a.photos, a.epochs, runs, a.job_timeout) if "e2e" not in skip else None
     if loop and e2e:
         part(out, "summary", summarize, out, loop, e2e)
 

@@ -1,5 +1,5 @@
 """bench/gpu.py, the prepared GPU run, checked on this CPU machine at tiny size: every part it times on the GPU
-machine (the runner's loop on resident batches, four runner jobs end to end (decode-on=device among them), the summary) runs and reports
+machine (the runner's loop on resident batches, five runner jobs end to end (decode-on=device among them), the summary) runs and reports
 what it says it does. GPU time is scarce (one short run a session, when one is lent at all), so the script
 must not find its bugs there."""
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
     assert phases["forward"] > 0 and phases["backward"] > 0 and phases["total"] >= phases["forward"] + phases["backward"]
 
     e2e = {run["run"]: run for run in json.loads((out / "e2e.json").read_text())}
-    assert set(e2e) == {"decoded", "off", "decoded-profiler-off", "decode-on-device"}
+    assert set(e2e) == {"decoded", "off", "decoded-profiler-off", "decode-on-device", "decode-on-device-profiler-off"}
     assert "decode-on=device" in (out / "e2e-logs.txt").read_text()
     for run in e2e.values():
         assert run["rc"] == 0 and [e["epoch"] for e in run["epochs"]] == [1, 2], (out / "e2e-logs.txt").read_text()
@@ -53,3 +53,10 @@ def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
         assert isinstance(row["goal_met"], bool)
     assert summary["decoded"]["resident_images_per_sec"] == loop["profiler-on"]["images_per_sec"]["median"]
     assert summary["decoded-profiler-off"]["resident_images_per_sec"] == loop["runner"]["images_per_sec"]["median"]
+
+
+def test_gpu_bench_refuses_an_unknown_run_before_it_starts(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--out", str(tmp_path / "out"), "--runs", "decoded,nope"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--runs: unknown ['nope']" in proc.stderr
+    assert not (tmp_path / "out").exists()

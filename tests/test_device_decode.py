@@ -183,6 +183,21 @@ def test_a_job_decoding_on_the_device_trains_and_counts_unreadable_files(tmp_pat
     assert "decode-on=device" in log and log.count("skipped unreadable image") == 4
 
 
+def test_a_file_only_the_device_decoder_finds_unreadable_fails_a_strict_job_naming_it(tmp_path, jobs_dir):
+    """The device decoder runs in the feed thread (localsage.feed.in_thread): its strict-data error still
+    ends the job, and the job's failure file names the file."""
+    root = data.make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40)
+    victim = sorted((root / "train").rglob("*.jpg"))[3]
+    broken = bytearray(victim.read_bytes())  # a bogus Huffman table: the worker's header parse passes it on
+    at = broken.index(b"\xff\xc4")
+    broken[at + 5:at + 21] = b"\xff" * 16
+    victim.write_bytes(broken)
+    hp = {**{k: v for k, v in TINY_HP.items() if k != "max-steps"}, "decode-on": "device", "strict-data": "true"}
+    record = runner.train(root, hp, jobs_dir=jobs_dir, echo=False)
+    assert record["TrainingJobStatus"] == "Failed"
+    assert victim.name in record["FailureReason"], record["FailureReason"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu.py's machine)")
 def test_nvjpeg_batches_have_the_cpu_paths_boxes_and_statistics(tmp_path):
     data.make_photo_like(tmp_path / "base.jpg", 300, 200, seed=1)

@@ -43,12 +43,14 @@ def test_batches_normalise_skip_unreadable_log_each_bad_file_once_and_stop_at_th
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu.py's machine)")
-def test_cuda_feed_gives_the_cpu_pixels_and_every_kept_batch_stays_intact():
+@pytest.mark.parametrize("threaded", [False, True], ids=["in-line", "feed-thread"])
+def test_cuda_feed_gives_the_cpu_pixels_and_every_kept_batch_stays_intact(threaded):
     dev = torch.device("cuda")
     host = loader_batches(8, n=16, size=64, seed=1)
     norm_gpu, norm_cpu = data.Normalize(channels_last=True).to(dev), data.Normalize(channels_last=True)
     kept = []
-    for images, labels, weight in feed.to_device(((x.pin_memory(), y.pin_memory(), 1.0) for x, y, _ in host), norm_gpu, dev):
+    for images, labels, weight in feed.to_device(((x.pin_memory(), y.pin_memory(), 1.0) for x, y, _ in host), norm_gpu, dev,
+                                                 threaded=threaded):
         assert images.is_cuda and labels.is_cuda and images.is_contiguous(memory_format=torch.channels_last)
         kept.append((images, labels, (images * 2).sum()))  # work on the default stream, as a step does
     torch.cuda.synchronize()
@@ -101,3 +103,95 @@ def test_the_next_epochs_first_batches_are_made_while_the_epoch_before_validates
     assert len(firsts) == 3 and len(progress.history) == 3
     assert firsts[0] > 0.8 * delay, firsts  # the job's first batch: nothing could start it earlier
     assert max(firsts[1:]) < delay / 2, firsts
+
+
+def feed_threads():
+    import threading
+    return [t for t in threading.enumerate() if t.name == "localsage-feed"]
+
+
+def test_a_feed_thread_makes_the_next_batch_while_the_step_holds_this_one_and_never_runs_far_ahead():
+    import threading
+
+    made, started = [], {k: threading.Event() for k in range(6)}
+
+    def items():
+        for k in range(6):
+            started[k].set()
+            made.append(k)
+            yield k
+
+    got = []
+    for k in feed.in_thread(items(), ahead=2):
+        got.append(k)
+        if k + 1 < 6:  # the step holds batch k: batch k + 1 is being made meanwhile, not after it
+            assert started[k + 1].wait(timeout=10), f"batch {k + 1} was not started while the step held batch {k}"
+        time.sleep(0.05)
+        # made ahead: at most 2 waiting in the queue and 1 in the thread's hand
+        assert len(made) <= k + 1 + 2 + 1, (k, made)
+    assert got == list(range(6)) and not feed_threads()
+
+
+def test_a_feed_threads_error_is_raised_in_the_step_with_its_type_and_an_early_stop_ends_the_thread():
+    def failing():
+        yield "a"
+        yield "b"
+        raise ValueError("image 7 unreadable (strict-data)")
+
+    got = []
+    with pytest.raises(ValueError, match="image 7 unreadable") as info:
+        for item in feed.in_thread(failing()):
+            got.append(item)
+    assert got == ["a", "b"] and info.traceback[-1].name == "failing"  # the frame that raised, in the thread
+    assert not feed_threads()
+
+    closed = []
+
+    def endless():
+        try:
+            k = 0
+            while True:
+                yield k
+                k += 1
+        finally:
+            closed.append(True)
+
+    feed_gen = feed.in_thread(endless())
+    assert [next(feed_gen) for _ in range(3)] == [0, 1, 2]
+    feed_gen.close()  # the step stopped early (a batch limit, an error in the step, the job's end)
+    assert closed == [True] and not feed_threads()
+
+
+def test_device_decoded_batches_come_from_the_feed_thread_with_the_unthreaded_pixels(tmp_path):
+    """decode-on=device: feed.batches runs the decoder in the feed thread; the batches are the ones the
+    decoder gives when called in line (torchvision's CPU decoder in nvJPEG's place)."""
+    import threading
+
+    from localsage import device_decode
+
+    data.make_demo_data(tmp_path / "d", classes=2, per_class=6, size=48)
+    paths = sorted((tmp_path / "d" / "train").rglob("*.jpg"))
+    arr = [str(p).encode() for p in paths]
+    tf = data.train_transform(32, True, 36)
+    ds = device_decode.JpegBatches(arr, [i % 2 for i in range(len(arr))], tf, draft_size=32)
+    import random
+    random.seed(3)
+    raws = [ds.__getitems__(list(range(k, min(k + 4, len(arr))))) for k in range(0, len(arr), 4)]
+    decoder = device_decode.DeviceDecoder(tf.spec, "cpu", arr)
+    threads = []
+
+    class Spy(device_decode.DeviceDecoder):
+        def __call__(self, raw, labels, skipped):
+            threads.append(threading.current_thread().name)
+            return super().__call__(raw, labels, skipped)
+
+    norm = data.Normalize(channels_last=True)
+    d = SimpleNamespace(loaders={"train": raws}, normalize=norm, image_size=32,
+                        datasets={"train": SimpleNamespace(paths=arr)}, place=Spy(tf.spec, "cpu", arr))
+    ranks = SimpleNamespace(world=1, rank=0, device=torch.device("cpu"))
+    got = list(feed.batches(d, "train", ranks, {"train": set()}))
+    assert threads and set(threads) == {"localsage-feed"}
+    assert len(got) == len(raws)
+    for (images, labels, _), (raw, raw_labels, _) in zip(got, raws):
+        want, want_labels = decoder(raw, raw_labels, set())
+        assert torch.equal(images, norm(want)) and torch.equal(labels, want_labels)
