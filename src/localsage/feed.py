@@ -107,6 +107,8 @@ def batches(d, split: str, ranks, bad_files: dict, limit: int = 0, source=None):
     its iterator already started; each unreadable image logged once (bad_files[split] remembers it) and
     skipped; at most `limit` batches. A device decoder's batches are made in a thread (`in_thread`)."""
     place = getattr(d, "place", None) if split == "train" else None
+    if place is not None and source is None:  # the loader's workers start here, not in the feed thread
+        source = iter(d.loaders[split])
     return to_device(host_batches(d, split, ranks, bad_files, limit, source), d.normalize, ranks.device, place,
                      bad_files.get(split), stand_in=ranks.world > 1 and split == "train", threaded=place is not None)
 
