@@ -703,6 +703,24 @@ def test_cli_train_sends_env_processes_per_host_and_hook_parameters(capsys, proj
     assert off.func(off) == 2 and "debug=false" in capsys.readouterr().err
 
 
+def test_the_built_in_trainers_tensors_switch_and_sagemakers_agree(capsys):
+    """--no-debug-tensors sends debug=false to the built-in trainer (its hook's switch), and debug=false
+    sends no DebuggerHookConfig (no S3 tensors path for a hook that is never set up)."""
+    def request(*extra):
+        args = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--name", "dogs-quiet", "--dry-run", *extra])
+        assert args.func(args) == 0
+        return json.loads(capsys.readouterr().out)["request"]
+
+    on = request()
+    assert "debug" not in on.get("HyperParameters", {}) and on["DebugHookConfig"]["S3OutputPath"].startswith("s3://")
+    for extra in (["--no-debug-tensors"], ["--hp", "debug=false"], ["--hp", "debug=false", "--no-debug-tensors"]):
+        req = request(*extra)
+        assert req["HyperParameters"]["debug"] == "false" and "DebugHookConfig" not in req, extra
+    both = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--dry-run", "--no-debug-tensors",
+                        "--hp", "debug=true"])
+    assert both.func(both) == 2 and "debug=true" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--inference-entry-point", "inference.py"], "localsage deploy --entry-point"),
     (["--debugger-hook-config", "train.save_interval=5", "--no-debug-tensors"], "--no-debug-tensors")])

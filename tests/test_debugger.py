@@ -302,6 +302,22 @@ def test_built_in_trainer_takes_sagemakers_hook_config_from_the_cli(small_data, 
     assert not (jobs / "off").exists()
 
 
+def test_no_debug_tensors_turns_the_built_in_trainers_hook_off(small_data, tmp_path):
+    """`train --no-debug-tensors` (SageMaker's switch) reaches the built-in trainer as debug=false, its own:
+    no tensors are saved; asking for both debug=true and --no-debug-tensors is refused before any job."""
+    from localsage.cli import main
+
+    jobs = tmp_path / "jobs"
+    hp = [a for k, v in {**SMALL_JOB_HP, "batch-size": "2", "epochs": "1"}.items() for a in ("--hp", f"{k}={v}")]
+    base = ["train", "--data", str(small_data), "--jobs-dir", str(jobs), *hp]
+    assert main(base + ["--name", "quiet", "--no-debug-tensors"]) == 0
+    record = json.loads((jobs / "quiet" / "job.json").read_text())
+    assert record["TrainingJobStatus"] == "Completed" and record["HyperParameters"]["debug"] == "false"
+    assert not [p for p in (jobs / "quiet" / "output" / "tensors").rglob("*") if p.is_file()]
+    assert main(base + ["--name", "both", "--no-debug-tensors", "--hp", "debug=true"]) == 2
+    assert not (jobs / "both").exists()
+
+
 def test_local_modes_hook_parameters_make_the_same_config(tmp_path):
     """SDK local mode writes no debughookconfig.json: the parameters arrive in LOCALSAGE_DEBUG_HOOK and
     the contract holds the config SageMaker would have written; a file, when present, wins."""

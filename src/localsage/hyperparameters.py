@@ -202,6 +202,24 @@ def tensors_off(values: dict) -> bool:
         return False
 
 
+def without_tensors(values: dict) -> dict:
+    """The built-in trainer's hyperparameters under `--no-debug-tensors` (SageMaker's switch for the
+    Debugger's tensors): `debug=false`, its own switch, so the two agree. ValueError where the
+    hyperparameters ask for the tensors explicitly (debug=true)."""
+    values = dict(values or {})
+    if "debug" in values:
+        value = _unwrap(values["debug"])
+        try:
+            wanted = value if isinstance(value, bool) else _bool(str(value))
+        except ValueError:
+            wanted = False  # not a boolean: parse fails the job with its own message
+        if wanted:
+            raise ValueError("--no-debug-tensors turns off the tensors hook that debug=true asks for")
+        return values
+    values["debug"] = "false"
+    return values
+
+
 def parse(raw: dict) -> dict:
     """Typed hyperparameters from SageMaker's string map; raise HyperparameterError on any problem.
 

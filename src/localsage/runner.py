@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import backends, contract, metrics, procs
-from .hyperparameters import PROCESSES_PER_HOST_KEY, tensors_off, to_strings
+from .hyperparameters import PROCESSES_PER_HOST_KEY, tensors_off, to_strings, without_tensors
 from .records import (  # noqa: F401 - the job-record API, re-exported for callers of the runner
     BACKEND_INFO, LOG, MAX_RUNTIME, NAME_PATTERN, RECORD, _now, backend_info, check_name, describe, final_metrics,
     finish, job_name, jobs_root, list_jobs, locate, pack, read_record, reap, reconcile, write_record,
@@ -110,6 +110,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     if entry_point:
         script = Script(entry_point, Path(source_dir) if source_dir else None, distribution_of(distribution),
                         processes_per_host, inference_entry_point)
+    if script is None and not debug:  # --no-debug-tensors: the built-in trainer's switch is its debug hyperparameter
+        hyperparameters = without_tensors(hyperparameters)
     if debugger_hook_config and (not debug or (script is None and tensors_off(hyperparameters))):
         raise ValueError("--debugger-hook-config sets the tensors hook that debug=false turns off")
     scraper = metrics.Scraper(metric_definitions)  # bad regexes fail here, before any job folder exists

@@ -5,6 +5,7 @@ Script mode's `--entry-point`, `--source-dir`, `--metric-definition` and `--dist
 the other `train` flags (cli/jobs.py); they are read here with getattr, so `train` works without them."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from .common import at_least_one, cloud_guard, pairs, parse_hp, print_table
@@ -65,9 +66,16 @@ def train_on_sagemaker(args) -> int:
         hps[hyperparameters.PROCESSES_PER_HOST_KEY] = per_host
     if not opts.entry_point:  # the built-in trainer: bad values fail here, not after an instance was billed
         hps = hyperparameters.to_strings(hps)
+        if not opts.debug_tensors:  # SageMaker's switch and the trainer's own agree
+            try:
+                hps = hyperparameters.without_tensors(hps)
+            except ValueError as exc:
+                raise cloud.CloudError(str(exc)) from None
         typed = hyperparameters.parse(hps)
         if opts.hook_parameters and not typed["debug"]:
             raise cloud.CloudError("--debugger-hook-config sets the tensors hook that debug=false turns off")
+        if not typed["debug"]:  # no DebuggerHookConfig for a hook the trainer will not set up
+            opts = dataclasses.replace(opts, debug_tensors=False)
     cloud.check_options(opts)
     env = pairs(getattr(args, "env", None), "--env")
     name = cloud.check_job_name(args.name or runner.job_name())
