@@ -347,8 +347,9 @@ def main():
     p.add_argument("--runs", default="", help="comma list of e2e runs (default: all): " + ",".join(r[0] for r in E2E_RUNS))
     a = p.parse_args()
     runs = set(filter(None, a.runs.split(",")))
-    if runs - {r[0] for r in E2E_RUNS}:
-        p.error(f"--runs: unknown {sorted(runs - {r[0] for r in E2E_RUNS})}")
+    unknown = runs - {r[0] for r in E2E_RUNS}
+    if unknown:
+        p.error(f"--runs: unknown {sorted(unknown)}")
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

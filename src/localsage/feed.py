@@ -159,13 +159,13 @@ def to_device(batches, normalize, device: torch.device, place=None, skipped=None
     placed = _placed(batches, place or copy_to(device), set() if skipped is None else skipped, stand_in)
     if device.type != "cuda":
         staged = ((normalize(images), labels, weight) for images, labels, weight in placed)
-        yield from in_thread(staged, AHEAD) if threaded else staged
+        yield from in_thread(staged) if threaded else staged
         return
     side = torch.cuda.Stream(device)
     main = torch.cuda.current_stream(device)
     staged = _on_stream(placed, normalize, side)
     if threaded:
-        for item in in_thread(staged, AHEAD):
+        for item in in_thread(staged):
             yield _hand_over(item, main)
         return
     ahead = None

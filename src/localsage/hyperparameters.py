@@ -192,31 +192,31 @@ def _unwrap(value):
     return decoded if isinstance(value, str) and isinstance(decoded, str) else value
 
 
-def tensors_off(values: dict) -> bool:
-    """True when the built-in trainer's `debug` hyperparameter turns its smdebug hook off (a value
-    that is not a boolean fails in the job, with parse's message)."""
-    value = _unwrap((values or {}).get("debug", True))
+def _debug_given(values: dict):
+    """The built-in trainer's `debug` hyperparameter as given: True, False, or None (not given, or not a
+    boolean: that fails in the job, with parse's message)."""
+    if "debug" not in (values or {}):
+        return None
+    value = _unwrap(values["debug"])
     try:
-        return not (value if isinstance(value, bool) else _bool(str(value)))
+        return value if isinstance(value, bool) else _bool(str(value))
     except ValueError:
-        return False
+        return None
+
+
+def tensors_off(values: dict) -> bool:
+    """True when the built-in trainer's `debug` hyperparameter turns its smdebug hook off."""
+    return _debug_given(values) is False
 
 
 def without_tensors(values: dict) -> dict:
     """The built-in trainer's hyperparameters under `--no-debug-tensors` (SageMaker's switch for the
     Debugger's tensors): `debug=false`, its own switch, so the two agree. ValueError where the
     hyperparameters ask for the tensors explicitly (debug=true)."""
+    if _debug_given(values):
+        raise ValueError("--no-debug-tensors turns off the tensors hook that debug=true asks for")
     values = dict(values or {})
-    if "debug" in values:
-        value = _unwrap(values["debug"])
-        try:
-            wanted = value if isinstance(value, bool) else _bool(str(value))
-        except ValueError:
-            wanted = False  # not a boolean: parse fails the job with its own message
-        if wanted:
-            raise ValueError("--no-debug-tensors turns off the tensors hook that debug=true asks for")
-        return values
-    values["debug"] = "false"
+    values.setdefault("debug", "false")
     return values
 
 

@@ -23,7 +23,7 @@ def add_train_arguments(p) -> None:
     g.add_argument("--max-wait", type=int, help="spot: seconds including waits for capacity (default 2 x max-run)")
     g.add_argument("--volume-size", type=int, default=DEFAULT_VOLUME_SIZE, help="GB of EBS per instance")
     g.add_argument("--no-debug-tensors", dest="debug_tensors", action="store_false",
-                   help="do not save Debugger tensors to S3")
+                   help="save no Debugger tensors (the built-in trainer: debug=false, locally too)")
     g.add_argument("--role", help=f"SageMaker execution role ARN or name (default ${ROLE_ENV})")
     g.add_argument("--output-path", help="s3://bucket/prefix for artifacts (default s3://<data bucket>/localsage/jobs)")
     g.add_argument("--region", help="AWS region (default: the AWS configuration)")
