@@ -1,7 +1,8 @@
 """TorchServe handler for SageMaker script-mode models: the user's inference.py in model/code/.
 
-Standalone (torch, numpy, Pillow, serve/script_defaults.py beside it; never localsage), staged into the
-served model dir by serve/script_stage.py. The contract (aws/sagemaker-pytorch-inference-toolkit's):
+Standalone (torch, numpy, Pillow, serve/script_defaults.py and script_errors.py beside it; never
+localsage), staged into the served model dir by serve/script_stage.py. The contract
+(aws/sagemaker-pytorch-inference-toolkit's):
   * the module is SAGEMAKER_PROGRAM without .py (default `inference`), imported from <model_dir>/code
     (put first on sys.path); the staged model-config.yaml's `handler: {program: ...}` names it. A model
     dir without code/ (and no program named) is served by the default functions alone
@@ -21,7 +22,8 @@ traceback goes to the log, never to the client): input_fn -> 415 when the conten
 (the defaults' own error, or an exception class whose name contains "Unsupported"), else 400;
 output_fn -> 406 for such an "Unsupported" exception (an Accept it cannot produce), else 500;
 predict_fn -> 500; CUDA out of memory -> 507. A load failure (import, model_fn, both
-transform_fn and predict_fn) is written to $LOCALSAGE_STARTUP_FAILURE so that the launcher stops the
+transform_fn and predict_fn) is written to $LOCALSAGE_STARTUP_FAILURE (once; a known one, such as a whole
+pickled model torch.load refuses, as serve/script_errors.py's clear reason) so that the launcher stops the
 server and exits non-zero instead of staying up half-alive.
 """
 
@@ -36,6 +38,7 @@ import traceback
 import torch
 
 import script_defaults as defaults
+import script_errors  # known load failures -> one clear reason (staged beside this file)
 from script_defaults import RequestError
 
 log = logging.getLogger(__name__)
@@ -233,11 +236,14 @@ class ScriptService:
 
 
 def _record_failure(reason):
+    """Append reason to $LOCALSAGE_STARTUP_FAILURE, once (TorchServe restarts a failed worker)."""
     path = os.environ.get("LOCALSAGE_STARTUP_FAILURE")
     if path:
         try:
-            with open(path, "a") as f:
-                f.write(reason.rstrip() + "\n")
+            with open(path, "a+") as f:
+                f.seek(0)
+                if reason.rstrip() not in f.read():
+                    f.write(reason.rstrip() + "\n")
         except OSError as e:
             log.error("cannot write %s: %s", path, e)
 
@@ -257,7 +263,13 @@ def handle(data, context):
         except Exception as e:
             reason = f"script model failed to load ({module_name(program)}): {type(e).__name__}: {e}"
             log.error("%s\n%s", reason, traceback.format_exc())
-            _record_failure(reason + "\n" + traceback.format_exc(limit=-3))
+            text = traceback.format_exc()
+            if script_errors.explain(text):  # a known failure: one clear reason instead of torch's long message
+                reason = f"script model failed to load ({module_name(program)}): {script_errors.reason(text)}"
+                log.error("%s", reason)
+                _record_failure(reason)
+            else:
+                _record_failure(reason + "\n" + traceback.format_exc(limit=-3))
             raise
         log.info("script model ready: %s (user functions: %s%s)", module_name(program),
                  ", ".join(n for n, v in _service.user.items() if v) or "none",

@@ -19,7 +19,8 @@ import subprocess
 import sys
 
 HANDLER = "script_handler.py"
-HELPERS = ("script_defaults.py", "handler_defaults.py", "handler_errors.py")  # shared limits and error type
+# shared limits, known failures' reasons, the error type
+HELPERS = ("script_defaults.py", "script_errors.py", "handler_defaults.py", "handler_errors.py")
 CODE_DIR = "code"
 DEFAULT_PROGRAM = "inference.py"
 REQUIREMENTS = "requirements.txt"

@@ -620,3 +620,186 @@ def test_requirements_install_from_find_links_into_a_private_folder(tmp_path):
     (model / "code" / "requirements.txt").write_text("tinydep==9.9\n")  # not in the wheelhouse: pip's reason
     with pytest.raises(stage.StageError, match="pip install -r .*requirements.txt failed"):
         stage.install_requirements(str(model), env, target=str(tmp_path / "site2"))
+
+
+# ------------------------------------------------- known load failures: whole pickled models, SDK v3 code
+
+WHOLE_PICKLE = '''
+import os, torch
+
+def model_fn(model_dir):
+    return torch.load(os.path.join(model_dir, "model.pth"))  # a whole pickled model, no weights_only
+'''
+
+SDK_V3 = '''
+from sagemaker.serve.constants import Framework  # what SDK v3's ModelBuilder (InferenceSpec) writes
+'''
+
+SDK_V2_WARNING = ("/opt/venv/lib/python3.11/site-packages/sagemaker/__init__.py:86: SageMakerV2DeprecationWarning: "
+                  "You are using the SageMaker Python SDK v2, which is on path of deprecation.\n"
+                  "See https://github.com/aws/sagemaker-python-sdk/blob/master/migration.md for the migration guide.\n"
+                  "  warn_v2_deprecation()\n")
+
+
+def whole_pickle_model(path: Path) -> Path:
+    """A tiny model saved whole with torch.save(model) and a model_fn that torch.loads it."""
+    path.mkdir(parents=True)
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 2)), path / "model.pth")
+    return write_module(path, WHOLE_PICKLE)
+
+
+def script_errors():
+    from localsage.servefiles import serve_module
+
+    return serve_module("script_errors.py")
+
+
+def load_serve_entry():
+    """serve/serve (no .py suffix) as a module, in this process."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("localsage_serve_entry", str(SERVE_SCRIPT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def assert_weights_only_reason(text):
+    """The one clear reason, once, naming both fixes."""
+    errors = script_errors()
+    assert text.count("torch.load refused a whole pickled model") == 1, text[-3000:]
+    assert "state_dict" in text and f"{errors.FORCE_NO_WEIGHTS_ONLY}=1" in text and "--env" in text, text[-3000:]
+
+
+def test_known_failures_get_one_clear_reason(tmp_path):
+    errors = script_errors()
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 2)), tmp_path / "whole.pt")
+    try:
+        torch.load(tmp_path / "whole.pt")
+    except Exception:  # noqa: BLE001 - the real error of this torch
+        import traceback
+
+        torch_error = traceback.format_exc()
+    else:
+        pytest.fail("torch.load loaded a whole pickled model with its default weights_only")
+    reason = errors.reason(torch_error)
+    assert_weights_only_reason(reason)
+    assert "torch.nn.modules.container.Sequential" in reason and "\x1b[" not in reason
+    v3 = ("Traceback (most recent call last):\n  File \"inference.py\", line 1, in <module>\n"
+          "ModuleNotFoundError: No module named 'sagemaker.serve.constants'\n")
+    reason = errors.reason(v3 + SDK_V2_WARNING)
+    assert "sagemaker.serve.constants" in reason and "InferenceSpec" in reason and "SDK v2" in reason
+    assert "model_path" in reason and "SAGEMAKER_PROGRAM" in reason and "code/inference.py" in reason
+    assert errors.explain("ImportError: cannot import name 'InferenceSpec' from 'sagemaker.serve' (x.py)")
+    assert errors.explain(v3, serving=False) is None  # a training job: not a serving limitation
+    assert errors.explain("ModuleNotFoundError: No module named 'sagemaker'") is None
+    assert errors.explain("RuntimeError: weights are corrupt") is None
+
+
+def test_last_exception_is_the_tracebacks_not_a_trailing_warning():
+    errors = script_errors()
+    text = ("noise\nTraceback (most recent call last):\n  File \"a.py\", line 1, in <module>\n    import x\n"
+            "    ^^^^^^^^\nValueError: first\n\nDuring handling of the above exception, another exception occurred:\n\n"
+            "Traceback (most recent call last):\n  File \"b.py\", line 2, in f\n"
+            "ModuleNotFoundError: No module named 'foo'\n" + SDK_V2_WARNING)
+    assert errors.last_exception(text) == "ModuleNotFoundError: No module named 'foo'"
+    multi = "Traceback (most recent call last):\n  File \"c.py\", line 3\nRuntimeError: line one\nline two\n\ttab three\n"
+    assert errors.last_exception(multi) == "RuntimeError: line one\nline two\n\ttab three"
+    assert errors.last_exception("just a message\nlast words\n\n") == "last words"
+    assert errors.reason("") == "(no output)"
+
+
+def test_preflight_reason_is_the_last_traceback_not_a_trailing_warning(tmp_path, monkeypatch):
+    """serve/serve's load-once check (in this process, its subprocess faked): the reason it exits with is the
+    traceback's exception, not the SDK v2 deprecation warning printed after it."""
+    serve_entry = load_serve_entry()
+    model = write_module(tmp_path / "model", "import no_such_module_anywhere\n")
+    stderr = ("Traceback (most recent call last):\n  File \"<string>\", line 4, in <module>\n"
+              "ModuleNotFoundError: No module named 'no_such_module_anywhere'\n" + SDK_V2_WARNING)
+    monkeypatch.setattr(serve_entry.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 1, stdout=None, stderr=stderr))
+    (tmp_path / "work").mkdir()
+    with pytest.raises(SystemExit) as e:
+        serve_entry.stage_script(str(model), str(tmp_path / "work"), {"PATH": os.environ.get("PATH", "")})
+    assert str(e.value).endswith("ModuleNotFoundError: No module named 'no_such_module_anywhere'"), str(e.value)
+    assert "Deprecation" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
+def test_serve_exits_with_the_clear_reason_for_known_failures(tmp_path, case):
+    """The image's `serve` as a host process: fails fast (before TorchServe starts) with one clear reason."""
+    if case == "whole pickled model":
+        model = whole_pickle_model(tmp_path / "model")
+    else:
+        model = write_module(tmp_path / "model", SDK_V3)
+    (port,) = free_ports(1)
+    env = serve_env(model, port)
+    for key in ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "SAGEMAKER_SUPPRESS_V2_WARNING"):
+        env.pop(key, None)
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=T)
+    assert r.returncode != 0 and time.monotonic() - started < 90, r.stderr[-3000:]
+    reason = r.stderr.strip().splitlines()
+    assert "cannot be served" in r.stderr and "workers=" not in r.stdout  # TorchServe never started
+    if case == "whole pickled model":
+        assert_weights_only_reason(r.stderr)
+    else:
+        assert "sagemaker.serve.constants" in r.stderr and "InferenceSpec" in r.stderr, r.stderr[-3000:]
+        assert "SAGEMAKER_PROGRAM" in r.stderr and "model_path" in r.stderr
+    assert "Deprecation" not in reason[-1] and "migration guide" not in reason[-1], reason[-3:]
+
+
+@pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
+def test_localsage_serve_exits_with_the_clear_reason_for_known_failures(tmp_path, case):
+    """`localsage serve`: the worker's load failure stops the server at once with the one clear reason."""
+    if case == "whole pickled model":
+        model = whole_pickle_model(tmp_path / "model")
+    else:
+        model = write_module(tmp_path / "model", SDK_V3)
+    (port,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    r = subprocess.run([sys.executable, "-m", "localsage", "serve", str(model), "--port", str(port)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "cannot be served" in r.stderr
+    if case == "whole pickled model":
+        assert_weights_only_reason(r.stderr)
+    else:
+        assert r.stderr.count("InferenceSpec needs SDK v3") == 1 and "sagemaker.serve.constants" in r.stderr, r.stderr
+
+
+def test_localsage_serve_env_loads_a_trusted_whole_pickled_model(tmp_path):
+    """--env TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 reaches the workers: the same model serves."""
+    model = whole_pickle_model(tmp_path / "model")
+    (port,) = free_ports(1)
+    cmd = [sys.executable, "-m", "localsage", "serve", str(model), "--port", str(port),
+           "--env", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"]
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    log = open(tmp_path / "cli.out", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while "serve: ready" not in (tmp_path / "cli.out").read_text():
+            assert proc.poll() is None, (tmp_path / "cli.out").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "cli.out").read_text()[-3000:]
+            time.sleep(0.5)
+        r = requests.post(f"http://127.0.0.1:{port}/invocations", json=[[1.0, 2.0, 3.0, 4.0]], timeout=T)
+        assert r.status_code == 200, r.text
+        assert np.array(r.json()).shape == (1, 2)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=40)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            log.close()
+
+
+def test_env_flag_of_localsage_serve_is_key_value(tmp_path):
+    from localsage.cli import main as cli_main
+
+    with pytest.raises(SystemExit, match="--env expects KEY=VALUE"):
+        cli_main(["serve", str(tmp_path), "--env", "NOVALUE"])

@@ -101,11 +101,12 @@ class ScriptServer(LocalServer):
                     f"see {self.log_path}" if self.log_path else "its log is above")) from None
 
 
-def serve_script(model_dir, port=8080, name="model", program=None, code_dir=None) -> int:
+def serve_script(model_dir, port=8080, name="model", program=None, code_dir=None, env=None) -> int:
     """`localsage serve` for a script model: foreground TorchServe on 127.0.0.1:<port>; a load failure
-    (requirements, import, model_fn) is printed and returns 1."""
+    (requirements, import, model_fn) is printed and returns 1. env: extra variables for the workers."""
     try:
-        server = ScriptServer({name: model_dir}, programs={name: program}, code_dirs={name: code_dir}, port=port)
+        server = ScriptServer({name: model_dir}, programs={name: program}, code_dirs={name: code_dir}, port=port,
+                              env=env)
     except ScriptLoadError as e:
         print(f"serve: {e}", file=sys.stderr, flush=True)
         return 1

@@ -303,12 +303,13 @@ def side_ports(port: int, metrics: int | None = None) -> tuple[int, tuple[int, i
     return metrics_port, grpc
 
 
-def serve_job(job, jobs_dir=None, port=8080, name=None) -> int:
+def serve_job(job, jobs_dir=None, port=8080, name=None, env=None) -> int:
     """Foreground TorchServe on 127.0.0.1:<port> with one job's model; Ctrl-C or SIGTERM (the CLI
-    turns it into KeyboardInterrupt) stops it: the JVM and its workers, then the temp dir."""
+    turns it into KeyboardInterrupt) stops it: the JVM and its workers, then the temp dir.
+    env: extra variables for TorchServe and its workers."""
     model_dir = job_model_dir(job, jobs_dir)
     name = name or _model_name(job)
-    server = LocalServer({name: model_dir}, port=port)
+    server = LocalServer({name: model_dir}, port=port, env=env)
     print(f"TorchServe: POST http://127.0.0.1:{port}/predictions/{name} (or /invocations), GET /ping; "
           f"metrics {server.metrics_url}/metrics; management only on {server.management_socket}; "
           "Ctrl-C stops", flush=True)

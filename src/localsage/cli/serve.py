@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .cloud import add_predict_arguments
 from ..servefiles import serving_defaults
-from .common import print_table
+from .common import pairs, print_table
 
 
 def prediction_rows(results) -> list:
@@ -70,16 +70,18 @@ def cmd_package(args):
 
 
 def cmd_serve(args):
+    env = pairs(args.env, "--env")  # refused before anything starts
     from .. import scriptserve, serving
 
     script = _script_model(args)
     if script is None:
-        return serving.serve_job(args.job, args.jobs_dir, args.port, args.name)
+        return serving.serve_job(args.job, args.jobs_dir, args.port, args.name, env=env)
     model_dir, unpacked = script
     try:
         if not scriptserve.is_script_model(model_dir) and not (args.entry_point or args.source_dir):
-            return serving.serve_job(model_dir, args.jobs_dir, args.port, args.name or "model")
-        return scriptserve.serve_script(model_dir, args.port, args.name or "model", args.entry_point, args.source_dir)
+            return serving.serve_job(model_dir, args.jobs_dir, args.port, args.name or "model", env=env)
+        return scriptserve.serve_script(model_dir, args.port, args.name or "model", args.entry_point, args.source_dir,
+                                        env=env)
     finally:
         _remove(unpacked)
 
@@ -113,5 +115,8 @@ def add_parser(subparsers):
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--name", help="model name (default: the job name)")
     p.add_argument("--jobs-dir", help="default $LOCALSAGE_JOBS_DIR or jobs")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE",
+                   help="environment variable for the model's workers (repeatable), e.g. "
+                        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for a whole pickled model you trust")
     _add_script_arguments(p)
     p.set_defaults(func=cmd_serve)
