@@ -214,6 +214,40 @@ def test_failure_file_shape():
     assert "OutOfMemory" in run_mod.failure_text(137, "", ["x"])
 
 
+WHOLE_PICKLE = '''
+import os, torch
+path = os.path.join(os.environ["SM_MODEL_DIR"], "whole.pt")
+torch.save(torch.nn.Sequential(torch.nn.Linear(4, 2)), path)  # the whole model, as course projects do
+model = torch.load(path)  # no weights_only: torch >= 2.6 refuses it unless TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+print("loaded", type(model).__name__)
+'''
+
+
+def assert_weights_only_reason(reason):
+    """The clear reason, once, within the 1,024 characters SageMaker shows as FailureReason."""
+    shown = reason[:1024]
+    assert reason.count("torch.load refused a whole pickled model") == 1, reason
+    assert "state_dict" in shown and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1" in shown and "--env" in shown, reason
+
+
+def test_a_whole_pickled_model_leads_the_failure_message(tmp_path):
+    import torch
+
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 2)), tmp_path / "whole.pt")
+    proc = subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(tmp_path / 'whole.pt')!r})"],
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                               if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"})
+    assert proc.returncode != 0
+    message = run_mod.error_message(["noise", *proc.stderr.splitlines()])
+    text = run_mod.failure_text(1, message, ["python", "t.py"])
+    assert text.startswith('ExecuteUserScriptError:\nExitCode 1\nErrorMessage "torch.load refused a whole pickled')
+    assert_weights_only_reason(text)
+    assert "Traceback (most recent call last)" in text  # the program's own traceback follows
+    assert run_mod.error_message(["Traceback (most recent call last):", '  File "t.py", line 1',
+                                  "ModuleNotFoundError: No module named 'sagemaker.serve.constants'"]).startswith(
+        "Traceback")  # a serving limitation, not a training one
+
+
 # ------------------------------------------------------------------ process backend
 
 def test_probe_on_the_process_backend(probe_source, small_data, tmp_path):
@@ -255,6 +289,20 @@ def test_a_failing_script_is_failed_with_the_reason(small_data, tmp_path, body, 
     for text in expected:
         assert text in reason
     assert not (Path(record["JobDir"]) / "output" / "success").exists()
+
+
+def test_a_job_that_torch_loads_a_whole_pickled_model(small_data, tmp_path, monkeypatch):
+    """The failure file (and so FailureReason) carries the clear reason; the job's --env switch loads it."""
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    (tmp_path / "whole.py").write_text(WHOLE_PICKLE)
+    record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="whole-pickle",
+                          entry_point=str(tmp_path / "whole.py"))
+    assert record["TrainingJobStatus"] == "Failed"
+    assert_weights_only_reason((Path(record["JobDir"]) / "output" / "failure").read_text())
+    assert_weights_only_reason(record["FailureReason"])
+    record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="whole-pickle-trusted",
+                          entry_point=str(tmp_path / "whole.py"), env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
 
 
 def alive(pid: int) -> bool:

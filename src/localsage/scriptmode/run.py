@@ -9,7 +9,8 @@ sagemaker-pytorch-training-toolkit: training.py, torch_distributed.py):
   when H > 1; G = GPUs of the host, else 1; `sagemaker_mpi_num_of_processes_per_host` overrides G;
 - exit 0 -> empty output/success; otherwise output/failure (never overwritten when it exists):
   `ExecuteUserScriptError:\nExitCode N\nErrorMessage "..."\nCommand "..."` (137 adds
-  OutOfMemory) and exit code 1.
+  OutOfMemory) and exit code 1. A known failure (serve/script_errors.py: a whole pickled model that
+  torch >= 2.6's torch.load refuses) leads ErrorMessage with its clear reason.
 
 localsage's additions: SIGTERM/SIGINT go to the program's whole process group (SIGKILL after
 the grace period); a default debughookconfig.json is written when none exists, so an unmodified
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from .. import contract, procs
 from ..hyperparameters import TORCH_DISTRIBUTED_KEY, processes_per_host
+from ..servefiles import serve_module
 from . import code as code_mod
 from . import env as env_mod
 
@@ -143,9 +145,20 @@ class Tee(threading.Thread):
             self.lines.append(line.rstrip("\n"))
 
 
+def known_reason(text: str) -> str | None:
+    """serve/script_errors.py's clear reason for a known failure in the program's stderr (a whole pickled
+    model torch.load refuses), else None; None too where serve/ is not at hand."""
+    try:
+        return serve_module("script_errors.py").explain(text, serving=False)
+    except (OSError, ImportError):
+        return None
+
+
 def error_message(lines) -> str:
-    """The last Python traceback the program printed (not torchrun's own), else the last stderr lines."""
+    """The last Python traceback the program printed (not torchrun's own), else the last stderr lines;
+    led by the clear reason when the failure is a known one."""
     lines = [RANK_PREFIX.sub("", line) for line in lines]  # torchrun's "[rank0]: " before a worker's lines
+    known = known_reason("\n".join(lines))
     blocks, start = [], None
     for i, line in enumerate(lines):
         if line.startswith("Traceback (most recent call last)"):
@@ -155,7 +168,8 @@ def error_message(lines) -> str:
             start = None
     blocks = [b for b in blocks if "torch.distributed.elastic" not in b[-1]] or blocks
     text = "\n".join(blocks[-1] if blocks else [x for x in lines if x.strip()][-10:])
-    return text if len(text) <= MESSAGE_LIMIT else "..." + text[-MESSAGE_LIMIT:]
+    text = text if len(text) <= MESSAGE_LIMIT else "..." + text[-MESSAGE_LIMIT:]
+    return f"{known}\n{text}" if known else text  # first: SageMaker shows the failure file's first 1,024 characters
 
 
 def failure_text(exit_code: int, message: str, cmd) -> str:
