@@ -686,11 +686,70 @@ def test_local_config_is_loopback_only_and_model_api_off(server):
     props = serving.read_properties(ROOT / "serve" / "config.properties")
     for key in ("inference_address", "metrics_address"):
         assert props[key].startswith("http://127.0.0.1:"), (key, props[key])
-    assert props["management_address"].startswith("unix:")
+    assert props["management_address"].startswith("http://127.0.0.1:")  # plain TorchServe; LocalServer: a socket
     assert props["allowed_urls"] == serving.DENY_ALL_URLS
     assert props["enable_model_api"] == "false"
     assert int(props["max_request_size"]) >= 6_500_000
     assert props["metrics_mode"] == "prometheus"
+
+
+SHIPPED_CONFIG = ROOT / "serve" / "config.properties"
+
+
+def test_shipped_config_has_no_fixed_folder_and_management_stays_off_the_network():
+    """serve/config.properties names no fixed path (a folder in /tmp that may not exist, or that another user
+    could make first); management is on loopback for plain TorchServe, and LocalServer moves it to a unix socket
+    in its own 0700 folder."""
+    props = serving.read_properties(SHIPPED_CONFIG)
+    assert not [k for k, v in props.items() if "unix:" in v or "/tmp" in v], props
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", props["management_address"]), props["management_address"]
+    server = serving.LocalServer({}, port=free_ports(1)[0])
+    try:
+        written = serving.read_properties(server.config)
+        assert written["management_address"] == f"unix:{server.management_socket}"
+        assert server.management_socket.parent == server.workdir and (server.workdir.stat().st_mode & 0o077) == 0
+    finally:
+        shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def test_serve_config_as_shipped_starts_plain_torchserve(tmp_path):
+    """`torchserve --ts-config serve/config.properties` as a user would run it: it stays up, /ping answers and
+    management answers on loopback. Only the port numbers move (this machine's 8080 may be taken)."""
+    text = SHIPPED_CONFIG.read_text()
+    ports = iter(free_ports(8))
+    moved = re.sub(r"(?m)^((?:inference|management|metrics)_address=http://127\.0\.0\.1:)\d+$",
+                   lambda m: f"{m.group(1)}{next(ports)}", text)
+    moved = re.sub(r"(?m)^(grpc_(?:inference|management)_port=)\d+$", lambda m: f"{m.group(1)}{next(ports)}", moved)
+    assert re.sub(r"\d+", "N", moved) == re.sub(r"\d+", "N", text)  # nothing but numbers changed
+    config = tmp_path / "config.properties"
+    config.write_text(moved)
+    props = serving.read_properties(config)
+    (tmp_path / "store").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "LOG_LOCATION": str(tmp_path / "logs"),
+           "METRICS_LOCATION": str(tmp_path / "logs")}
+    log = open(tmp_path / "ts.out", "wb")
+    proc = subprocess.Popen([serving._bin("torchserve"), "--foreground", "--ncs", "--ts-config", str(config),
+                             "--model-store", str(tmp_path / "store")], cwd=tmp_path, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "ts.out").read_text()[-3000:]  # it did not stop
+            assert time.monotonic() < deadline, (tmp_path / "ts.out").read_text()[-3000:]
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(props["inference_address"] + "/ping", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        assert requests.get(props["management_address"] + "/models", timeout=10).status_code == 200
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
 
 
 def test_local_management_api_is_private_and_fetches_no_url(server, served_model_dir):
