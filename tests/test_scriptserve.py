@@ -549,6 +549,22 @@ def test_container_serve_exits_when_model_fn_fails(image, tmp_path):
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
+def test_container_serve_exits_with_the_clear_reason_for_known_failures(image, tmp_path, case):
+    """The image (SDK v2's `sagemaker`, its warning off): `serve` stops at once with the one clear reason."""
+    model = whole_pickle_model(tmp_path / "model") if case == "whole pickled model" else write_module(
+        tmp_path / "model", SDK_V3)
+    r = subprocess.run(["docker", "run", "--rm", "-v", f"{model}:/opt/ml/model:ro", image, "serve"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0, r.stdout[-2000:] + r.stderr[-2000:]
+    if case == "whole pickled model":
+        assert_weights_only_reason(r.stderr)
+    else:
+        assert "InferenceSpec needs SDK v3" in r.stderr and "sagemaker.serve.constants" in r.stderr, r.stderr[-3000:]
+    assert "SageMakerV2DeprecationWarning" not in r.stdout + r.stderr  # SAGEMAKER_SUPPRESS_V2_WARNING=1
+
+
+@pytest.mark.docker
 def test_sagemaker_sdk_pytorch_model_local_deploy(image, models, jpeg, tmp_path):
     """The real SDK: PyTorchModel(file:// model.tar.gz, entry_point, source_dir).deploy(1, 'local')."""
     from sagemaker.deserializers import JSONDeserializer
