@@ -206,3 +206,142 @@ def test_sagemaker_local_stop_records_stopped(engine, image, small_data, tmp_pat
     assert record["ExitCode"] == 143, "train should exit on SIGTERM (143), not be killed (137)"
     assert record["EpochsCompleted"] < 50
     assert job_containers(engine, "sm-local-stop") == []
+
+
+# ------------------------------------------------------------------ the image's default smdebug hook config
+
+# A course-style script: it asks smdebug for the hook unconditionally, as public SageMaker course code does.
+COURSE_SCRIPT = '''
+import argparse
+import torch
+from torch import nn
+import smdebug.pytorch as smd
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--hook", default="json")
+parser.add_argument("--steps", type=int, default=5)
+args = parser.parse_args()
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+loss_fn = nn.CrossEntropyLoss()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+hook = smd.Hook.create_from_json_file() if args.hook == "json" else smd.get_hook(create_if_not_exists=True)
+hook.register_module(model)
+hook.register_loss(loss_fn)
+hook.set_mode(smd.modes.TRAIN)
+for _ in range(args.steps):
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 2, (4,))
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+hook.set_mode(smd.modes.EVAL)
+with torch.no_grad():
+    loss_fn(model(torch.randn(4, 3, 8, 8)), torch.randint(0, 2, (4,)))
+print("course script done", flush=True)
+'''
+CODE_CHANNEL = "/opt/ml/input/data/code"  # where SDK v3 puts source_dir; its sm_train.sh runs python3 from there
+
+
+def run_like_sdk_v3(engine, image, tmp_path, args, environment=None, volumes=None):
+    """`docker run --entrypoint python3 -v code:... -v data:... IMAGE code/train_model.py ARGS`, as v3's
+    ModelTrainer does (its driver runs the entry script directly: the image's `train` never runs)."""
+    code, data, out = tmp_path / "code", tmp_path / "data", tmp_path / "output"
+    for folder in (code, data, out):
+        folder.mkdir(exist_ok=True)
+    (code / "train_model.py").write_text(COURSE_SCRIPT)
+    (data / "unused.txt").write_text("the script makes its own batches\n")
+    binds = {str(code): {"bind": CODE_CHANNEL, "mode": "ro"},
+             str(data): {"bind": "/opt/ml/input/data/training", "mode": "ro"},
+             str(out): {"bind": "/opt/ml/output", "mode": "rw"}, **(volumes or {})}
+    container = engine.containers.run(image, [f"{CODE_CHANNEL}/train_model.py", *args], entrypoint="python3",
+                                      working_dir=CODE_CHANNEL, volumes=binds, detach=True,
+                                      environment={"TRAINING_JOB_NAME": "v3-like", **(environment or {})})
+    try:
+        status = container.wait(timeout=600)["StatusCode"]
+        logs = container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    assert status == 0, logs[-3000:]
+    assert "course script done" in logs
+    return out
+
+
+@pytest.mark.parametrize("how", ["json", "get_hook"])
+def test_course_scripts_find_the_image_default_hook_config_under_an_sdk_v3_entrypoint(engine, image, tmp_path, how,
+                                                                                       capsys):
+    """Hook.create_from_json_file() / get_hook(create_if_not_exists=True) with nothing at
+    /opt/ml/input/config: the image's default config saves localsage's collections under /opt/ml/output/tensors
+    (inside output.tar.gz), and `localsage debug` reads them from v3's local_container_root."""
+    from smdebug.trials import create_trial
+
+    from localsage.cli import main
+    from localsage.debugger import hook as hook_mod
+
+    out = run_like_sdk_v3(engine, image, tmp_path, ["--hook", how])
+    tensors = out / "tensors"
+    assert 0 in hook_mod.written_steps(tensors), sorted(p.name for p in out.iterdir())
+    names = set(create_trial(str(tensors)).tensor_names())
+    assert hook_mod.LOSS_NAME in names and any(n.endswith("weight") for n in names), names
+    if how == "json":  # the SDK's local_container_root: compressed_artifacts/output.tar.gz of /opt/ml/output
+        root = tmp_path / "v3-root"
+        (root / "compressed_artifacts").mkdir(parents=True)
+        with tarfile.open(root / "compressed_artifacts" / "output.tar.gz", "w:gz") as tar:
+            for child in sorted(out.iterdir()):
+                tar.add(child, arcname=child.name)
+        assert main(["debug", str(root), "--only", "AllZero,LossNotDecreasing"]) == 0
+        capsys.readouterr()
+        rules_dir = root / "compressed_artifacts" / "output-unpacked" / "output" / "rules"
+        assert json.loads((rules_dir / "AllZero.json").read_text())["datapoints"] > 0
+
+
+def test_a_jobs_own_hook_config_wins_over_the_image_default(engine, image, tmp_path):
+    """The platform's /opt/ml/input/config/debughookconfig.json (another folder, save_interval 2) is the one
+    smdebug reads; LOCALSAGE_DEBUG_HOOK=off and a job's own SMDEBUG_CONFIG_FILE_PATH are left alone."""
+    from localsage import smdebug_default
+    from localsage.debugger import hook as hook_mod
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / contract.DEBUGHOOKCONFIG_FILE).write_text(json.dumps({
+        "LocalPath": "/opt/ml/output/job-tensors", "HookParameters": {"save_interval": "2"},
+        "CollectionConfigurations": [{"CollectionName": "losses"}]}))
+    out = run_like_sdk_v3(engine, image, tmp_path, ["--hook", "json", "--steps", "5"],
+                          volumes={str(config): {"bind": "/opt/ml/input/config", "mode": "ro"}})
+    steps = hook_mod.written_steps(out / "job-tensors")
+    assert {0, 2, 4} <= set(steps) and not {1, 3} & set(steps), steps
+    assert not (out / "tensors").exists()
+
+    probe = ["python3", "-c", f"import os; print(os.environ.get({contract.SMDEBUG_CONFIG_ENV!r}))"]
+    def seen(environment=None, volumes=None):
+        return engine.containers.run(image, probe, environment=environment or {}, volumes=volumes or {},
+                                     remove=True).decode().strip()
+    assert seen() == smdebug_default.IMAGE_CONFIG
+    assert seen(volumes={str(config): {"bind": "/opt/ml/input/config", "mode": "ro"}}) == "None"
+    assert seen({contract.DEBUG_HOOK_ENV: "off"}) == "None"
+    assert seen({contract.SMDEBUG_CONFIG_ENV: "/mine.json"}) == "/mine.json"
+
+
+def test_the_image_default_leaves_the_built_in_trainer_off_with_debug_false(engine, image, small_data, tmp_path):
+    """In a container where the image default is in force, `train` with debug=false saves no tensors: the
+    built-in trainer decides from its hyperparameter, never from SMDEBUG_CONFIG_FILE_PATH."""
+    from localsage import smdebug_default
+
+    ml = tmp_path / "ml"
+    contract.make_dirs(ml)
+    contract.write_config(ml, {**TINY_HP, "max-steps": "1"}, [contract.COMBINED_CHANNEL])
+    shell = (f"python3 -c 'import os; print(\"smdebug config:\", os.environ.get(\"{contract.SMDEBUG_CONFIG_ENV}\"))'"
+             " && exec train")
+    container = engine.containers.run(
+        image, ["sh", "-c", shell], detach=True, shm_size="1g",
+        volumes={str(ml): {"bind": "/opt/ml", "mode": "rw"},
+                 str(small_data): {"bind": "/opt/ml/input/data/training", "mode": "ro"}})
+    try:
+        code = container.wait(timeout=900)["StatusCode"]
+        logs = container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    assert code == 0, logs[-3000:]
+    assert f"smdebug config: {smdebug_default.IMAGE_CONFIG}" in logs
+    assert not [p for p in (ml / "output" / "tensors").rglob("*") if p.is_file()], logs[-3000:]
+    assert MODEL_FILES <= {p.name for p in (ml / "model").iterdir()}

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -436,3 +437,140 @@ def test_debug_and_profiler_off_write_nothing(tmp_path):
     assert not (out / "tensors").exists() and not (out / "profiler").exists()
     v = verdicts_by_rule(rules.run_rules(out, only=["VanishingGradient", "Dataloader"]))
     assert v["VanishingGradient"]["status"] == "NoData" and v["Dataloader"]["status"] == "NoData"
+
+
+# ---------------------------------------------------------------- the image's default hook config (issue 32)
+
+def test_the_site_hook_points_smdebug_at_the_image_default_only_when_the_job_has_no_config(tmp_path, monkeypatch):
+    """smdebug reads SMDEBUG_CONFIG_FILE_PATH before /opt/ml/input/config/debughookconfig.json: the image's
+    start-up hook may set it only when nothing else configures the hook."""
+    from localsage import contract, smdebug_default
+
+    known = smdebug_default.facts()
+    assert known["default"] == smdebug_default.IMAGE_CONFIG and known["root"] == contract.DEFAULT_ROOT
+    job_config = str(contract.debughookconfig_file(contract.DEFAULT_ROOT))
+    present = {known["default"]}
+
+    def choose(env, also=()):
+        return smdebug_default.choose(env, known, exists=lambda p: p in present | set(also))
+
+    assert choose({}) == smdebug_default.IMAGE_CONFIG
+    assert choose({contract.SMDEBUG_CONFIG_ENV: ""}) == smdebug_default.IMAGE_CONFIG
+    assert choose({contract.ROOT_ENV: "/opt/ml/"}) == smdebug_default.IMAGE_CONFIG
+    assert choose({contract.SMDEBUG_CONFIG_ENV: "/mine.json"}) is None  # the job's own (scriptmode/run.py's)
+    assert choose({}, also=[job_config]) is None  # the platform's file, --debugger-hook-config
+    assert choose({contract.DEBUG_HOOK_ENV: "off"}) is None  # debug off (a script job with debug=false)
+    assert choose({contract.DEBUG_HOOK_ENV: '{"train.save_interval": "5"}'}) is None  # `train` writes that one
+    assert choose({contract.ROOT_ENV: str(tmp_path)}) is None  # the default names /opt/ml's tensors
+    present.clear()
+    assert choose({}) is None  # not in the image
+
+    # the .pth line the image build writes, run as Python runs it at start-up, sets the variable
+    config, pth = smdebug_default.install(tmp_path / "etc" / "debughookconfig.json", site_dir=tmp_path / "site")
+    assert json.loads(Path(config).read_text()) == contract.default_debughookconfig(
+        contract.tensors_dir(contract.DEFAULT_ROOT))
+    assert Path(pth).name.endswith(".pth") and Path(pth).read_text().startswith("import localsage.")
+    env = {k: v for k, v in os.environ.items()
+           if k not in (contract.SMDEBUG_CONFIG_ENV, contract.DEBUG_HOOK_ENV, contract.ROOT_ENV)}
+    probe = (f"import os, site; site.addsitedir({str(tmp_path / 'site')!r}); "
+             f"print(os.environ.get({contract.SMDEBUG_CONFIG_ENV!r}))")
+    run = lambda extra: subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, capture_output=True,
+                                       text=True, check=True).stdout.strip()
+    if not os.path.exists(job_config):
+        assert run({}) == config
+    assert run({contract.DEBUG_HOOK_ENV: "off"}) == "None"
+    assert run({contract.SMDEBUG_CONFIG_ENV: "/mine.json"}) == "/mine.json"
+    # a broken hook never stops the interpreter
+    monkeypatch.delenv(contract.SMDEBUG_CONFIG_ENV, raising=False)
+    smdebug_default.apply({})
+    assert contract.SMDEBUG_CONFIG_ENV not in os.environ
+
+
+def _tar(path: Path, entries: dict) -> Path:
+    """entries: {arcname: Path | bytes | ("symlink"|"hardlink", target)}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, what in entries.items():
+            if isinstance(what, Path):
+                tar.add(what, arcname=name)
+                continue
+            info = tarfile.TarInfo(name)
+            if isinstance(what, tuple):
+                info.type = tarfile.SYMTYPE if what[0] == "symlink" else tarfile.LNKTYPE
+                info.linkname = what[1]
+                tar.addfile(info)
+            else:
+                info.size = len(what)
+                tar.addfile(info, io.BytesIO(what))
+    return path
+
+
+def test_debug_and_report_read_an_sdk_v3_local_container_root_and_an_output_tarball(tmp_path, capsys):
+    """SDK v3's LOCAL_CONTAINER leaves local_container_root/compressed_artifacts/{model,output}.tar.gz (and an
+    empty output/data): `debug` and `report` unpack output.tar.gz into a job-like folder and read its tensors."""
+    from localsage.cli import main
+    from localsage.debugger import results
+
+    out = tiny_loop(tmp_path / "run", random_batches(n=3), epochs=2)
+    root = tmp_path / "v3"
+    (root / "output" / "data").mkdir(parents=True)  # the SDK makes it; it stays empty
+    tarball = _tar(root / "compressed_artifacts" / "output.tar.gz",
+                   {child.name: child for child in sorted(out.iterdir())})  # no top folder, as the SDK packs
+    _tar(root / "compressed_artifacts" / "model.tar.gz", {"model.pth": b"weights"})
+    assert main(["debug", str(root), "--only", "LossNotDecreasing,AllZero,Dataloader"]) == 0
+    assert "LossNotDecreasing" in capsys.readouterr().out
+    job = root / "compressed_artifacts" / "output-unpacked"
+    verdict = json.loads((job / "output" / "rules" / "AllZero.json").read_text())
+    assert verdict["status"] != "NoData" and verdict["datapoints"] > 0, verdict
+    assert json.loads((job / "output" / "rules" / "Dataloader.json").read_text())["status"] != "NoData"
+    # the same archive given by path: the folder is reused (its verdicts stay), the report is written there
+    assert main(["report", str(tarball)]) == 0
+    assert (job / "output" / "report" / "report.html").exists() and (job / "output" / "report" / "loss.png").exists()
+    assert (job / "output" / "rules" / "AllZero.json").exists()
+    # a changed archive is unpacked afresh; --into elsewhere; an archive with a top output/ folder
+    other = _tar(tmp_path / "dl" / "job.tgz", {f"output/{c.name}": c for c in sorted(out.iterdir())})
+    assert main(["debug", str(other), "--only", "AllZero", "--into", str(tmp_path / "mine")]) == 0
+    assert json.loads((tmp_path / "mine" / "output" / "rules" / "AllZero.json").read_text())["datapoints"] > 0
+    assert results.job_folder(tmp_path / "mine") == tmp_path / "mine"  # a job-like folder as it is
+    (tmp_path / "s3").mkdir()  # a folder with an output.tar.gz (downloaded from S3, say) and no output/
+    shutil.copy2(tarball, tmp_path / "s3" / "output.tar.gz")
+    assert results.job_folder(tmp_path / "s3") == tmp_path / "s3" / "output-unpacked"
+    assert (tmp_path / "s3" / "output-unpacked" / "output" / "tensors" / "index").is_dir()
+    # v3's unpacked artifacts/output when there is no archive
+    shutil.rmtree(root / "compressed_artifacts")
+    shutil.copytree(out, root / "artifacts" / "output")
+    assert results.job_folder(root) == root / "artifacts"
+
+
+@pytest.mark.parametrize("entries, why", [
+    ({"tensors/../../evil": b"x"}, "outside the extraction folder"),
+    ({"/tmp/evil-abs": b"x"}, "outside the extraction folder"),
+    ({"tensors": ("symlink", "/etc")}, "is a link"),
+    ({"inside": ("symlink", "data")}, "is a link"),
+    ({"data/passwd": ("hardlink", "/etc/passwd")}, "is a link"),
+])
+def test_an_output_tarball_that_reaches_outside_is_refused(tmp_path, capsys, entries, why):
+    from localsage.cli import main
+
+    tarball = _tar(tmp_path / "in" / "output.tar.gz", {"data/ok.txt": b"fine", **entries})
+    assert main(["debug", str(tarball)]) == 2
+    assert why in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["output.tar.gz"]  # nothing unpacked
+    assert not (tmp_path / "evil").exists() and not Path("/tmp/evil-abs").exists()
+
+
+def test_debug_on_bad_results_fails_clearly(tmp_path, capsys):
+    from localsage.cli import main
+
+    (tmp_path / "notes.txt").write_text("not an archive")
+    assert main(["debug", str(tmp_path / "notes.txt")]) == 2
+    assert "not a tar archive" in capsys.readouterr().err
+    (tmp_path / "trunc.tar.gz").write_bytes(_tar(tmp_path / "t" / "x.tar.gz", {"a": b"x" * 5000}).read_bytes()[:60])
+    assert main(["report", str(tmp_path / "trunc.tar.gz")]) == 2
+    assert "tar archive" in capsys.readouterr().err
+    tarball = _tar(tmp_path / "j" / "output.tar.gz", {"data/ok.txt": b"fine"})
+    (tmp_path / "j" / "output-unpacked").mkdir()
+    (tmp_path / "j" / "output-unpacked" / "mine.txt").write_text("a folder of the user's")
+    assert main(["debug", str(tarball)]) == 2
+    assert "not unpacked by localsage" in capsys.readouterr().err
+    assert (tmp_path / "j" / "output-unpacked" / "mine.txt").exists()
