@@ -5,7 +5,7 @@ import json
 import signal
 import sys
 
-from ..tune import OBJECTIVE_TYPES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV
+from ..tune import DEFAULT_SPACE, OBJECTIVE_TYPES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV, describe_space, parse_space
 from .common import print_table
 
 EXIT_SIGNALLED = {"SIGTERM": 128 + signal.SIGTERM, "Ctrl-C": 128 + signal.SIGINT}
@@ -15,6 +15,11 @@ def add_parser(subparsers):
     p = subparsers.add_parser("tune", help="tune hyperparameters: an Optuna study of training jobs (or SageMaker HPO)")
     p.add_argument("--data", help="folder with train/ valid/ [test/] (a script's own layout with --entry-point)")
     p.add_argument("--config", help="YAML: space, fixed, enqueue and any of the options below")
+    p.add_argument("--space", action="append", metavar="NAME={...}",
+                   help="a searched hyperparameter (a script's: named as its option), e.g. "
+                        "'learning-rate={type: float, min: 0.001, max: 0.1, scale: log}' or "
+                        "'batch-size={values: [32, 64]}' (repeatable; replaces that name of the config's space). "
+                        f"With no space given: {describe_space(parse_space(DEFAULT_SPACE, script=True))}")
     p.add_argument("--trials", type=int, help=f"trial budget of the study (default {SETTINGS['trials']})")
     p.add_argument("--parallel", type=int, help="parallel trials on this machine (default 1)")
     p.add_argument("--storage", help="SQLAlchemy URL (postgresql://...) or journal file (default "
@@ -47,8 +52,9 @@ def add_parser(subparsers):
     p.set_defaults(func=cmd_tune)
 
 
-def cmd_tune(args):
-    from .. import cloud, tune
+def tuning(args):
+    """The validated tuning setup the command line (and its --config, or the stored study) describes."""
+    from .. import tune
 
     if args.resume:
         raw = tune.stored_config(args.study or SETTINGS["study"], args.storage, args.jobs_dir)
@@ -61,7 +67,17 @@ def cmd_tune(args):
         overrides["metric_definitions"] = args.metric_definition
     if args.no_prune:
         overrides["pruner"] = "none"
-    t = tune.build(raw, overrides, args.jobs_dir)
+    if args.space:
+        overrides["space"] = args.space
+    return tune.build(raw, overrides, args.jobs_dir)
+
+
+def cmd_tune(args):
+    from .. import cloud, tune
+
+    t = tuning(args)
+    if t.space_note:
+        print(t.space_note, file=sys.stderr)
     instance_type = args.instance_type or cloud.DEFAULT_INSTANCE_TYPE
     if t.backend == "sagemaker":
         if args.dry_run:
@@ -83,6 +99,9 @@ def cmd_tune(args):
         print_table(result["rows"], result["header"])
     for line in result["lines"]:
         print(line)
+    if result.get("error"):  # the study stopped itself: every trial would fail the same way
+        print(f"localsage: {result['error']}", file=sys.stderr)
+        return 2
     if result.get("interrupted"):
         return EXIT_SIGNALLED.get(result["interrupted"], 1)
     return 0 if "best_trial" in result else 1

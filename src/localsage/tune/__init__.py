@@ -1,7 +1,8 @@
 """Hyperparameter tuning: one search-space definition, an Optuna study whose trials are training jobs,
 and the same space as a SageMaker HyperparameterTuner.
 
-    space       Dim, parse_space: the YAML space -> Optuna distributions, SageMaker ranges, grids
+    space       Dim, parse_space, parse_space_entries (--space): the YAML space -> Optuna distributions,
+                SageMaker ranges, grids; DEFAULT_SPACE when none is given
     settings    Tuning, build, load_yaml: the validated setup (tune.yaml keys + command-line options)
     study       sampler/pruner/storage factories, the budget lock, the stored config (--resume)
     trial       one trial = one job: name, resources, metrics to the pruner, the outcome
@@ -17,7 +18,8 @@ from .results import best_hyperparameters, report, save_plots, table, trial_rows
 from .sagemaker import dry_run_calls, dry_run_request, sagemaker_tuner, start_sagemaker, validate_request  # noqa: F401
 from .settings import (BEST_FILE, OBJECTIVE_TYPES, OBJECTIVES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV,  # noqa: F401
                        STORED, TRIAL_DEFAULTS, Tuning, build, load_yaml, parse_metric_definitions, safe_url)
-from .space import DEFAULT_SPACE, GRID_POINTS, Dim, TuneError, parse_space  # noqa: F401
+from .space import (DEFAULT_SPACE, GRID_POINTS, SPACE_SYNTAX, Dim, TuneError, describe_space,  # noqa: F401
+                    parse_space, parse_space_entries)
 from .study import counted, creation_lock, make_pruner, make_sampler, make_storage, stored_config  # noqa: F401
 from .trial import slot_env, trial_job_name  # noqa: F401
 from .workers import HEARTBEAT_ENV, Study, fail_stale, run, visible_gpus  # noqa: F401

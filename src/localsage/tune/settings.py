@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import hyperparameters, runner
-from .space import DEFAULT_SPACE, TuneError, parse_space
+from .space import DEFAULT_SPACE, TuneError, default_space_note, parse_space, parse_space_entries
 
 OBJECTIVES = {"valid_loss": "minimize", "valid_acc": "maximize"}  # the built-in trainer's objectives
 OBJECTIVE_TYPES = ("minimize", "maximize")
@@ -50,6 +50,7 @@ class Tuning:
     space: dict
     fixed: dict
     enqueue: list = field(default_factory=list)
+    default_space: bool = False  # no space was given: the study searches DEFAULT_SPACE
 
     def __getattr__(self, name):
         try:
@@ -61,6 +62,11 @@ class Tuning:
     def script(self) -> bool:
         """Script mode: the trials run the user's entry point, not the built-in trainer."""
         return bool(self.settings.get("entry_point"))
+
+    @property
+    def space_note(self) -> str | None:
+        """The log line saying that the study searches the default space and how to change it."""
+        return default_space_note(self.space, self.script) if self.default_space else None
 
     @property
     def direction(self) -> str:
@@ -165,13 +171,16 @@ def _script_paths(settings: dict) -> None:
 
 
 def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
-    """Settings from a config mapping (YAML form) plus command-line overrides; validated before any trial."""
+    """Settings from a config mapping (YAML form) plus command-line overrides; validated before any trial.
+    overrides["space"]: `--space NAME={...}` entries, each replacing or adding that name of the config's space;
+    with no space from either, the study searches DEFAULT_SPACE."""
     raw = {str(k).replace("-", "_"): v for k, v in (raw or {}).items()}
     unknown = set(raw) - set(SETTINGS) - {"space", "fixed", "enqueue"}
     if unknown:
         raise TuneError(f"tune config: unknown key(s) {', '.join(sorted(unknown))}; "
                         f"known: space, fixed, enqueue, {', '.join(SETTINGS)}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    space_entries = overrides.pop("space", None)
     settings = {**SETTINGS, **{k: v for k, v in raw.items() if k in SETTINGS and k != "objective"}}
     settings.update({k: v for k, v in overrides.items() if k != "objective"})
     _objective(overrides.get("objective", raw.get("objective")), settings)
@@ -184,7 +193,11 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
     elif settings["source_dir"]:
         raise TuneError("source_dir needs entry_point (the script to run)")
     settings["metric_definitions"] = parse_metric_definitions(settings["metric_definitions"]) or None
-    space = parse_space(raw.get("space") or ({} if script else DEFAULT_SPACE), script=script)
+    configured = raw.get("space") or {}
+    if not isinstance(configured, dict):
+        parse_space(configured, script=script)  # raises: the config's space is not a mapping
+    given = {**configured, **parse_space_entries(space_entries, script=script)}
+    space = parse_space(given or DEFAULT_SPACE, script=script)
     # the built-in trainer's names take - for _; the toolkit's reserved keys (sagemaker_*) stay as SageMaker spells them
     fixed = {(str(k) if script or hyperparameters.is_reserved(k) else str(k).replace("_", "-")): v
              for k, v in (raw.get("fixed") or {}).items()}
@@ -193,6 +206,9 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
     except hyperparameters.HyperparameterError as exc:
         raise TuneError(f"fixed hyperparameters: {exc}") from None
     both = sorted(set(fixed) & set(space))
+    if both and not given:
+        raise TuneError(f"tune config: {', '.join(both)} both fixed and searched (no space was given, so the default: "
+                        f"{', '.join(space)}); give a space without it (--space NAME={{...}} or space: in --config)")
     if both:
         raise TuneError(f"tune config: {', '.join(both)} both fixed and searched; remove one")
     if not script:
@@ -219,7 +235,7 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
             raise TuneError(f"{key} must be a whole number >= {least}, got {value!r}")
     if not str(settings["study"]).replace("-", "").replace("_", "").isalnum():
         raise TuneError(f"study name {settings['study']!r}: use letters, digits, - and _")
-    return Tuning(settings, space, fixed, list(enqueue))
+    return Tuning(settings, space, fixed, list(enqueue), default_space=not given)
 
 
 def _check_objective(settings: dict, script: bool) -> None:

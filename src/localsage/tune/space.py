@@ -1,6 +1,8 @@
 """The one search-space definition: YAML form -> Dim, and each Dim as Optuna distribution, SageMaker
 parameter range and grid. Built-in trainer spaces are checked against its hyperparameters; script-mode
-spaces keep the names as the script spells them and are checked for shape only."""
+spaces keep the names as the script spells them and are checked for shape only. A space comes from the
+config's `space:`, from `--space NAME={...}` entries (which override the config's, name by name), or,
+when neither gives one, is DEFAULT_SPACE."""
 from __future__ import annotations
 
 import math
@@ -8,12 +10,14 @@ from dataclasses import dataclass
 
 from .. import hyperparameters
 
-# The seed project's SageMaker HPO space.
+# The seed project's SageMaker HPO space, under the names its script took: the space of any study that
+# gives none (the built-in trainer's and a script's alike).
 DEFAULT_SPACE = {
     "lr": {"type": "float", "min": 1e-3, "max": 1e-1, "scale": "log"},
     "batch-size": {"type": "categorical", "values": [32, 64, 128, 256]},
 }
 GRID_POINTS = 5
+SPACE_SYNTAX = "NAME={type: float|int, min: A, max: B, scale: linear|log} or NAME={values: [A, B, ...]}"
 
 
 class TuneError(ValueError):
@@ -72,6 +76,19 @@ class Dim:
         """A value inside the range (for checking fixed + searched hyperparameters together)."""
         return self.values[0] if self.kind == "categorical" else self.low
 
+    def describe(self) -> str:
+        """One line for a person: `lr float 0.001..0.1 log`, `batch-size one of 32, 64`."""
+        if self.kind == "categorical":
+            return f"{self.name} one of {', '.join(map(str, self.values))}"
+        return f"{self.name} {self.kind} {self.low:g}..{self.high:g}{' log' if self.log else ''}"
+
+    def entry(self, name: str | None = None) -> str:
+        """This range as a --space entry (NAME=YAML flow mapping), under another name if given."""
+        import yaml
+
+        flow = yaml.safe_dump(self.to_yaml(), default_flow_style=True, sort_keys=False, width=10**6).strip()
+        return f"{name or self.name}={flow}"
+
     def to_yaml(self) -> dict:
         if self.kind == "categorical":
             return {"type": "categorical", "values": list(self.values)}
@@ -100,6 +117,46 @@ def parse_space(raw: dict, script: bool = False) -> dict:
             raise TuneError(f"search space: {name!r} is a reserved SageMaker hyperparameter name")
         space[name] = _parse_dim(name, spec, script)
     return space
+
+
+def parse_space_entries(entries, script: bool = False) -> dict:
+    """`--space NAME={...}` entries (NAME=YAML flow mapping, repeatable) -> the YAML form {name: spec}, each
+    checked by parse_space; an error names the entry it is about."""
+    import yaml
+
+    out = {}
+    for entry in entries or ():
+        name, sep, text = str(entry).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise TuneError(f"--space {entry!r}: expected {SPACE_SYNTAX}")
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TuneError(f"--space {entry!r}: not valid YAML ({problem}); expected {SPACE_SYNTAX}") from None
+        if not isinstance(spec, dict):
+            raise TuneError(f"--space {entry!r}: expected {SPACE_SYNTAX}")
+        if name in out:
+            raise TuneError(f"--space {entry!r}: {name} is given twice")
+        try:
+            parse_space({name: spec}, script=script)
+        except TuneError as exc:
+            raise TuneError(f"--space {entry!r}: {exc}") from None
+        out[name] = spec
+    return out
+
+
+def describe_space(space: dict) -> str:
+    """A space for a person, one line: `lr float 0.001..0.1 log; batch-size one of 32, 64`."""
+    return "; ".join(d.describe() for d in space.values())
+
+
+def default_space_note(space: dict, script: bool = False) -> str:
+    """The log line of a study that searches DEFAULT_SPACE because it was given none."""
+    passed = f", passed to the script as {' '.join('--' + n + ' VALUE' for n in space)}" if script else ""
+    return (f"search space: none given, so the default ({describe_space(space)}{passed}); "
+            f"change it with --space {SPACE_SYNTAX} (repeatable) or space: in --config")
 
 
 def _parse_dim(name: str, spec, script: bool) -> Dim:

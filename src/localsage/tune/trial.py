@@ -14,6 +14,10 @@ from pathlib import Path
 
 from .. import backends, hyperparameters, procs, runner
 
+# what Python's standard option parser prints when a script is passed options it does not define
+UNRECOGNIZED = re.compile(r"error: unrecognized arguments: ([^\n\"]*)")
+USAGE = re.compile(r"usage: (.*?)\n[^\n]*: error: unrecognized arguments", re.S)
+
 JOB_NAME_MAX = 63  # SageMaker: letters, digits, hyphens; at most 63 characters
 STAMP_LEN = len(runner.job_name("x")) - 2  # the timestamp runner.job_name appends
 
@@ -44,6 +48,32 @@ def slot_env(slot: int, parallel: int, gpus: list, fixed: dict, cores: int, scri
     return {}, hp
 
 
+def rejected_arguments(t, number: int, reason: str) -> str | None:
+    """The error that stops a study whose script rejects the hyperparameters it is passed (its option
+    parser's "unrecognized arguments"): every trial would fail the same way. None for any other failure."""
+    found = UNRECOGNIZED.search(reason or "") if t.script else None
+    if not found:
+        return None
+    options = [tok.split("=", 1)[0] for tok in found.group(1).split() if tok.startswith("-")]
+    names = [o.lstrip("-") for o in dict.fromkeys(options)]
+    searched = [n for n in t.space if n in names]  # in the space's order
+    fixed = [n for n in names if n in t.fixed]
+    shown = ", ".join("--" + n for n in searched + fixed) or found.group(1).strip()
+    text = f"trial {number}: the script {t.entry_point} does not accept {shown} (unrecognized arguments)"
+    usage = USAGE.search(reason)
+    if usage:
+        text += f"; it takes: {' '.join(usage.group(1).split())}"
+    text += ". Every trial would fail the same way: the study stopped."
+    if searched or not fixed:
+        dim = t.space[searched[0]] if searched else next(iter(t.space.values()))
+        where = "the default search space (no space was given)" if t.default_space else "the search space"
+        verb = "comes" if len(searched) == 1 else "come"
+        named = f" {', '.join(searched)} {verb} from {where}:" if searched else ""
+        text += (f"{named} search the script's own option names with --space, e.g. --space '{dim.entry('NAME')}' "
+                 "(repeatable), or space: in --config.")
+    if fixed:
+        text += f" {', '.join(fixed)}: fixed in the config; take them out of fixed: or use the script's names."
+    return text
 
 
 def run_job(study, trial, params: dict, slot: int) -> str:
@@ -126,13 +156,17 @@ def trial_outcome(study, trial, record: dict, value, pruned: bool) -> str:
         study.study.tell(trial, value)
         return "Complete"
     reason = record.get("FailureReason") or record.get("StopReason") or f"job {status} without a finite {t.objective}"
-    if status == "Stopped" and study.interrupted:
-        reason = f"interrupted: the tuner got {study.interrupted} and stopped the job"
+    if status == "Stopped" and (study.interrupted or study.error):
+        reason = (f"interrupted: the tuner got {study.interrupted} and stopped the job" if study.interrupted
+                  else f"stopped: the study stopped ({study.error})")
         record["StopReason"] = reason
         runner.write_record(Path(record["JobDir"]), record)
     trial.set_user_attr("failure_reason", reason)
     if status == "Stopped" and record.get("SecondaryStatus") != runner.MAX_RUNTIME:  # a job over max_run counts
         trial.set_user_attr("interrupted", True)
+    rejected = rejected_arguments(t, trial.number, reason) if status == "Failed" else None
+    if rejected:
+        study.abort(rejected)  # before the next trial can be asked for
     study.study.tell(trial, state=TrialState.FAIL)
     study.log(f"trial {trial.number} failed: {reason}")
     return "Fail"

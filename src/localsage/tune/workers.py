@@ -9,7 +9,9 @@ Liveness: every running trial carries a `heartbeat` timestamp in its user attrs,
 that runs it. `--resume` fails the running trials whose heartbeat is older than STALE_HEARTBEATS beats
 (or whose tuner process on this host is gone): that survives containers (new hostname each run, PIDs reused).
 SIGTERM or Ctrl-C to the tuner stops the running jobs (SIGTERM to each), waits for them, and marks their
-trials Failed-interrupted (not counted: `--resume` runs them again).
+trials Failed-interrupted (not counted: `--resume` runs them again). A trial whose failure says every trial
+would fail the same way (a script rejecting the hyperparameters' names) stops the study the same way, and
+run() returns that `error`.
 """
 from __future__ import annotations
 
@@ -148,6 +150,7 @@ class Study:
             fail_stale(self.study, self.storage, log)
         self.halt = threading.Event()
         self.interrupted = None  # "SIGTERM" / "Ctrl-C" once the tuner was told to stop
+        self.error = None  # why the study stopped itself (every trial would fail the same way)
         self.running = set()  # stop events of the running jobs
         self.active = {}  # trial number -> optuna Trial of this tuner's running trials (heartbeats)
         self.gpus = visible_gpus(t.gpus) if t.backend in ("process", "docker") else []
@@ -203,6 +206,19 @@ class Study:
         if self.interrupted is None:
             self.interrupted = why
             self.log(f"{why}: stopping the running trials (resume with --resume)")
+        self._halt()
+
+    def abort(self, error: str):
+        """Stop the study because every trial would fail the same way: no new trials, the running ones stopped."""
+        with self._local:  # the lock under which workers ask for trials: none is asked for after this
+            first = self.error is None
+            self.error = self.error or error
+            self.halt.set()
+        if first:
+            self.log(f"stopping the study: no new trials, the running ones stopped ({error.split('. ')[0]})")
+        self._halt()
+
+    def _halt(self):
         self.halt.set()
         for stop in list(self.running):
             stop.set()
@@ -235,11 +251,13 @@ class Study:
 def run(t: Tuning, resume=False, echo=True, log=print) -> dict:
     """Check what every trial shares, run the study to its budget, write its results. The result has the
     trials table (`header`, `rows`) and summary `lines` for the caller to print; `interrupted` when the
-    tuner was stopped (SIGTERM, Ctrl-C)."""
+    tuner was stopped (SIGTERM, Ctrl-C); `error` when the study stopped itself."""
     preflight.check(t)
     s = Study(t, resume=resume, echo=echo, log=log)
     study = s.run()
     result = results.report(t, study, log)
     if s.interrupted:
         result["interrupted"] = s.interrupted
+    if s.error:
+        result["error"] = s.error
     return result
