@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# SDK v3's client venv (sagemaker 3.x cannot share localsage's venv: both are the package `sagemaker`)
+SDK3_VENV ?= .venv-sdk3
+SDK3_REQUIREMENTS := tests/clients/requirements-sdk3.txt
 BACKEND ?= process
 DATA ?= data/demo
 JOBS ?= jobs
@@ -23,7 +26,13 @@ $(BIN)/localsage: requirements.txt pyproject.toml
 	$(BIN)/pip check
 	@touch $@
 
-install: $(BIN)/localsage ## create .venv with the pinned dependencies and localsage
+$(SDK3_VENV)/.installed: $(SDK3_REQUIREMENTS)
+	$(PYTHON) -m venv $(SDK3_VENV)
+	$(SDK3_VENV)/bin/pip install -q -r $(SDK3_REQUIREMENTS)
+	$(SDK3_VENV)/bin/pip check
+	@touch $@
+
+install: $(BIN)/localsage $(SDK3_VENV)/.installed ## create .venv (pinned dependencies + localsage) and .venv-sdk3 (SDK v3 client)
 
 test: install ## run the test suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
