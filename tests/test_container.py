@@ -81,6 +81,31 @@ def test_docker_run_train_with_only_the_json_files(engine, image, demo_data, tmp
     assert "valid_acc=" in logs  # metric lines reach the container log (SageMaker's metric regexes read it)
 
 
+def test_built_in_trainer_completes_at_224_px_on_dockers_default_64m_dev_shm(engine, image, small_data, tmp_path):
+    """`docker run --shm-size=64m IMAGE train` (docker's default /dev/shm, what both SageMaker SDKs' local mode
+    give) at the default 224-px crop and batch 64: two workers' batch ring alone would be 110 MiB (it failed
+    with torch's "unable to allocate shared memory"). The trainer fits its loaders to /dev/shm, says so
+    once naming the fix, and completes."""
+    ml = tmp_path / "ml"
+    contract.make_dirs(ml)
+    hp = {"arch": "resnet18", "weights": "none", "epochs": "1", "max-steps": "2", "debug": "false", "seed": "0"}
+    contract.write_config(ml, hp, [contract.COMBINED_CHANNEL])
+    container = engine.containers.run(
+        image, ["train"], detach=True, shm_size="64m",
+        volumes={str(ml): {"bind": "/opt/ml", "mode": "rw"},
+                 str(small_data): {"bind": "/opt/ml/input/data/training", "mode": "ro"}})
+    try:
+        code = container.wait(timeout=600)["StatusCode"]
+        logs = container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    failure = ml / "output" / "failure"
+    assert code == 0, (failure.read_text() if failure.exists() else "") + logs[-3000:]
+    assert not failure.exists()
+    assert logs.count("/dev/shm is small (64 MiB") == 1 and "docker run --shm-size=2g" in logs, logs[-3000:]
+    assert MODEL_FILES <= {p.name for p in (ml / "model").iterdir()}
+
+
 # ------------------------------------------------------------------ docker backend
 
 def test_docker_backend_completes_with_artifacts(engine, image, small_data, tmp_path):

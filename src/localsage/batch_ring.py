@@ -19,6 +19,9 @@ main process 0.8 ms a 32x224x224 batch (0.025 ms an image: the read of memory an
 plus the page faults of a fresh 4.8 MB buffer), a quarter of its whole per-image cost with the cache
 warm. A worker whose slots are all still held (a consumer that keeps its batches) falls back to a
 one-off shared segment for that batch, so nothing waits on a slot.
+
+Size: the whole ring is reserved in /dev/shm when it is made (torch fallocates it): make_loader's
+caller fits workers and slots to the room there (localsage.shm.plan_loaders).
 """
 from __future__ import annotations
 

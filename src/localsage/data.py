@@ -32,6 +32,7 @@ from .data_cache import ReadBuffer, cache_dir, cache_estimate, cached_decode, pl
 from .decode import decode  # noqa: F401 - the data API
 from .demo_images import DEMO_CLASSES, make_demo_data, make_photo_like  # noqa: F401 - the data API
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize  # noqa: F401 - the data API
+from .shm import ring_slots
 
 log = logging.getLogger("localsage.data")
 
@@ -300,17 +301,23 @@ def default_workers() -> int:
 PREFETCH = 4
 
 
+def reuses_batches(dataset, shuffle, workers, reuse_batches=None) -> bool:
+    """Whether make_loader gives this loader's workers a batch_ring (see make_loader)."""
+    return bool((shuffle if reuse_batches is None else reuse_batches) and workers > 0
+                and isinstance(dataset, ImageDataset) and hasattr(dataset.transform, "write"))
+
+
 def make_loader(dataset, batch_size, shuffle, workers, pin_memory=False, sampler=None, drop_last=False, seed=0,
-                reuse_batches=None):
-    """A DataLoader over `dataset`. reuse_batches (default: shuffle, i.e. the train loader) gives an
+                reuse_batches=None, prefetch=PREFETCH):
+    """A DataLoader over `dataset`, each worker `prefetch` batches ahead (PREFETCH unless /dev/shm is
+    short: localsage.shm). reuse_batches (default: shuffle, i.e. the train loader) gives an
     ImageDataset's workers reused shared-memory batch slots (localsage.batch_ring) for the whole run:
-    PREFETCH + 2 a worker (its batches in flight, the one the loop holds, one spare); the eval
-    loaders keep one segment a batch."""
+    shm.ring_slots(prefetch) a worker (its batches in flight, the one the loop holds, one spare); the
+    eval loaders keep one segment a batch."""
     generator = torch.Generator()
     generator.manual_seed(seed)
-    if (shuffle if reuse_batches is None else reuse_batches) and workers > 0 and isinstance(dataset, ImageDataset) \
-            and hasattr(dataset.transform, "write"):
-        dataset.ring = Ring(workers, PREFETCH + 2, (batch_size, *dataset.transform.size, 3))
+    if reuses_batches(dataset, shuffle, workers, reuse_batches):
+        dataset.ring = Ring(workers, ring_slots(prefetch), (batch_size, *dataset.transform.size, 3))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -319,7 +326,7 @@ def make_loader(dataset, batch_size, shuffle, workers, pin_memory=False, sampler
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
-        prefetch_factor=PREFETCH if workers > 0 else None,
+        prefetch_factor=prefetch if workers > 0 else None,
         collate_fn=collate,
         drop_last=drop_last,
         generator=generator,

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import data, device_decode, distributed
+from . import data, device_decode, distributed, shm
+from .recipe import local_world
 
 log = logging.getLogger("localsage.train")
 
@@ -73,6 +74,8 @@ def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
             continue
         datasets[split] = data.ImageDataset(paths, targets, tf, draft_size=draft, strict=hp["strict-data"], cache=cache)
     workers = data.default_workers() if hp["workers"] < 0 else hp["workers"]
+    plan = shm_plan(hp, datasets, workers, cache, indexed)
+    workers = plan.workers
     pin = ranks.device.type == "cuda"
     # data parallel: each rank trains on its DistributedSampler share and evaluates a disjoint shard
     sampler = None
@@ -81,12 +84,27 @@ def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
     loaders = {
         split: data.make_loader(distributed.shard(ds, ranks.rank, ranks.world) if split != "train" else ds,
                                 hp["batch-size"], split == "train", workers, pin,
-                                sampler=sampler if split == "train" else None, seed=hp["seed"])
+                                sampler=sampler if split == "train" else None, seed=hp["seed"], prefetch=plan.prefetch)
         for split, ds in datasets.items()
     }
     normalize = data.Normalize(channels_last=hp["channels-last"]).to(ranks.device)
     return Data(datasets, loaders, sampler, [data.class_name(f) for f in folders], image_size, resize_size,
                 workers, normalize, place)
+
+
+def shm_plan(hp, datasets: dict, workers: int, cache, indexed: dict) -> shm.LoaderPlan:
+    """The loaders' workers and prefetch, fitted to this process's share of /dev/shm (localsage.shm; the
+    decoded-image cache's estimate set aside when its folder is there too); logged when it had to shrink."""
+    reserved = 0
+    if cache is not None and shm.on_shm(cache):
+        reserved = sum(data.cache_estimate(idx[0]) for split, idx in indexed.items() if split in datasets
+                       and getattr(datasets[split], "cache", None) is not None)
+    batch = shm.batch_bytes(hp["batch-size"], hp["image-size"])
+    plan = shm.plan_loaders(shm.space(local_world(), reserved), workers, data.PREFETCH, batch, batch,
+                            ring=data.reuses_batches(datasets["train"], True, workers))
+    if plan.shrunk:
+        log.warning(plan.describe())
+    return plan
 
 
 def start_train_epoch(d, epoch: int):

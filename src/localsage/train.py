@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoint, data, debugger, distributed, export, feed, files, metrics, model as model_mod
+from . import checkpoint, data, debugger, distributed, export, feed, files, metrics, model as model_mod, shm
 from .feed import Data, load_data  # noqa: F401 - the loop's data, also used by tests and benches as train.*
 from . import contract as contract_mod
 from .hyperparameters import HyperparameterError, parse, processes_per_host, split_reserved
@@ -312,6 +312,9 @@ def failure_reason(exc: BaseException) -> str:
     known = (HyperparameterError, data.DataError, model_mod.WeightsError)
     if isinstance(exc, known):
         return f"{type(exc).__name__}: {exc}"
+    short_of_shm = shm.exhaustion_reason(exc)  # /dev/shm ran out: say so and name the fix, not torch's words
+    if short_of_shm:
+        return short_of_shm
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     message = lines[-1] if lines else ""  # a DataLoader worker's error carries its traceback first
     tb = traceback.extract_tb(exc.__traceback__)
