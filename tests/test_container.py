@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -151,6 +153,31 @@ def test_docker_backend_missing_image_fails_clearly(engine, small_data, tmp_path
                           echo=False, name="docker-no-image")
     assert record["TrainingJobStatus"] == "Failed"
     assert "localsage-no-such-image" in record["FailureReason"]
+
+
+def test_pretrained_weights_come_offline_from_a_torch_home_channel(engine, image, small_data, tmp_path):
+    """weights=DEFAULT in a container with no network: torchvision finds the file in $TORCH_HOME, given as a
+    channel (README, "Pretrained weights offline"); without the channel the job fails saying where to put it."""
+    import torch
+    import torchvision
+
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    checkpoints = tmp_path / "weights" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoints / url.rsplit("/", 1)[1])
+    hp = [a for kv in {**TINY_HP, "weights": "DEFAULT"}.items() for a in ("--hp", "=".join(kv))]
+
+    def train(name, *extra):
+        proc = subprocess.run([sys.executable, "-m", "localsage", "train", "--backend", "docker", "--image", image,
+                               "--jobs-dir", str(tmp_path / "jobs"), "--name", name, "--channel",
+                               f"training={small_data}", *extra, *hp], capture_output=True, text=True, timeout=300)
+        return json.loads((tmp_path / "jobs" / name / "job.json").read_text()), proc
+
+    record, proc = train("weights-from-channel", "--channel", f"torchhome={tmp_path / 'weights'}",
+                         "--env", "TORCH_HOME=/opt/ml/input/data/torchhome")
+    assert record["TrainingJobStatus"] == "Completed", proc.stdout[-3000:] + proc.stderr[-3000:]
+    record, _ = train("weights-missing")
+    assert record["TrainingJobStatus"] == "Failed" and "hub/checkpoints" in record["FailureReason"]
 
 
 # ------------------------------------------------------------------ SageMaker SDK local mode
