@@ -40,6 +40,20 @@ def valid_acc(job_dir: Path) -> float:
     return rows[-1]["valid_acc"]
 
 
+def run_opt_ml(engine, image, ml: Path, data: Path, command=("train",), shm_size="1g", timeout=1800, **kwargs):
+    """`docker run IMAGE <command>` over a hand-made /opt/ml with `data` as the training channel; returns
+    (exit status, logs, the container's environment). The container is always removed."""
+    container = engine.containers.run(
+        image, list(command), detach=True, shm_size=shm_size,
+        volumes={str(ml): {"bind": "/opt/ml", "mode": "rw"},
+                 str(data): {"bind": "/opt/ml/input/data/training", "mode": "ro"}}, **kwargs)
+    try:
+        code = container.wait(timeout=timeout)["StatusCode"]
+        return code, container.logs().decode(errors="replace"), container.attrs["Config"]["Env"]
+    finally:
+        container.remove(force=True)
+
+
 # ------------------------------------------------------------------ the image by itself (BYOC)
 
 def test_image_has_train_serve_and_sagemaker_settings(engine, image):
@@ -63,16 +77,7 @@ def test_docker_run_train_with_only_the_json_files(engine, image, demo_data, tmp
     ml = tmp_path / "ml"
     contract.make_dirs(ml)
     contract.write_config(ml, FAST_HP, [contract.COMBINED_CHANNEL])
-    container = engine.containers.run(
-        image, ["train"], detach=True, shm_size="1g",
-        volumes={str(ml): {"bind": "/opt/ml", "mode": "rw"},
-                 str(demo_data): {"bind": "/opt/ml/input/data/training", "mode": "ro"}})
-    try:
-        code = container.wait(timeout=1800)["StatusCode"]  # minutes on a quiet 2-core machine
-        logs = container.logs().decode(errors="replace")
-        env = container.attrs["Config"]["Env"]
-    finally:
-        container.remove(force=True)
+    code, logs, env = run_opt_ml(engine, image, ml, demo_data)  # minutes on a quiet 2-core machine
     assert code == 0, logs[-3000:]
     assert not [e for e in env if e.startswith("SM_")]
     assert not (ml / "output" / "failure").exists()
@@ -92,15 +97,7 @@ def test_built_in_trainer_completes_at_224_px_on_dockers_default_64m_dev_shm(eng
     contract.make_dirs(ml)
     hp = {"arch": "resnet18", "weights": "none", "epochs": "1", "max-steps": "2", "debug": "false", "seed": "0"}
     contract.write_config(ml, hp, [contract.COMBINED_CHANNEL])
-    container = engine.containers.run(
-        image, ["train"], detach=True, shm_size="64m",
-        volumes={str(ml): {"bind": "/opt/ml", "mode": "rw"},
-                 str(small_data): {"bind": "/opt/ml/input/data/training", "mode": "ro"}})
-    try:
-        code = container.wait(timeout=600)["StatusCode"]
-        logs = container.logs().decode(errors="replace")
-    finally:
-        container.remove(force=True)
+    code, logs, _ = run_opt_ml(engine, image, ml, small_data, shm_size="64m", timeout=600)
     failure = ml / "output" / "failure"
     assert code == 0, (failure.read_text() if failure.exists() else "") + logs[-3000:]
     assert not failure.exists()
@@ -384,15 +381,7 @@ def test_the_image_default_leaves_the_built_in_trainer_off_with_debug_false(engi
     contract.write_config(ml, {**TINY_HP, "max-steps": "1"}, [contract.COMBINED_CHANNEL])
     shell = (f"python3 -c 'import os; print(\"smdebug config:\", os.environ.get(\"{contract.SMDEBUG_CONFIG_ENV}\"))'"
              " && exec train")
-    container = engine.containers.run(
-        image, ["sh", "-c", shell], detach=True, shm_size="1g",
-        volumes={str(ml): {"bind": "/opt/ml", "mode": "rw"},
-                 str(small_data): {"bind": "/opt/ml/input/data/training", "mode": "ro"}})
-    try:
-        code = container.wait(timeout=900)["StatusCode"]
-        logs = container.logs().decode(errors="replace")
-    finally:
-        container.remove(force=True)
+    code, logs, _ = run_opt_ml(engine, image, ml, small_data, command=("sh", "-c", shell), timeout=900)
     assert code == 0, logs[-3000:]
     assert f"smdebug config: {smdebug_default.IMAGE_CONFIG}" in logs
     assert not [p for p in (ml / "output" / "tensors").rglob("*") if p.is_file()], logs[-3000:]

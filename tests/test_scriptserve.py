@@ -39,6 +39,32 @@ SERVE_SCRIPT = ROOT / "serve" / "serve"
 CLASSES = ["Affenpinscher", "Basset_hound", "Beagle"]
 T = 120
 
+
+@contextlib.contextmanager
+def serving_cli(cmd, out_path, env=None, ready_within=240):
+    """`localsage serve ...` in a session of its own, up to its "serve: ready" line; Ctrl-C'd (SIGINT, SIGKILL
+    after 40 s) on the way out. SIGINT stays at its default even where this suite runs as a background job (a
+    shell's background jobs start with SIGINT ignored, and an ignored SIGINT is inherited)."""
+    log = open(out_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + ready_within
+        while "serve: ready" not in out_path.read_text():
+            assert proc.poll() is None, out_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, out_path.read_text()[-3000:]
+            time.sleep(0.5)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=40)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            log.close()
+
+
 TRANSFORM = '''
 import json
 
@@ -470,29 +496,11 @@ def test_localsage_serve_tarball_with_entry_point_and_source_dir(tmp_path, model
     (port,) = free_ports(1)
     cmd = [sys.executable, "-m", "localsage", "serve", str(tarball), "--entry-point", "dogs.py", "--source-dir",
            str(code), "--port", str(port)]
-    log = open(tmp_path / "cli.out", "wb")
-    # Ctrl-C as at a terminal: SIGINT at its default even where this suite runs as a background job
-    # (a shell's background jobs start with SIGINT ignored, and an ignored SIGINT is inherited)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 240
-        while "serve: ready" not in (tmp_path / "cli.out").read_text():
-            assert proc.poll() is None, (tmp_path / "cli.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "cli.out").read_text()[-3000:]
-            time.sleep(0.5)
+    with serving_cli(cmd, tmp_path / "cli.out"):
         r = requests.post(f"http://127.0.0.1:{port}/invocations", data=jpeg, headers={"Content-Type": "image/jpeg"},
                           timeout=T)
         assert r.status_code == 200, r.text
         assert [p["label"] for p in r.json()["predictions"]][0].startswith("class_")  # no index_to_name.json
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=40)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            log.close()
 
 
 def test_localsage_serve_prints_a_worker_load_failure(tmp_path):
@@ -792,26 +800,10 @@ def test_localsage_serve_env_loads_a_trusted_whole_pickled_model(tmp_path):
     cmd = [sys.executable, "-m", "localsage", "serve", str(model), "--port", str(port),
            "--env", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"]
     env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    log = open(tmp_path / "cli.out", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 240
-        while "serve: ready" not in (tmp_path / "cli.out").read_text():
-            assert proc.poll() is None, (tmp_path / "cli.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "cli.out").read_text()[-3000:]
-            time.sleep(0.5)
+    with serving_cli(cmd, tmp_path / "cli.out", env=env):
         r = requests.post(f"http://127.0.0.1:{port}/invocations", json=[[1.0, 2.0, 3.0, 4.0]], timeout=T)
         assert r.status_code == 200, r.text
         assert np.array(r.json()).shape == (1, 2)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=40)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            log.close()
 
 
 def test_env_flag_of_localsage_serve_is_key_value(tmp_path):
