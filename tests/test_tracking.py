@@ -84,11 +84,14 @@ def run_of(job_dir) -> str:
 @pytest.fixture(scope="module")
 def tracked_job(mlflow_server, small_data, tmp_path_factory):
     jobs = tmp_path_factory.mktemp("tracked-jobs")
+    saved = os.environ.pop(tracking.OFF_ENV, None)  # the suite turns tracking off (conftest)
     os.environ[tracking.URI_ENV] = mlflow_server
     try:
         record = runner.train(small_data, JOB_HP, name="tracked", jobs_dir=jobs, echo=False)
     finally:
         os.environ.pop(tracking.URI_ENV, None)
+        if saved is not None:
+            os.environ[tracking.OFF_ENV] = saved
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     return record
 
@@ -193,6 +196,7 @@ def test_a_tracking_server_that_is_down_never_fails_or_slows_a_job(small_data, t
         s.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{s.getsockname()[1]}"
     monkeypatch.setenv(tracking.URI_ENV, down)
+    monkeypatch.delenv(tracking.OFF_ENV, raising=False)
     started = time.time()
     record = runner.train(small_data, JOB_HP, name="down", jobs_dir=tmp_path / "jobs", echo=False)
     assert record["TrainingJobStatus"] == "Completed"
@@ -225,6 +229,7 @@ def test_a_killed_localsage_leaves_its_run_killed_not_running(tracked, small_dat
 
 def test_tracking_off_and_the_default_store(tmp_path, monkeypatch):
     monkeypatch.delenv(tracking.URI_ENV, raising=False)
+    monkeypatch.delenv(tracking.OFF_ENV, raising=False)
     assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert tracking.tracking_uri(tmp_path, enabled=False) is None
     monkeypatch.setenv(tracking.OFF_ENV, "off")
@@ -239,6 +244,7 @@ def test_localsage_ui_shows_the_studys_runs_and_a_metric_chart(small_data, tmp_p
             pytest.fail("chromium is required (apt-get install chromium)")
         pytest.skip("chromium not installed (apt-get install chromium)")
     monkeypatch.delenv(tracking.URI_ENV, raising=False)  # the embedded default: <jobs>/mlflow.db
+    monkeypatch.delenv(tracking.OFF_ENV, raising=False)
     jobs = tmp_path / "jobs"
     config = {"fixed": {**FIXED, "epochs": 2}, "trials": 2,
               "space": {"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}}}
