@@ -13,7 +13,7 @@ HP_FILE ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo-data train-local demo bench clean
+.PHONY: help install test test-fast demo-data train-local demo bench ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ train-local: install $(if $(filter data/demo,$(DATA)),$(DATA)/train) ## train on
 
 demo: install ## the whole loop on generated data: tune, train best, rules + report, TorchServe, HTTP predictions
 	$(BIN)/localsage demo --data $(DATA) --jobs-dir $(JOBS) --backend $(BACKEND) $(if $(filter docker sagemaker-local,$(BACKEND)),--image $(IMAGE))
+
+ui: install ## MLflow's UI over the jobs' runs (JOBS/mlflow.db) on 127.0.0.1:5000 (Ctrl-C stops)
+	$(BIN)/localsage ui --jobs-dir $(JOBS)
 
 bench: install ## run the benchmarks in bench/
 	$(BIN)/python bench/train_pipeline.py

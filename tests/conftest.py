@@ -47,6 +47,9 @@ def pytest_configure(config):
 
     config._localsage_cache = tempfile.mkdtemp(prefix="localsage-test-cache-")
     os.environ["LOCALSAGE_CACHE_DIR"] = config._localsage_cache
+    # MLflow tracking (on by default for users) is off for the suite's hundreds of jobs; tests/test_tracking.py
+    # turns it on where it is the subject, the embedded default store included
+    os.environ["LOCALSAGE_TRACKING"] = "off"
 
 
 def pytest_unconfigure(config):

@@ -15,7 +15,7 @@ CONTAINER_SIDE = ("localsage.train", "localsage.data", "localsage.model", "local
                   "localsage.checkpoint", "localsage.decode", "localsage.data_cache", "localsage.feed",
                   "localsage.normalize", "localsage.device_decode")
 HOST_SIDE = ("localsage.runner", "localsage.records", "localsage.scriptjob", "localsage.scriptserve", "localsage.backends", "localsage.tune", "localsage.serving", "localsage.cloud",
-             "localsage.demo", "localsage.cli")
+             "localsage.demo", "localsage.cli", "localsage.tracking", "localsage.registry")
 
 
 def module_name(path: Path) -> str:

@@ -200,7 +200,11 @@ def reconcile(job_dir: Path, record: dict, engine=None) -> dict:
     elapsed = (datetime.now(timezone.utc) - started).total_seconds() if started else 0.0
     reason = (f"the localsage process that ran the job (pid {owner.get('pid')}) ended without recording "
               "an outcome (killed?); what it left running was stopped")
-    return finish(Path(job_dir), record, "Stopped", reason, None, elapsed)
+    record = finish(Path(job_dir), record, "Stopped", reason, None, elapsed)
+    from . import tracking  # its MLflow run, if it got one, ends KILLED with that reason
+
+    tracking.close_orphan(job_dir, record)
+    return record
 
 
 def reap(jobs_dir=None, docker: bool = False) -> list:

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import backends, contract, metrics, procs
+from . import backends, contract, metrics, procs, tracking
 from .hyperparameters import PROCESSES_PER_HOST_KEY, tensors_off, to_strings, without_tensors
 from .records import (  # noqa: F401 - the job-record API, re-exported for callers of the runner
     BACKEND_INFO, LOG, MAX_RUNTIME, NAME_PATTERN, RECORD, _now, backend_info, check_name, describe, final_metrics,
@@ -90,7 +90,7 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
           backend_options: dict | None = None, entry_point: str | None = None, source_dir=None,
           metric_definitions: list | None = None, distribution=None, processes_per_host: int | None = None,
           debug: bool = True, debugger_hook_config: dict | None = None, inference_entry_point: str | None = None,
-          max_run: float | None = None) -> dict:
+          max_run: float | None = None, tracking_parent: str | None = None) -> dict:
     """Run one training job to the end; returns its record.
 
     Built-in jobs: on_metrics(values) is called for every epoch metrics line in the job's log (every
@@ -181,6 +181,10 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         "Owner": procs.identity(),  # lets a later command tell a job whose runner was killed
     }
     write_record(job_dir, record)
+    uri = tracking.tracking_uri(jobs_dir)
+    run = tracking.start_job(record, job_dir, uri, tracking_parent) if uri else None
+    if run is not None and script is not None:
+        spec.env.update(tracking.script_env(run, uri, in_container=backend != "process", job_env=spec.env))
 
     stop = stop or threading.Event()
     stop_reason = []
@@ -201,18 +205,25 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
             bar.write(line)
         elif echo:
             print(f"[{name}] {line}", flush=True)
-        values = metrics.parse_line(line)
+        values = metrics.parse_line(line) if script is None else None
         if bar is not None and values and "epoch" in values:
             bar.update(1)
+        if run is not None and values:
+            step = int(values.get("epoch", last_epoch[0]))
+            last_epoch[0] = step
+            run.log_metrics({k: v for k, v in values.items() if k != "epoch"}, step)
         if script is None and values and "epoch" in values and on_metrics is not None and not stop.is_set():
             if on_metrics(values):
                 stop_reason.append("stopped by the caller after epoch %d" % values["epoch"])
                 stop.set()
         for point in scraper.scan(line) if scraper.patterns else ():
+            if run is not None:
+                run.log_metrics({point["name"]: point["value"]}, point["ordinal"], point.get("timestamp"))
             if script is not None and on_metrics is not None and not stop.is_set() and on_metrics(point):
                 stop_reason.append(f"stopped by the caller after {point['name']} #{point['ordinal']}")
                 stop.set()
 
+    last_epoch = [0]  # the step of the built-in trainer's closing test metrics
     previous = {}
     if threading.current_thread() is threading.main_thread():
         def interrupt(signum, frame):  # Ctrl-C and SIGTERM (docker, systemd, supervisors) alike
@@ -252,6 +263,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     finish(job_dir, record, status, reason, code, elapsed, script=script, scraped=scraper.final())
     if echo:
         print(f"[{name}] {status}" + (f": {reason}" if reason else "") + f" ({elapsed:.1f}s) -> {job_dir}", flush=True)
+    if run is not None:
+        tracking.finish_job(run, record, job_dir)
     return record
 
 

@@ -4,14 +4,16 @@ torch nor smdebug (command modules import their libraries inside the command fun
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 
-from . import cloud, debug, demo, jobs, serve, tune
+from . import cloud, debug, demo, jobs, serve, track, tune
+from ..tracking import OFF_ENV
 from .common import parse_hp  # noqa: F401 - the --hp parser, also used by tests
 
-GROUPS = (jobs, cloud, tune, serve, debug, demo)  # order of the help listing
+GROUPS = (jobs, cloud, tune, serve, debug, track, demo)  # order of the help listing
 
 
 def build_parser():
@@ -28,6 +30,8 @@ def _terminate(signum, frame):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_tracking", False):  # every job this command runs (trials included)
+        os.environ[OFF_ENV] = "off"
     previous = None
     if threading.current_thread() is threading.main_thread():
         # docker stop, systemd and supervisors send SIGTERM; a command that runs a job (train) replaces

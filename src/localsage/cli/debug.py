@@ -22,20 +22,26 @@ def _job(args) -> Path:
 
 
 def cmd_debug(args):
+    from .. import tracking
     from ..debugger import rules
 
-    verdicts = rules.run_rules(_job(args), overrides=args.rule or [], only=args.only or None)
+    folder = _job(args)
+    verdicts = rules.run_rules(folder, overrides=args.rule or [], only=args.only or None)
     print(rules.table(verdicts))
+    tracking.attach(folder, [(folder / "output" / "rules", "rules")])  # the job's MLflow run, if it has one
     if args.json:
         print(json.dumps(verdicts, indent=2, default=str))
     return 0
 
 
 def cmd_report(args):
+    from .. import tracking
     from ..debugger import report
 
-    path = report.build(_job(args))
+    folder = _job(args)
+    path = report.build(folder)
     print(path)
+    tracking.attach(folder, [(path, "report")])
     if args.open:
         import webbrowser
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .common import at_least_one
+from .track import add_tracking_flag
 
 
 def cmd_demo(args):
@@ -20,4 +21,5 @@ def add_parser(subparsers):
     p.add_argument("--image")
     p.add_argument("--trials", type=at_least_one, default=TRIALS)
     p.add_argument("--parallel", type=at_least_one, default=1)
+    add_tracking_flag(p)
     p.set_defaults(func=cmd_demo)

@@ -102,6 +102,7 @@ def cmd_hyperparameters(args):
 
 def add_parser(sub) -> None:
     from .cloud import add_train_arguments
+    from .track import add_tracking_flag
 
     p = sub.add_parser("demo-data", help="write a small learnable ImageFolder set (train/valid/test)")
     p.add_argument("dir")
@@ -130,6 +131,7 @@ def add_parser(sub) -> None:
             action.default = None
             action.help = f"seconds before the job is stopped (MaxRuntimeExceeded; sagemaker default {CLOUD_MAX_RUN})"
     add_script_arguments(p)
+    add_tracking_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("jobs", help="list or describe training jobs")

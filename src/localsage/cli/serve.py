@@ -71,8 +71,16 @@ def cmd_package(args):
 
 def cmd_serve(args):
     env = pairs(args.env, "--env")  # refused before anything starts
-    from .. import scriptserve, serving
+    from .. import registry, scriptserve, serving
 
+    if registry.is_model_uri(args.job):  # models:/NAME/VERSION or models:/NAME@alias: fetched, then as a folder
+        model_dir, fetched = registry.fetch(args.job, args.jobs_dir)
+        args.name = args.name or args.job[len(registry.SCHEME):].split("/")[0].split("@")[0]
+        args.job = str(model_dir)
+        try:
+            return cmd_serve(args)
+        finally:
+            _remove(fetched)
     script = _script_model(args)
     if script is None:
         return serving.serve_job(args.job, args.jobs_dir, args.port, args.name, env=env)
@@ -111,7 +119,8 @@ def add_parser(subparsers):
     p.set_defaults(func=cmd_package)
 
     p = subparsers.add_parser("serve", help="TorchServe on 127.0.0.1 with a job's model (foreground)")
-    p.add_argument("job", help="job name (jobs/<name>/model), a model dir or a model.tar.gz")
+    p.add_argument("job", help="job name (jobs/<name>/model), a model dir, a model.tar.gz, or a registered model: "
+                               "models:/NAME/VERSION or models:/NAME@alias")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--name", help="model name (default: the job name)")
     p.add_argument("--jobs-dir", help="default $LOCALSAGE_JOBS_DIR or jobs")

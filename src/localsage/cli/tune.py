@@ -7,6 +7,7 @@ import sys
 
 from ..tune import DEFAULT_SPACE, OBJECTIVE_TYPES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV, describe_space, parse_space
 from .common import print_table
+from .track import add_tracking_flag
 
 EXIT_SIGNALLED = {"SIGTERM": 128 + signal.SIGTERM, "Ctrl-C": 128 + signal.SIGINT}
 
@@ -49,6 +50,7 @@ def add_parser(subparsers):
     p.add_argument("--instance-type", help="SageMaker instance type (default: cloud's, ml.g4dn.xlarge)")
     p.add_argument("--s3-data", help="S3 URI of the training channel (SageMaker)")
     p.add_argument("--s3-output", help="S3 URI for model artifacts (SageMaker)")
+    add_tracking_flag(p)
     p.set_defaults(func=cmd_tune)
 
 

@@ -122,7 +122,8 @@ def run_job(study, trial, params: dict, slot: int) -> str:
             stop.set()
         record = runner.train(t.data, hp, backend=t.backend, name=name, jobs_dir=t.jobs_dir, image=t.image,
                               on_metrics=on_metrics, env=env, stop=stop, echo=study.echo, max_run=t.max_run,
-                              tags={"tune-study": t.study, "tune-trial": str(trial.number)}, **script)
+                              tags={"tune-study": t.study, "tune-trial": str(trial.number)},
+                              tracking_parent=study.runs.parent_id() if study.runs is not None else None, **script)
     finally:
         study.running.discard(stop)
     final = {m["MetricName"]: m["Value"] for m in record.get("FinalMetricDataList", [])}

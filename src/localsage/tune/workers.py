@@ -27,6 +27,7 @@ from .settings import Tuning
 from .space import TuneError
 from .study import counted, creation_lock, make_pruner, make_sampler, make_storage, storage_errors
 from . import preflight, results
+from .runs import StudyRun
 from .trial import run_job
 
 HEARTBEAT_ENV = "LOCALSAGE_TUNE_HEARTBEAT_S"
@@ -154,6 +155,7 @@ class Study:
         self.running = set()  # stop events of the running jobs
         self.active = {}  # trial number -> optuna Trial of this tuner's running trials (heartbeats)
         self.gpus = visible_gpus(t.gpus) if t.backend in ("process", "docker") else []
+        self.runs = None  # the study's MLflow parent run (runs.StudyRun), made by run()
 
     # one trial = one job
     def run_trial(self, trial, params: dict, slot: int):
@@ -254,7 +256,11 @@ def run(t: Tuning, resume=False, echo=True, log=print) -> dict:
     tuner was stopped (SIGTERM, Ctrl-C); `error` when the study stopped itself."""
     preflight.check(t)
     s = Study(t, resume=resume, echo=echo, log=log)
-    study = s.run()
+    s.runs = StudyRun(t, s.study)
+    try:
+        study = s.run()
+    finally:
+        s.runs.close(s.interrupted, s.error)
     result = results.report(t, study, log)
     if s.interrupted:
         result["interrupted"] = s.interrupted
