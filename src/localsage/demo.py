@@ -8,11 +8,12 @@ data, the study (already at its budget), and the final job when its hyperparamet
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from . import procs, runner
+from . import procs, runner, tracking
 
 # The demo recipe: resnet18 from scratch at 64 px reaches >= 0.9 on the demo set in a few epochs.
 FIXED = {"arch": "resnet18", "weights": "none", "image-size": 64, "epochs": 6, "workers": 1, "seed": 0}
@@ -89,7 +90,9 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     verdicts = rules_mod.run_rules(job_dir)
     fired = [v["rule"] for v in verdicts if v.get("triggered")]
     print(f"{len(verdicts)} rules evaluated; fired: {', '.join(fired) or 'none'}")
-    print(f"report: {report_mod.build(job_dir)}")
+    report = report_mod.build(job_dir)
+    print(f"report: {report}")
+    tracking.attach(job_dir, [(job_dir / "output" / "rules", "rules"), (report, "report")])  # the job's MLflow run
 
     stage(5, "TorchServe with the model (127.0.0.1, loopback only)")
     port = procs.free_port()
@@ -117,4 +120,6 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     ok = sum(1 for _, status, _ in results if status == 200)
     print(f"\n{ok}/{len(results)} predictions came back over HTTP, {correct} correct; "
           f"test accuracy of the job {summary.get('test_acc'):.3f}; demo took {time.time() - t0:.0f}s")
+    if tracking.tracking_uri(jobs_dir) and not os.environ.get(tracking.URI_ENV):
+        print(f"every job and trial is an MLflow run: localsage ui --jobs-dir {jobs_dir}  (or make ui)")
     return 0 if ok == len(results) and results else 1
