@@ -30,8 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
-from localsage import serving  # noqa: E402
 import serve as serve_bench  # noqa: E402 - bench/serve.py: model dirs and JPEGs
+from localsage import serving  # noqa: E402
 from spread import spread_text  # noqa: E402 - bench/spread.py
 
 BODY_BYTES = 6 * 2**20

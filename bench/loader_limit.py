@@ -102,10 +102,9 @@ def main():
         return
 
     sys.path.insert(0, str(HERE))
-    from train_pipeline import make_images
-    from spread import spread_text
-
     from localsage import procs
+    from spread import spread_text
+    from train_pipeline import make_images
 
     cores = procs.cores()
     load_start = [round(v, 2) for v in os.getloadavg()]

@@ -32,12 +32,14 @@ import time
 import torch
 import torchvision
 
-from handler_defaults import HANDLER as DEFAULTS  # noqa: F401 - re-exported for callers and tests
-from handler_defaults import SERVER
+from handler_defaults import (
+    HANDLER as DEFAULTS,  # noqa: F401 - re-exported for callers and tests
+    SERVER,
+)
 from handler_errors import RequestError, load_settings
-from handler_images import Preprocessor, Budget, open_image, preprocess_spec  # noqa: F401 - re-exported
+from handler_images import Budget, Preprocessor, open_image, preprocess_spec  # noqa: F401 - re-exported
 from handler_requests import parse_request
-from handler_urls import validate_url, _host_allowed  # noqa: F401 - re-exported for tests
+from handler_urls import _host_allowed, validate_url  # noqa: F401 - re-exported for tests
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 import torch
+
 from handler_defaults import HANDLER as _LIMITS  # beside this file, staged with it
 from handler_errors import RequestError  # noqa: F401 - one error type for both handlers ({code, type, message})
 

@@ -103,8 +103,9 @@ def test_training_request_is_exact_and_needs_no_credentials():
 
 
 def test_metric_regexes_match_the_training_log_format():
-    from localsage.metrics import format_line
     import re
+
+    from localsage.metrics import format_line
 
     line = format_line({"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "valid_loss": 0.25, "valid_acc": 0.9,
                         "epoch_time": 3.0, "images_per_sec": 100.0})

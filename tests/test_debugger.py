@@ -27,8 +27,7 @@ from torch import nn
 from localsage import debugger, procs, runner
 from localsage.contract import Contract
 from localsage.data import make_demo_data
-from localsage.debugger import hook as hook_mod
-from localsage.debugger import report, rules, sampler
+from localsage.debugger import hook as hook_mod, report, rules, sampler
 
 SMALL_JOB_HP = {"arch": "resnet18", "weights": "none", "image-size": "32", "batch-size": "4", "workers": "0",
                 "seed": "0", "debug-train-interval": "1", "debug-tensor-interval": "2"}

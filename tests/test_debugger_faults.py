@@ -16,7 +16,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import debugger_faults as faults  # noqa: E402
-
 from localsage.debugger import rules  # noqa: E402
 
 

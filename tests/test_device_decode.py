@@ -12,10 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_HP
 from localsage import data, device_decode, feed, runner
 from localsage.hyperparameters import HyperparameterError
-
-from conftest import TINY_HP
 
 
 def _orientated(base: Image.Image, path: Path, orientation: int) -> bytes:

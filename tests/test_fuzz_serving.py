@@ -29,7 +29,7 @@ import requests
 from PIL import Image
 
 from localsage import serving
-from test_serving import free_ports, model_dir, served_model_dir, test_images, sample_jpeg  # noqa: F401 - fixtures
+from test_serving import free_ports, model_dir, sample_jpeg, served_model_dir, test_images  # noqa: F401 - fixtures
 
 T = 120
 HUGE = "9" * 5000  # past Python's 4300-digit int-string limit
@@ -267,7 +267,7 @@ def worker_rss(pids):
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(served_model_dir, tmp_path_factory):
+def fuzz_server(served_model_dir, tmp_path_factory):  # noqa: F811 - the fixture imported from test_serving
     logs = tmp_path_factory.mktemp("fuzzlogs")
     port, metrics_port, grpc, grpc_management = free_ports(4)
     ts = serving.LocalServer({"demo": served_model_dir}, port=port, metrics_port=metrics_port,
@@ -277,7 +277,7 @@ def fuzz_server(served_model_dir, tmp_path_factory):
     ts.stop()
 
 
-def test_fuzz_corpus_no_5xx_no_restarts_no_growth(fuzz_server, sample_jpeg, artifacts_dir):
+def test_fuzz_corpus_no_5xx_no_restarts_no_growth(fuzz_server, sample_jpeg, artifacts_dir):  # noqa: F811 - fixture
     rng = random.Random(20261201)
     cases = corpus(sample_jpeg, rng)
     assert len(cases) >= 300, len(cases)

@@ -19,9 +19,7 @@ import pytest
 
 from conftest import TINY_HP
 from localsage import contract, hyperparameters, metrics, runner
-from localsage.scriptmode import code as code_mod
-from localsage.scriptmode import env as env_mod
-from localsage.scriptmode import run as run_mod
+from localsage.scriptmode import code as code_mod, env as env_mod, run as run_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "dog-breeds"

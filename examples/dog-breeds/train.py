@@ -14,14 +14,13 @@ import logging
 import os
 import sys
 
+import smdebug.pytorch as smd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.optim as optim
 import torchvision
 from torchvision import datasets, transforms
-
-import smdebug.pytorch as smd
 
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)

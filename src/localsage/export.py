@@ -72,9 +72,8 @@ def load_model(model_dir):
 # ------------------------------------------------------------------------------ TorchServe bits
 
 MANIFEST = Path("MAR-INF") / "MANIFEST.json"
-from .servefiles import (  # noqa: E402,F401 - serve/ files and serving defaults (torch-free module)
-    DEFAULTS_FILE, HANDLER_FILE, HANDLER_MODULES, handler_files, serve_dir, serving_defaults,
-)
+from .servefiles import DEFAULTS_FILE, HANDLER_FILE, HANDLER_MODULES, handler_files, serve_dir, serving_defaults  # noqa: E402,F401 - serve/ files and serving defaults (torch-free module)
+
 MODEL_CONFIG_YAML = "model-config.yaml"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from .servefiles import serve_module
 from .serving import LocalServer, _bin, _jobs_dir, serve_dir
 
+
 class ScriptLoadError(RuntimeError):
     """A script model's requirements, import or model_fn failed; the message has the reason."""
 

@@ -21,7 +21,13 @@ from pathlib import Path
 
 from . import procs
 from .export import (  # noqa: F401 - re-exported for callers of the serving API
-    HANDLER_FILE, MANIFEST, MODEL_CONFIG_YAML, handler_files, make_torchserve_dir, serve_dir, serving_defaults,
+    HANDLER_FILE,
+    MANIFEST,
+    MODEL_CONFIG_YAML,
+    handler_files,
+    make_torchserve_dir,
+    serve_dir,
+    serving_defaults,
 )
 from .servefiles import serve_module
 

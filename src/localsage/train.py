@@ -25,13 +25,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoint, data, debugger, distributed, export, feed, files, metrics, model as model_mod, shm
+from . import (
+    checkpoint,
+    contract as contract_mod,
+    data,
+    debugger,
+    distributed,
+    export,
+    feed,
+    files,
+    metrics,
+    model as model_mod,
+    shm,
+)
 from .feed import Data, load_data  # noqa: F401 - the loop's data, also used by tests and benches as train.*
-from . import contract as contract_mod
 from .hyperparameters import HyperparameterError, parse, processes_per_host, split_reserved
 from .recipe import (  # noqa: F401 - the recipe's parts, also used by tests and benches as train.*
-    Parts, Ranks, amp_dtype, build_model, build_parts, local_world, make_optimizer, make_scheduler, pick_device,
-    seed_everything, setup_ranks,
+    Parts,
+    Ranks,
+    amp_dtype,
+    build_model,
+    build_parts,
+    local_world,
+    make_optimizer,
+    make_scheduler,
+    pick_device,
+    seed_everything,
+    setup_ranks,
 )
 
 log = logging.getLogger("localsage.train")

@@ -14,9 +14,9 @@ import io
 import json
 import logging
 import os
-import sys
 import re
 import shutil
+import sys
 import tarfile
 import threading
 from pathlib import Path

@@ -9,8 +9,8 @@ import signal
 import sys
 import threading
 
-from . import cloud, debug, demo, jobs, serve, track, tune
 from ..tracking import OFF_ENV
+from . import cloud, debug, demo, jobs, serve, track, tune
 from .common import parse_hp  # noqa: F401 - the --hp parser, also used by tests
 
 GROUPS = (jobs, cloud, tune, serve, debug, track, demo)  # order of the help listing

@@ -8,11 +8,17 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .common import at_least_one, cloud_guard, pairs, parse_hp, print_table
-
 # cheap to import (standard library only): the parser needs its constants
-from ..cloud.constants import (DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN, DEFAULT_REPOSITORY, DEFAULT_VOLUME_SIZE, ROLE_ENV,
-                               SERVING_DEFAULTS, SERVING_ENV_VARS)
+from ..cloud.constants import (
+    DEFAULT_INSTANCE_TYPE,
+    DEFAULT_MAX_RUN,
+    DEFAULT_REPOSITORY,
+    DEFAULT_VOLUME_SIZE,
+    ROLE_ENV,
+    SERVING_DEFAULTS,
+    SERVING_ENV_VARS,
+)
+from .common import at_least_one, cloud_guard, pairs, parse_hp, print_table
 
 
 def add_train_arguments(p) -> None:

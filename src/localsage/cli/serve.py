@@ -1,8 +1,8 @@
 """`localsage predict | package | serve`."""
 from __future__ import annotations
 
-from .cloud import add_predict_arguments
 from ..servefiles import serving_defaults
+from .cloud import add_predict_arguments
 from .common import pairs, print_table
 
 

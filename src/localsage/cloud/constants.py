@@ -4,11 +4,10 @@ Standard library only: the command-line parser reads these, and `localsage --hel
 """
 from __future__ import annotations
 
-from ..servefiles import serving_defaults
-
 from pathlib import PurePosixPath
 
 from ..contract import DEFAULT_ROOT
+from ..servefiles import serving_defaults
 
 DEFAULT_REPOSITORY = "localsage"          # ECR repository of the project's image
 DEFAULT_INSTANCE_TYPE = "ml.g4dn.xlarge"  # training, tuning and endpoints
@@ -17,7 +16,8 @@ DEFAULT_MAX_RUN = 4 * 3600                # seconds of training before SageMaker
 DEFAULT_VOLUME_SIZE = 30                  # GB of EBS per training instance
 ACCOUNT_PLACEHOLDER = "ACCOUNT_ID"        # shown in dry runs made without credentials
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-from ..contract import NAME_PATTERN  # noqa: E402 - SageMaker's name rule (training jobs, models, endpoints)
+from ..contract import NAME_PATTERN  # noqa: E402, F401 - re-exported (cloud.NAME_PATTERN): SageMaker's name rule
+
 MAX_METRIC_DEFINITIONS = 40               # SageMaker's limit per training job
 
 # SDK defaults given to every sagemaker.Session we make: no telemetry requests.

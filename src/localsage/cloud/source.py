@@ -21,8 +21,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import (CONTAINER_LOG_LEVEL, JOB_NAME_HP, LOG_LEVEL_HP, MODEL_ARCHIVE, MODEL_CODE_DIR, PROGRAM_HP,
-                        REGION_HP, SOURCE_ARCHIVE, SUBMIT_DIR_HP)
+from .constants import (
+    CONTAINER_LOG_LEVEL,
+    JOB_NAME_HP,
+    LOG_LEVEL_HP,
+    MODEL_ARCHIVE,
+    MODEL_CODE_DIR,
+    PROGRAM_HP,
+    REGION_HP,
+    SOURCE_ARCHIVE,
+    SUBMIT_DIR_HP,
+)
 from .s3 import s3_join, split_s3, upload_file
 from .session import CloudError
 

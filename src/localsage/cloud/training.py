@@ -7,8 +7,16 @@ import re
 from dataclasses import asdict, dataclass
 
 from . import ecr, session
-from .constants import (ACCOUNT_PLACEHOLDER, DEBUG_COLLECTIONS, DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN,
-                        DEFAULT_VOLUME_SIZE, INSTANCE_TYPE_HP, MAX_METRIC_DEFINITIONS, TORCH_DISTRIBUTED_HP)
+from .constants import (
+    ACCOUNT_PLACEHOLDER,
+    DEBUG_COLLECTIONS,
+    DEFAULT_INSTANCE_TYPE,
+    DEFAULT_MAX_RUN,
+    DEFAULT_VOLUME_SIZE,
+    INSTANCE_TYPE_HP,
+    MAX_METRIC_DEFINITIONS,
+    TORCH_DISTRIBUTED_HP,
+)
 from .s3 import split_s3
 from .session import CloudError
 from .source import encode_hyperparameters, source_package, source_prefix

@@ -35,8 +35,7 @@ from pathlib import Path
 
 log = logging.getLogger("localsage.debugger")
 
-from .constants import (ACTIVATION_RULES, DENSE_STEPS, LABELS_NAME, LOGITS_NAME, LOSS_NAME,  # noqa: F401
-                        debugger_hp, enabled_rules)
+from .constants import ACTIVATION_RULES, DENSE_STEPS, LABELS_NAME, LOGITS_NAME, LOSS_NAME, debugger_hp, enabled_rules  # noqa: F401
 
 
 class DebuggerWriteError(RuntimeError):

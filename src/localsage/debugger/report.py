@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rules as rules_mod
-from . import sampler
+from . import rules as rules_mod, sampler
 from .constants import LOSS_NAME
 
 log = logging.getLogger("localsage.debugger")

@@ -35,8 +35,7 @@ from pathlib import Path
 from .. import contract, procs
 from ..hyperparameters import TORCH_DISTRIBUTED_KEY, processes_per_host
 from ..servefiles import serve_module
-from . import code as code_mod
-from . import env as env_mod
+from . import code as code_mod, env as env_mod
 
 MASTER_PORT = 7777
 GRACE_SECONDS = float(os.environ.get("LOCALSAGE_SCRIPT_GRACE_SECONDS", 25))  # < the backends' 30 s

@@ -16,10 +16,32 @@ Importing this package imports neither optuna nor torch (they load when a study 
 from .. import hyperparameters  # noqa: F401 - tune.hyperparameters.to_strings, as before the split
 from .results import best_hyperparameters, report, save_plots, table, trial_rows  # noqa: F401
 from .sagemaker import dry_run_calls, dry_run_request, sagemaker_tuner, start_sagemaker, validate_request  # noqa: F401
-from .settings import (BEST_FILE, OBJECTIVE_TYPES, OBJECTIVES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV,  # noqa: F401
-                       STORED, TRIAL_DEFAULTS, Tuning, build, load_yaml, parse_metric_definitions, safe_url)
-from .space import (DEFAULT_SPACE, GRID_POINTS, SPACE_SYNTAX, Dim, TuneError, describe_space,  # noqa: F401
-                    parse_space, parse_space_entries)
+from .settings import (  # noqa: F401
+                       BEST_FILE,
+                       OBJECTIVE_TYPES,
+                       OBJECTIVES,
+                       PRUNERS,
+                       SAMPLERS,
+                       SETTINGS,
+                       STORAGE_ENV,
+                       STORED,
+                       TRIAL_DEFAULTS,
+                       Tuning,
+                       build,
+                       load_yaml,
+                       parse_metric_definitions,
+                       safe_url,
+)
+from .space import (  # noqa: F401
+                       DEFAULT_SPACE,
+                       GRID_POINTS,
+                       SPACE_SYNTAX,
+                       Dim,
+                       TuneError,
+                       describe_space,
+                       parse_space,
+                       parse_space_entries,
+)
 from .study import counted, creation_lock, make_pruner, make_sampler, make_storage, stored_config  # noqa: F401
 from .trial import slot_env, trial_job_name  # noqa: F401
 from .workers import HEARTBEAT_ENV, Study, fail_stale, run, visible_gpus  # noqa: F401

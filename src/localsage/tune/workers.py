@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 from .. import runner
+from . import preflight, results
+from .runs import StudyRun
 from .settings import Tuning
 from .space import TuneError
 from .study import counted, creation_lock, make_pruner, make_sampler, make_storage, storage_errors
-from . import preflight, results
-from .runs import StudyRun
 from .trial import run_job
 
 HEARTBEAT_ENV = "LOCALSAGE_TUNE_HEARTBEAT_S"

@@ -4,8 +4,17 @@ from __future__ import annotations
 from ..constants import ALL_RULES
 from .activations import ClassImbalance, DeadRelu, PoorWeightInitialization
 from .losses import LossDiverging, LossNotDecreasing, Overfit, Overtraining
-from .profiler import (BatchSize, CPUBottleneck, Dataloader, GPUMemoryIncrease, IOBottleneck, LowGPUUtilization,
-                       MaxInitializationTime, OverallSystemUsage, StepOutlier)
+from .profiler import (
+    BatchSize,
+    CPUBottleneck,
+    Dataloader,
+    GPUMemoryIncrease,
+    IOBottleneck,
+    LowGPUUtilization,
+    MaxInitializationTime,
+    OverallSystemUsage,
+    StepOutlier,
+)
 from .tensors import AllZero, ExplodingTensor, VanishingGradient, WeightUpdateRatio
 
 REGISTRY = {cls.__name__: cls for cls in (
