@@ -204,7 +204,8 @@ class Upstream:
                     return await self._response(head_only)
             except asyncio.TimeoutError:
                 self.close()
-                raise Refused(504, "GatewayTimeout", f"the model server did not answer within {self.timeout} s") from None
+                raise Refused(504, "GatewayTimeout",
+                              f"the model server did not answer within {self.timeout} s") from None
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                 self.close()
                 if fresh or attempt == 2:  # a kept-alive connection the server closed meanwhile: retry once

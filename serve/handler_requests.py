@@ -74,7 +74,8 @@ def _content_type(context, idx, name):
             if isinstance(param, dict):
                 ct = param.get("content-type") or ""
             if not ct and name == "body":
-                ct = context.get_request_header(idx, "Content-Type") or context.get_request_header(idx, "content-type") or ""
+                ct = (context.get_request_header(idx, "Content-Type")
+                      or context.get_request_header(idx, "content-type") or "")
         except (AttributeError, IndexError, KeyError, TypeError):
             ct = ""
     return ct.split(";")[0].strip().lower()
@@ -126,7 +127,8 @@ def parse_request(item, idx, context, settings, num_classes):
     value = fields[name]
     ctype = _content_type(context, idx, name)
 
-    if ctype in ("", "text/plain") and isinstance(value, (bytes, bytearray, str)) and _as_bytes(value).lstrip()[:1] == b"{":
+    if (ctype in ("", "text/plain") and isinstance(value, (bytes, bytearray, str))
+            and _as_bytes(value).lstrip()[:1] == b"{"):
         ctype = "application/json"  # no/odd content type but a JSON object body
     if ctype == "application/json" or isinstance(value, (dict, list)):
         if isinstance(value, (bytes, bytearray, str)):

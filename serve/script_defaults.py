@@ -182,7 +182,8 @@ def encode(prediction, accept):
     ctype = choose_accept(accept)
     if ctype is None:
         raise RequestError(406, "UnsupportedAccept",
-                           f"accept {accept!r} is not supported by the default output_fn; ask for {JSON}, {CSV} or {NPY}")
+                           f"accept {accept!r} is not supported by the default output_fn; "
+                           f"ask for {JSON}, {CSV} or {NPY}")
     array = _to_numpy(prediction)
     if ctype == JSON:
         return json.dumps(array.tolist()), ctype

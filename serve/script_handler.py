@@ -167,7 +167,8 @@ class ScriptService:
                 code = 415 if unsupported else 400
             elif stage == "output_fn" and unsupported:
                 code = 406
-            raise RequestError(code, type(e).__name__, f"{stage}: {e}" if str(e) else f"{stage} raised {type(e).__name__}")
+            raise RequestError(code, type(e).__name__,
+                               f"{stage}: {e}" if str(e) else f"{stage} raised {type(e).__name__}")
 
     def _respond(self, result, accept, idx, context):
         body, ctype = result, accept

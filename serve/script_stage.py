@@ -82,7 +82,8 @@ def batch_predict(path):
     except (OSError, SyntaxError, ValueError):
         return False  # the worker's import reports it properly
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "BATCH_PREDICT" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "BATCH_PREDICT"
+                                                for t in node.targets):
             return isinstance(node.value, ast.Constant) and node.value.value is True
     return False
 

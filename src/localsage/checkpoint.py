@@ -82,4 +82,5 @@ def resume(contract, parts, progress) -> None:
     progress.bad_files.update({k: set(v) for k, v in state["bad_files"].items()})
     set_rng_state(state["rng"])
     progress.start_epoch = state["epoch"] + 1
-    log.info("resuming from checkpoint: epoch %d completed, continuing at epoch %d", state["epoch"], progress.start_epoch)
+    log.info("resuming from checkpoint: epoch %d completed, continuing at epoch %d", state["epoch"],
+             progress.start_epoch)

@@ -26,7 +26,8 @@ DEFAULT_PORT = 29500  # MASTER_PORT overrides
 PORT_ENV = "MASTER_PORT"
 
 
-def world_layout(hosts: Sequence[str], current_host: str, procs_per_host: int = 1, local_rank: int = 0) -> tuple[int, int, int]:
+def world_layout(hosts: Sequence[str], current_host: str, procs_per_host: int = 1,
+                 local_rank: int = 0) -> tuple[int, int, int]:
     """(rank, world_size, local_rank) for this process; pure arithmetic, no side effects."""
     hosts = list(hosts) or [current_host]
     if current_host not in hosts:

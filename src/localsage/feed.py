@@ -56,7 +56,8 @@ def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
     datasets, place = {}, None
     on_device = hp["decode-on"] == "device" and hp["augment"]
     if hp["decode-on"] == "device" and not hp["augment"]:
-        log.warning("decode-on=device decodes augmented train batches only: augment=false keeps decoding on the workers")
+        log.warning("decode-on=device decodes augmented train batches only: "
+                    "augment=false keeps decoding on the workers")
     if on_device:
         device_decode.check_device(ranks.device)
     if on_device and ranks.device.type != "cuda":
@@ -66,7 +67,8 @@ def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
                             hp["data-cache"])
     for split, (paths, targets, _) in indexed.items():
         train = split == "train"
-        tf = data.train_transform(image_size, hp["augment"], resize_size) if train else data.eval_transform(image_size, resize_size)
+        tf = (data.train_transform(image_size, hp["augment"], resize_size) if train
+              else data.eval_transform(image_size, resize_size))
         draft = image_size if train and hp["augment"] else resize_size
         if train and on_device:  # the workers read files and draw crops; the device decodes (localsage.device_decode)
             datasets[split] = device_decode.JpegBatches(paths, targets, tf, draft_size=draft, strict=hp["strict-data"])
@@ -80,7 +82,8 @@ def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
     # data parallel: each rank trains on its DistributedSampler share and evaluates a disjoint shard
     sampler = None
     if ranks.world > 1:
-        sampler = torch.utils.data.DistributedSampler(datasets["train"], ranks.world, ranks.rank, shuffle=True, seed=hp["seed"])
+        sampler = torch.utils.data.DistributedSampler(datasets["train"], ranks.world, ranks.rank, shuffle=True,
+                                                      seed=hp["seed"])
     loaders = {
         split: data.make_loader(distributed.shard(ds, ranks.rank, ranks.world) if split != "train" else ds,
                                 hp["batch-size"], split == "train", workers, pin,

@@ -1,7 +1,7 @@
 """Epoch metrics: the log line format and SageMaker `metric_definitions` regexes, in one place.
 
 A training job prints one line per epoch of `name=value;` pairs, e.g.
-    epoch=3; train_loss=0.412; train_acc=0.871; valid_loss=0.388; valid_acc=0.902; epoch_time=12.1; images_per_sec=241.3;
+  epoch=3; train_loss=0.412; train_acc=0.871; valid_loss=0.388; valid_acc=0.902; epoch_time=12.1; images_per_sec=241.3;
 SageMaker scrapes them from the log with the regexes below; the runner and the tuner parse the
 same lines from the streamed log, so every backend reports metrics the same way.
 """

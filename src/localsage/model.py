@@ -78,7 +78,8 @@ def check_weights_available(arch: str, weights: str) -> None:
     except OSError:
         raise WeightsError(
             f"pretrained weights {arch}/{w.name} are not cached ({cache}) and {w.url} cannot be reached. "
-            f"Fix: download the file once and put it in $TORCH_HOME/hub/checkpoints/ (TORCH_HOME={torch.hub.get_dir()}/..), "
+            f"Fix: download the file once and put it in $TORCH_HOME/hub/checkpoints/ "
+            f"(TORCH_HOME={torch.hub.get_dir()}/..), "
             f"or pass weights=/path/to/state_dict.pth, or train from scratch with weights=none."
         ) from None
 

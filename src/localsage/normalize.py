@@ -25,9 +25,9 @@ class Normalize(torch.nn.Module):
     serving handler's (serve/handler_images.py, `Preprocessor.to_batch`), so their pixels match bit for
     bit. On CUDA one kernel does it (casting uint8 on the fly). On CPU torch casts a uint8 operand
     with a full float copy first and then runs the broadcast over a 3-wide inner loop: 45 ms a
-    32x224x224 batch here. Done instead on row blocks of the NHWC memory (2 MB float, cache-resident) against per-row tiled mean/std
-    vectors, so the loop is contiguous and vectorised and the batch is read once and written once:
-    ~6 ms, with bit-identical results.
+    32x224x224 batch here. Done instead on row blocks of the NHWC memory (2 MB float, cache-resident)
+    against per-row tiled mean/std vectors, so the loop is contiguous and vectorised and the batch is
+    read once and written once: ~6 ms, with bit-identical results.
 
     That loop runs in the calling thread alone (torch's thread count is 1 for its duration). With
     OpenMP's team, libgomp's idle threads spin for a while after every parallel region (~300,000

@@ -148,7 +148,8 @@ def build_parts(hp, ranks: Ranks, model: nn.Module, steps_per_epoch: int) -> Par
     if ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        step_model = DistributedDataParallel(model, device_ids=[ranks.local_rank] if ranks.device.type == "cuda" else None)
+        step_model = DistributedDataParallel(model,
+                                             device_ids=[ranks.local_rank] if ranks.device.type == "cuda" else None)
     if hp["compile"]:
         step_model = torch.compile(step_model)
     return Parts(

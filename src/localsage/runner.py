@@ -139,7 +139,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         job_path = (Path(jobs_dir) / check_name(name)).resolve()
         restart = reuse_for_restart(job_path)
         if script is not None:
-            submit = str(contract.code_dir(job_path)) if backend == "process" else contract.container_path(contract.CODE_SUBDIR)
+            submit = (str(contract.code_dir(job_path)) if backend == "process"
+                      else contract.container_path(contract.CODE_SUBDIR))
             hps = script_hyperparameters(script, hyperparameters or {}, submit, name)
         else:
             hps = to_strings(hyperparameters or {})
@@ -246,7 +247,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     if threading.current_thread() is threading.main_thread():
         def interrupt(signum, frame):  # Ctrl-C and SIGTERM (docker, systemd, supervisors) alike
             if not stop.is_set():
-                stop_reason.append("interrupted (Ctrl-C)" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
+                stop_reason.append("interrupted (Ctrl-C)" if signum == signal.SIGINT
+                                   else f"interrupted ({signal.Signals(signum).name})")
                 print(f"[{name}] stopping: SIGTERM sent to the job", file=sys.stderr, flush=True)
             stop.set()
 
@@ -277,7 +279,8 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         status, reason = "Stopped", (stop_reason[0] if stop_reason else "stopped")
     else:
         status = "Failed"
-        reason = failure.read_text().strip() if failure.exists() else f"the job exited with code {code} and wrote no failure reason"
+        reason = (failure.read_text().strip() if failure.exists()
+                  else f"the job exited with code {code} and wrote no failure reason")
     finish(job_dir, record, status, reason, code, elapsed, script=script, scraped=scraper.final())
     if echo:
         print(f"[{name}] {status}" + (f": {reason}" if reason else "") + f" ({elapsed:.1f}s) -> {job_dir}", flush=True)

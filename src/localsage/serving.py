@@ -167,7 +167,8 @@ class LocalServer:
         })
         props.update(extra_properties or {})
         self.metrics_url = props["metrics_address"]
-        self.props, self.use_front = props, front  # front=False: TorchServe's own frontend on host:port (bench/front.py)
+        # front=False: TorchServe's own frontend on host:port (bench/front.py)
+        self.props, self.use_front = props, front
         self.config = self.workdir / "config.properties"
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "store").mkdir()
@@ -199,8 +200,8 @@ class LocalServer:
         front = serve_module("front.py").command(
             f"{self.host}:{self.port}", self.inference_socket, self.props["max_request_size"],
             longest_response_timeout(self.models, self.props)) if self.use_front else []
-        return [*front, _bin("torchserve"), "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(self.config),
-                "--model-store", str(self.workdir / "store"), "--models", *specs]
+        return [*front, _bin("torchserve"), "--foreground", "--ncs", "--disable-token-auth",
+                "--ts-config", str(self.config), "--model-store", str(self.workdir / "store"), "--models", *specs]
 
     def start(self, wait_s=180.0):
         for name, d in self.models.items():

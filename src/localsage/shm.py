@@ -115,7 +115,8 @@ class LoaderPlan:
         s = self.space
         return (f"{SHM} is small ({s.total / MiB:.0f} MiB, {s.free / MiB:.0f} MiB free, {s.budget / MiB:.0f} MiB for "
                 f"this process): the loaders' shared batches ({self.batch / MiB:.1f} MiB each) need "
-                f"{asked_need / MiB:.0f} MiB with {_loaders(w, p)}; using {got}, which is slower. For full speed, {FIX}")
+                f"{asked_need / MiB:.0f} MiB with {_loaders(w, p)}; using {got}, which is slower. "
+                f"For full speed, {FIX}")
 
 
 def _loaders(workers: int, prefetch: int) -> str:

@@ -105,7 +105,8 @@ def train_one_epoch(parts: Parts, d: Data, ranks: Ranks, progress: Progress, dbg
     t0 = time.time()
     dbg.mode("train")
     timer = dbg.timer
-    for images, labels, weight in timer.wrap(feed.batches(d, "train", ranks, progress.bad_files, max_steps, source), "train"):
+    for images, labels, weight in timer.wrap(feed.batches(d, "train", ranks, progress.bad_files, max_steps, source),
+                                             "train"):
         with torch.autocast(ranks.device.type, dtype=ranks.amp, enabled=ranks.amp is not None):
             logits = parts.step_model(images)
             loss = parts.criterion(logits, labels)
@@ -142,7 +143,8 @@ def device_sums(device):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, criterion: nn.Module, d: Data, split: str, ranks: Ranks, progress: Progress, dbg) -> dict:
+def evaluate(model: nn.Module, criterion: nn.Module, d: Data, split: str, ranks: Ranks, progress: Progress,
+             dbg) -> dict:
     model.eval()
     loss_sum, correct, total = *device_sums(ranks.device), 0
     mode = "eval" if split == "valid" else "predict"
@@ -191,14 +193,16 @@ def fit(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress, d
             # interrupted mid-epoch: keep the weights, count the epoch as not done
             log.info("stopped mid-epoch %d: it runs again on resume", epoch)
             if ranks.rank == 0:
-                checkpoint.save(contract.checkpoint_dir / CHECKPOINT, checkpoint.state(epoch - 1, parts, progress, schedule_at_start))
+                checkpoint.save(contract.checkpoint_dir / CHECKPOINT,
+                                checkpoint.state(epoch - 1, parts, progress, schedule_at_start))
             return True
         # the next epoch's workers start on its first batches now, while this one validates and checkpoints
         upcoming = feed.start_train_epoch(d, epoch + 1) if epoch < hp["epochs"] else None
         va = evaluate(eval_model(parts, ranks), parts.eval_criterion, d, "valid", ranks, progress, dbg)
         values = {
             "epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "valid_loss": va["loss"],
-            "valid_acc": va["acc"], "epoch_time": time.time() - t0, "images_per_sec": tr["images"] / max(tr["time"], 1e-9),
+            "valid_acc": va["acc"], "epoch_time": time.time() - t0,
+            "images_per_sec": tr["images"] / max(tr["time"], 1e-9),
         }
         progress.history.append(values)
         if va["loss"] < progress.best["valid_loss"]:
@@ -228,12 +232,14 @@ def finish(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress
     if best_path.exists():
         parts.model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
     distributed.broadcast_state(parts.model)  # only the leader keeps best.pth
-    test = evaluate(parts.model, parts.eval_criterion, d, "test", ranks, progress, dbg) if "test" in d.datasets else None
+    test = (evaluate(parts.model, parts.eval_criterion, d, "test", ranks, progress, dbg) if "test" in d.datasets
+            else None)
     if test:
         record(contract, ranks, {"test_loss": test["loss"], "test_acc": test["acc"]})
     if ranks.rank == 0:
         state = {k: v.detach().cpu() for k, v in parts.model.state_dict().items()}
-        config = export.model_config(hp["arch"], d.classes, d.image_size, d.resize_size, data.IMAGENET_MEAN, data.IMAGENET_STD)
+        config = export.model_config(hp["arch"], d.classes, d.image_size, d.resize_size, data.IMAGENET_MEAN,
+                                     data.IMAGENET_STD)
         export.save_model(contract.model_dir, state, config)
     summary = {
         "epochs_run": len(progress.history),
@@ -254,7 +260,9 @@ def finish(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress
         contract.output_data_dir.mkdir(parents=True, exist_ok=True)
         files.atomic_write_json(contract.summary_file, summary)
     distributed.barrier()  # no rank exits before the leader has written the model
-    log.info("training complete: %s", json.dumps({k: summary[k] for k in ("epochs_run", "best_epoch", "best_valid_acc", "test_acc", "skipped_images")}))
+    log.info("training complete: %s",
+             json.dumps({k: summary[k] for k in ("epochs_run", "best_epoch", "best_valid_acc", "test_acc",
+                                                 "skipped_images")}))
 
 
 def train(contract) -> int:
@@ -276,7 +284,8 @@ def train(contract) -> int:
     # the profiler samples the host once (local rank 0): the processes of a host share its output folder
     dbg = debugger.attach(contract, {**hp, "debug": hp["debug"] and not hp["compile"] and ranks.rank == 0,
                                      "profiler": hp["profiler"] and ranks.local_rank == 0}, parts.model,
-                          [parts.criterion, parts.eval_criterion], workers=d.workers, start=t0, batch_size=hp["batch-size"])
+                          [parts.criterion, parts.eval_criterion], workers=d.workers, start=t0,
+                          batch_size=hp["batch-size"])
     times = {"init": time.time() - t0}
     log.info(
         "job ready in %.1fs: arch=%s classes=%d train=%d valid=%d test=%d device=%s amp=%s threads=%d workers=%d "
@@ -352,7 +361,8 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="train", description="SageMaker-contract training entrypoint")
-    parser.add_argument("--ml-root", help=f"job root laid out like /opt/ml (default: ${contract_mod.ROOT_ENV} or /opt/ml)")
+    parser.add_argument("--ml-root",
+                        help=f"job root laid out like /opt/ml (default: ${contract_mod.ROOT_ENV} or /opt/ml)")
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.ml_root:
         os.environ[contract_mod.ROOT_ENV] = str(Path(args.ml_root).resolve())
@@ -363,7 +373,8 @@ def main(argv=None) -> int:
         contract = contract_mod.load()
         per_host = procs_per_host(contract)
         if per_host > 1 and "LOCAL_RANK" not in os.environ:  # this host's launcher: one process per GPU
-            code = distributed.launch_local(per_host, [sys.executable, "-m", "localsage.train"], single_host=len(contract.hosts) <= 1)
+            code = distributed.launch_local(per_host, [sys.executable, "-m", "localsage.train"],
+                                            single_host=len(contract.hosts) <= 1)
         else:
             code = train(contract)
     except Exception as exc:  # the contract: reason in output/failure, non-zero exit

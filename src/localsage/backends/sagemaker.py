@@ -131,7 +131,8 @@ def run(job, log, stop) -> int:
         s3_client = boto_session.client("s3")
         if not _fetch(s3_client, info["S3ModelArtifacts"], layout.model_dir, log):
             contract.write_failure(layout.failure_file,
-                                   f"the SageMaker job completed but {info['S3ModelArtifacts']} could not be downloaded")
+                                   f"the SageMaker job completed but {info['S3ModelArtifacts']} "
+                                   "could not be downloaded")
             return 1
         _fetch(s3_client, info["S3ModelArtifacts"].rsplit("/", 1)[0] + "/output.tar.gz", layout.output_data_dir, log)
         return 0

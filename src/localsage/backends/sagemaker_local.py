@@ -151,7 +151,8 @@ def host_thread_env(job, gpu: bool, cores: int) -> tuple[dict, str | None]:
         return env, None
     per_host = processes_per_host(job.hyperparameters, 0)
     env = {**thread_share_env(cores, job.instance_count * per_host), **env}
-    each = f"{per_host} processes on each of {job.instance_count} hosts" if per_host > 1 else f"{job.instance_count} hosts"
+    each = (f"{per_host} processes on each of {job.instance_count} hosts" if per_host > 1
+            else f"{job.instance_count} hosts")
     return env, f"local mode: {each} share this machine's {cores} cores: OMP_NUM_THREADS={env['OMP_NUM_THREADS']} each"
 
 

@@ -17,7 +17,8 @@ GROUPS = (jobs, cloud, tune, serve, debug, track, demo)  # order of the help lis
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="localsage", description="A local-first SageMaker loop for image classification")
+    parser = argparse.ArgumentParser(prog="localsage",
+                                     description="A local-first SageMaker loop for image classification")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.add_parser(sub)

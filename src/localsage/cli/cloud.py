@@ -25,7 +25,8 @@ def add_train_arguments(p) -> None:
     g = p.add_argument_group("SageMaker (--backend sagemaker; --data is then an s3:// URI)")
     g.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
     g.add_argument("--spot", action="store_true", help="managed spot training (checkpoints to S3, resumes)")
-    g.add_argument("--max-run", type=int, default=DEFAULT_MAX_RUN, help="seconds of training before SageMaker stops the job")
+    g.add_argument("--max-run", type=int, default=DEFAULT_MAX_RUN,
+                   help="seconds of training before SageMaker stops the job")
     g.add_argument("--max-wait", type=int, help="spot: seconds including waits for capacity (default 2 x max-run)")
     g.add_argument("--volume-size", type=int, default=DEFAULT_VOLUME_SIZE, help="GB of EBS per instance")
     g.add_argument("--no-debug-tensors", dest="debug_tensors", action="store_false",
@@ -153,7 +154,8 @@ def cmd_upload_data(args) -> int:
     from .. import cloud
 
     count = cloud.upload_data(args.dir, args.s3_uri, args.region)
-    print(f"{count} files in {args.s3_uri.rstrip('/')}/ ; train with: localsage train --backend sagemaker --data {args.s3_uri}")
+    print(f"{count} files in {args.s3_uri.rstrip('/')}/ ; "
+          f"train with: localsage train --backend sagemaker --data {args.s3_uri}")
     return 0
 
 
@@ -204,12 +206,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--source-dir", help="folder holding --entry-point (and requirements.txt...): copied whole to code/")
     units = {"max_batch_delay": " in ms", "timeout": " in s"}
     for key, default in SERVING_DEFAULTS.items():  # --workers --batch-size --max-batch-delay --timeout
-        p.add_argument("--" + key.replace("_", "-"), help=f"{SERVING_ENV_VARS[key]}{units.get(key, '')} (default {default}; "
+        p.add_argument("--" + key.replace("_", "-"),
+                       help=f"{SERVING_ENV_VARS[key]}{units.get(key, '')} (default {default}; "
                        "a script model: the inference toolkit's)")
     p.add_argument("--jobs-dir")
     p.add_argument("--region")
     p.add_argument("--no-wait", action="store_true", help="return once creation started")
-    p.add_argument("--dry-run", action="store_true", help="print the CreateModel/EndpointConfig/Endpoint requests and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the CreateModel/EndpointConfig/Endpoint requests and exit")
     p.add_argument("--yes", action="store_true", help="create the billable endpoint without asking")
     p.set_defaults(func=cloud_guard(cmd_deploy))
 

@@ -67,7 +67,8 @@ def add_parser(subparsers):
     p.add_argument("--json", action="store_true", help="also print the verdicts as JSON")
     p.set_defaults(func=cmd_debug)
 
-    p = subparsers.add_parser("report", help="write the job's HTML debugger/profiler report (output/report/report.html)")
+    p = subparsers.add_parser("report",
+                              help="write the job's HTML debugger/profiler report (output/report/report.html)")
     _common(p)
     p.add_argument("--open", action="store_true", help="open it in the default browser")
     p.set_defaults(func=cmd_report)

@@ -14,7 +14,8 @@ def cmd_demo(args):
 def add_parser(subparsers):
     from ..demo import TRIALS
 
-    p = subparsers.add_parser("demo", help="the whole loop on generated data: tune, train, rules, report, serve, predict")
+    p = subparsers.add_parser("demo",
+                              help="the whole loop on generated data: tune, train, rules, report, serve, predict")
     p.add_argument("--data", default="data/demo")
     p.add_argument("--jobs-dir", default="jobs")
     p.add_argument("--backend", default="process")

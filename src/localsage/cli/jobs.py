@@ -116,7 +116,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("train", help="run a training job")
     p.add_argument("--data", help="folder with train/ valid/ [test/] (one 'training' channel)")
-    p.add_argument("--channel", action="append", metavar="NAME=PATH", help="an input channel (repeatable; instead of --data)")
+    p.add_argument("--channel", action="append", metavar="NAME=PATH",
+                   help="an input channel (repeatable; instead of --data)")
     p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="hyperparameter (repeatable)")
     p.add_argument("--hp-file", help="JSON file of hyperparameters (e.g. best_hyperparameters.json)")
     p.add_argument("--backend", default="process", help="process | docker | sagemaker-local | sagemaker")
@@ -159,7 +160,7 @@ def add_script_arguments(p) -> None:
                    help="processes per host, for the built-in trainer too (sagemaker_mpi_num_of_processes_per_host; "
                    "default: GPUs, else 1)")
     g.add_argument("--debugger-hook-config", action="append", metavar="KEY=VALUE",
-                   help="DebuggerHookConfig hook_parameters, e.g. train.save_interval=100 (repeatable; for the built-in "
-                   "trainer too: the config wins over its debug-* hyperparameters, as in the cloud)")
+                   help="DebuggerHookConfig hook_parameters, e.g. train.save_interval=100 (repeatable; "
+                   "for the built-in trainer too: the config wins over its debug-* hyperparameters, as in the cloud)")
     g.add_argument("--inference-entry-point", help="the inference program copied with the source into model/code "
                    "(default: inference.py when the source dir has one)")

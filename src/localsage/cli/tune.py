@@ -26,14 +26,17 @@ def add_parser(subparsers):
     p.add_argument("--storage", help="SQLAlchemy URL (postgresql://...) or journal file (default "
                                      f"${STORAGE_ENV}, else <jobs>/tune-<study>/journal.log)")
     p.add_argument("--study", help="study name (default tune)")
-    p.add_argument("--resume", action="store_true", help="continue the study to its budget; fail its stale running trials")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study to its budget; fail its stale running trials")
     p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--pruner", choices=PRUNERS)
     p.add_argument("--no-prune", action="store_true", help="same as --pruner none")
     p.add_argument("--objective", help="metric to optimise: valid_loss | valid_acc, or a --metric-definition name")
-    p.add_argument("--objective-type", choices=OBJECTIVE_TYPES, help="minimize | maximize (needed for a script's metric)")
+    p.add_argument("--objective-type", choices=OBJECTIVE_TYPES,
+                   help="minimize | maximize (needed for a script's metric)")
     p.add_argument("--entry-point", help="script mode: the training script each trial runs (SageMaker's entry_point)")
-    p.add_argument("--source-dir", help="script mode: folder with the script and its files (default: the script's folder)")
+    p.add_argument("--source-dir",
+                   help="script mode: folder with the script and its files (default: the script's folder)")
     p.add_argument("--metric-definition", action="append", metavar="NAME=REGEX",
                    help="script mode: a metric read from the script's log (repeatable; SageMaker metric_definitions)")
     p.add_argument("--seed", type=int)

@@ -41,7 +41,8 @@ def model(opts: DeployOptions, sm_session, image: str, role: str):
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
 
-    return Model(image_uri=image, model_data=opts.model_data, role=role, env=opts.environment(sm_session.boto_region_name),
+    return Model(image_uri=image, model_data=opts.model_data, role=role,
+                 env=opts.environment(sm_session.boto_region_name),
                  name=opts.endpoint_name, predictor_cls=Predictor, sagemaker_session=sm_session)
 
 
@@ -144,7 +145,8 @@ def delete_endpoint(name: str, region: str | None = None, boto_session=None, kee
     config_name = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
     models = []
     try:
-        models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]]
+        models = [v["ModelName"]
+                  for v in sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]]
     except sm.exceptions.ClientError:
         pass
     sm.delete_endpoint(EndpointName=name)
@@ -177,7 +179,8 @@ def model_data(model: str, record: dict | None = None, output_path: str | None =
     if record.get("TrainingJobStatus") != "Completed" or not local or not Path(local).is_file():
         raise CloudError(f"job {model!r} has no model.tar.gz (status {record.get('TrainingJobStatus')})")
     if not output_path:
-        raise CloudError(f"job {model!r} was trained locally: pass --output-path s3://bucket/prefix to upload its model.tar.gz")
+        raise CloudError(f"job {model!r} was trained locally: "
+                         "pass --output-path s3://bucket/prefix to upload its model.tar.gz")
     return s3_join(output_path, record["TrainingJobName"], "model.tar.gz"), local
 
 

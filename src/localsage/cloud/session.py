@@ -96,7 +96,8 @@ def require_role(role: str | None) -> str:
     role = role or os.environ.get(ROLE_ENV)
     if not role:
         raise CloudError(f"no SageMaker execution role: pass --role ARN or set {ROLE_ENV} "
-                         "(see the README's 'Run in the cloud' section for the permissions it needs); nothing was created")
+                         "(see the README's 'Run in the cloud' section for the permissions it needs); "
+                         "nothing was created")
     return role
 
 

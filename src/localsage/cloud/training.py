@@ -79,7 +79,8 @@ def metric_definitions(values) -> list:
             raise CloudError(f"metric definition {name!r}: the regex must capture the value in a group, "
                              f"e.g. 'loss: ([0-9.]+)'")
         if len(name) > 255 or len(regex) > 500:
-            raise CloudError(f"metric definition {name!r}: SageMaker allows names up to 255 and regexes up to 500 characters")
+            raise CloudError(f"metric definition {name!r}: "
+                             "SageMaker allows names up to 255 and regexes up to 500 characters")
         if any(d["Name"] == name for d in out):
             raise CloudError(f"metric definition {name!r} given twice")
         out.append({"Name": name, "Regex": regex})
@@ -120,7 +121,8 @@ def distribution_hyperparameters(opts: TrainingOptions) -> dict:
     if opts.distribution != "torch_distributed":
         raise CloudError(f"distribution {opts.distribution!r}: SageMaker script mode here supports torch_distributed")
     if not opts.entry_point:
-        raise CloudError("--distribution torch_distributed needs --entry-point (the built-in trainer distributes itself)")
+        raise CloudError("--distribution torch_distributed needs --entry-point "
+                         "(the built-in trainer distributes itself)")
     return {TORCH_DISTRIBUTED_HP: json.dumps(True), INSTANCE_TYPE_HP: json.dumps(opts.instance_type)}
 
 
@@ -133,8 +135,9 @@ def estimator(opts: TrainingOptions, job_name: str, hyperparameters: dict, insta
     paths = job_paths(opts.output_path, job_name)
     debug = None
     if opts.debug_tensors:
-        debug = DebuggerHookConfig(s3_output_path=paths["tensors"], hook_parameters=opts.hook_parameters, collection_configs=[
-            CollectionConfig(name, parameters=dict(params)) for name, params in DEBUG_COLLECTIONS.items()])
+        debug = DebuggerHookConfig(
+            s3_output_path=paths["tensors"], hook_parameters=opts.hook_parameters, collection_configs=[
+                CollectionConfig(name, parameters=dict(params)) for name, params in DEBUG_COLLECTIONS.items()])
     max_wait = None
     if opts.spot:
         max_wait = opts.max_wait or 2 * opts.max_run
@@ -179,7 +182,8 @@ def training_requests(data, hyperparameters: dict, opts: TrainingOptions, job_na
         region = sm_session.boto_region_name
         hps, package = script_mode(opts, job_name, hyperparameters, region)
         image = opts.image or ecr.ecr_image_uri(ACCOUNT_PLACEHOLDER, region)
-        est = estimator(opts, job_name, hps, instance_count, sm_session, image, session.role_arn(opts.role), environment)
+        est = estimator(opts, job_name, hps, instance_count, sm_session, image, session.role_arn(opts.role),
+                        environment)
         est.fit(channels(data), wait=False, logs=False, job_name=job_name)
     return ([package.to_dict()] if package else []) + [calls[-1]]
 

@@ -7,7 +7,8 @@ What is saved (out_dir = contract.tensors_dir = output/tensors, smdebug's SageMa
   steps, and every `debug-eval-interval` EVAL/PREDICT steps (a short job has a loss curve; a long
   one pays a scalar save every few steps);
 - `weights`, `biases`, `gradients` and, when DeadRelu or PoorWeightInitialization is enabled,
-  `relu_activations` (`.*relu_input_.*`, `.*relu_output_.*`) every `debug-tensor-interval` TRAIN steps (default 500, SageMaker's save_interval: full tensors are large)
+  `relu_activations` (`.*relu_input_.*`, `.*relu_output_.*`) every `debug-tensor-interval` TRAIN
+  steps (default 500, SageMaker's save_interval: full tensors are large)
   (never in EVAL: nothing changes there).
 When SageMaker provides input/config/debughookconfig.json (contract.debughookconfig) that config wins:
 its save intervals and collections are used unchanged; only LocalPath is pinned to tensors_dir.

@@ -25,7 +25,8 @@ log = logging.getLogger("localsage.debugger")
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}\
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.IssuesFound{background:#fde2e1}.NoIssuesFound{background:#e3f6e5}.NoData{color:#888}
 img{max-width:100%;border:1px solid #eee}.muted{color:#777;font-size:.9em}
 """
@@ -56,7 +57,8 @@ class Page:
 
     def table(self, header, rows, id=None, row_classes=None):
         attr = f' id="{id}"' if id else ""
-        out = [f"<table{attr}><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr></thead><tbody>"]
+        out = [f"<table{attr}><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+               + "</tr></thead><tbody>"]
         for i, row in enumerate(rows):
             cls = f' class="{row_classes[i]}"' if row_classes else ""
             out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
@@ -146,7 +148,8 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
     for k in ("arch", "batch-size", "epochs", "lr", "workers", "image-size"):
         if k in hps:
             rows.append((k, hps[k]))
-    rows.append(("cores / GPUs / data-loader workers", f"{pjob.get('cores', '-')} / {pjob.get('gpus', '-')} / {pjob.get('workers', '-')}"))
+    rows.append(("cores / GPUs / data-loader workers",
+                 f"{pjob.get('cores', '-')} / {pjob.get('gpus', '-')} / {pjob.get('workers', '-')}"))
     page.table(("item", "value"), rows, id="summary-table")
 
     # ---- losses
@@ -176,7 +179,9 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
         ax.set_xlabel("epoch"); ax.set_ylabel("accuracy"); ax.set_ylim(0, 1.02); ax.legend(); ax.grid(alpha=.3)
         page.figure(fig, "accuracy", "accuracy per epoch")
         page.table(("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time"),
-                   [(r["epoch"], *(f"{r.get(k, float('nan')):.4g}" for k in ("train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time"))) for r in metrics])
+                   [(r["epoch"], *(f"{r.get(k, float('nan')):.4g}"
+                                   for k in ("train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time")))
+                    for r in metrics])
     else:
         page.p("No output/data/metrics.jsonl.", "muted")
 
@@ -253,14 +258,16 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
         if slow:
             page.p(f"Outlier steps (slower than {limit:.3f} s): {[r['step'] for r in slow][:20]}")
         batches = [s["batch"] for s in train_steps if s.get("batch")]
-        findings = [f"batch size: median {int(np.median(batches))} (max {max(batches)})" if batches else "batch size: -",
+        findings = [(f"batch size: median {int(np.median(batches))} (max {max(batches)})" if batches
+                     else "batch size: -"),
                     f"data-loader workers: {pjob.get('workers', '-')} for {pjob.get('cores', '-')} cores",
                     f"waiting for data: {100 * sums['dataloader'] / total_t:.1f} % of training step time"]
         for v in verdicts:
             if v["rule"] in ("Dataloader", "BatchSize") and v["triggered"]:
                 findings.append(f"{v['rule']}: {'; '.join(v['details'][:2])}. {v['recommendation']}")
         page.h(3, "Batch size and data loader", id="dataloader")
-        page.parts.append("<ul id=\"dataloader-findings\">" + "".join(f"<li>{html.escape(f)}</li>" for f in findings) + "</ul>")
+        page.parts.append("<ul id=\"dataloader-findings\">" + "".join(f"<li>{html.escape(f)}</li>" for f in findings)
+                          + "</ul>")
     else:
         page.p("No step timings (profiler=false).", "muted")
 

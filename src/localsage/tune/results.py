@@ -19,7 +19,8 @@ def trial_rows(study) -> list:
         rows.append({
             "number": tr.number, "state": tr.state.name, "value": tr.value,
             **{f"param:{k}": v for k, v in tr.params.items()},
-            **({"metric_points": ua["metric_points"]} if "metric_points" in ua else {"epochs_run": ua.get("epochs_run")}),
+            **({"metric_points": ua["metric_points"]} if "metric_points" in ua
+               else {"epochs_run": ua.get("epochs_run")}),
             "duration_s": ua.get("duration_s"), "job": ua.get("job_name"),
             "failure_reason": ua.get("failure_reason", ""),
         })

@@ -51,8 +51,9 @@ class StudyRun:
             found = tracking.read_run_file(Path(tr.user_attrs.get("job_dir", ""))) if tr.user_attrs.get(
                 "job_dir") else None
             if found and found.get("run_id"):
-                children[found["run_id"]] = {tracking.TAG + "trial_state": tr.state.name,
-                                             tracking.TAG + "best_trial": str(best is not None and tr.number == best.number).lower()}
+                children[found["run_id"]] = {
+                    tracking.TAG + "trial_state": tr.state.name,
+                    tracking.TAG + "best_trial": str(best is not None and tr.number == best.number).lower()}
 
         def tag_children(mlflow):
             for run_id, tags in children.items():

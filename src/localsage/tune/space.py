@@ -112,7 +112,8 @@ def parse_space(raw: dict, script: bool = False) -> dict:
     for name, spec in raw.items():
         name = str(name) if script else str(name).replace("_", "-")
         if not script and name not in hyperparameters.SPEC:
-            raise TuneError(f"search space: unknown hyperparameter {name!r}; known: {', '.join(sorted(hyperparameters.SPEC))}")
+            raise TuneError(f"search space: unknown hyperparameter {name!r}; "
+                            f"known: {', '.join(sorted(hyperparameters.SPEC))}")
         if script and (not name or name.startswith("sagemaker_") or name == "_tuning_objective_metric"):
             raise TuneError(f"search space: {name!r} is a reserved SageMaker hyperparameter name")
         space[name] = _parse_dim(name, spec, script)

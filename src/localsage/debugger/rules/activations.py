@@ -22,7 +22,8 @@ class PoorWeightInitialization(LocalRule):
 
     DEFAULTS = {"activation_inputs_regex": ".*relu_input", "threshold": 10.0, "distribution_range": 0.001,
                 "patience": 5, "steps": 10}
-    DESCRIPTION = "The initial weights give badly scaled activations or gradients, or the loss does not start to converge."
+    DESCRIPTION = ("The initial weights give badly scaled activations or gradients, "
+                   "or the loss does not start to converge.")
     RECOMMENDATION = "Use a standard initialisation (Kaiming/Xavier) or pretrained weights; add normalisation layers."
     ACTION = "use a standard initialisation (Kaiming/Xavier) or pretrained weights"
 
@@ -61,12 +62,13 @@ class PoorWeightInitialization(LocalRule):
         positive = {k: v for k, v in variances.items() if v > 0}
         if positive and max(positive.values()) / min(positive.values()) > float(self.params["threshold"]):
             hi, lo = max(positive, key=positive.get), min(positive, key=positive.get)
-            problems.append(f"activation-input variance ratio {positive[hi] / positive[lo]:.3g} > {self.params['threshold']} "
-                            f"({hi} {positive[hi]:.3g} vs {lo} {positive[lo]:.3g})")
+            problems.append(f"activation-input variance ratio {positive[hi] / positive[lo]:.3g} "
+                            f"> {self.params['threshold']} ({hi} {positive[hi]:.3g} vs {lo} {positive[lo]:.3g})")
         if variances and not positive:
             problems.append(f"all {len(variances)} activation inputs are constant (variance 0)")
         if narrow and len(narrow) == seen:
-            problems.append(f"all {len(narrow)} gradient distributions narrower than {self.params['distribution_range']}")
+            problems.append(f"all {len(narrow)} gradient distributions narrower than "
+                            f"{self.params['distribution_range']}")
         if problems:
             self.note(step, "; ".join(problems))
         return bool(problems)
@@ -79,7 +81,8 @@ class PoorWeightInitialization(LocalRule):
             self.datapoints += 1
             if min(early[-p:]) >= early[0]:
                 self.symptom = not self.messages
-                return f"TRAIN loss did not drop in the first {self.params['steps']} steps ({fmt(early[0])} -> {fmt(early[-1])})"
+                return (f"TRAIN loss did not drop in the first {self.params['steps']} steps "
+                        f"({fmt(early[0])} -> {fmt(early[-1])})")
         return None
 
 
@@ -135,7 +138,8 @@ class ClassImbalance(LocalRule):
     DEFAULTS = {"threshold_imbalance": 10.0, "threshold_misprediction": 0.7, "samples": 500, "argmax": False,
                 "labels_regex": LABELS_NAME, "predictions_regex": LOGITS_NAME, "only_when_others_learned": True}
     DESCRIPTION = "Classes are imbalanced in the training data, or some classes are mostly mispredicted."
-    RECOMMENDATION = "Rebalance the data (oversample, class weights in the loss) or collect more samples of the rare classes."
+    RECOMMENDATION = ("Rebalance the data (oversample, class weights in the loss) "
+                      "or collect more samples of the rare classes.")
     ACTION = "rebalance the data (oversample or class weights)"
 
     def __init__(self, base_trial, **params):
@@ -179,8 +183,9 @@ class ClassImbalance(LocalRule):
         counts = np.bincount(labels, minlength=k)
         problems = []
         if counts.max() > float(self.params["threshold_imbalance"]) * counts.min():
-            problems.append(f"class {int(counts.argmax())} has {int(counts.max())} samples, class {int(counts.argmin())} "
-                            f"{int(counts.min())} (> {self.params['threshold_imbalance']}x)")
+            problems.append(f"class {int(counts.argmax())} has {int(counts.max())} samples, "
+                            f"class {int(counts.argmin())} {int(counts.min())} "
+                            f"(> {self.params['threshold_imbalance']}x)")
         if len(self.preds) == len(self.labels):
             n = self.scale("samples", max(1, len(labels) // 3), f"{len(labels)} saved TRAIN samples: the last third")
             y, p = labels[-n:], np.asarray(self.preds[-n:])

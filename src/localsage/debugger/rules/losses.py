@@ -84,7 +84,8 @@ class LossNotDecreasing(LocalRule):
             return
         steps = list(self.losses)
         span = steps[-1] - steps[0]
-        n = self.scale("num_steps", max(1, span // 4), f"{len(steps)} {self.mode.name} loss points over {span + 1} steps")
+        n = self.scale("num_steps", max(1, span // 4),
+                       f"{len(steps)} {self.mode.name} loss points over {span + 1} steps")
         if span < n:
             self.no_data(f"{self.mode.name} losses span {span + 1} steps, num_steps={n} needs {n + 1}")
 
@@ -113,7 +114,8 @@ class LossNotDecreasing(LocalRule):
         drop = 100.0 * (prev - value) / abs(prev) if prev else 0.0
         if drop < float(self.params["diff_percent"]):
             kind = "rising" if -drop > float(self.params["increase_threshold_percent"]) else "flat"
-            self.note(step, f"{self.mode.name} loss {fmt(prev)} (step {prev_step}) -> {fmt(value)} ({kind}, {drop:+.3g} %)")
+            self.note(step, f"{self.mode.name} loss {fmt(prev)} (step {prev_step}) -> {fmt(value)} "
+                            f"({kind}, {drop:+.3g} %)")
             return True
         return False
 
@@ -142,7 +144,8 @@ class LossDiverging(LocalRule):
         if not self.names:
             self.no_data(NO_LOSSES)
         elif len(self.losses) < 2:
-            self.no_data(f"{len(self.losses)} {self.mode.name} loss points, needs 2: save more often with debug-train-interval")
+            self.no_data(f"{len(self.losses)} {self.mode.name} loss points, needs 2: "
+                         "save more often with debug-train-interval")
         else:
             self.first_step, self.first = next(iter(self.losses.items()))
 
@@ -198,7 +201,8 @@ class Overfit(LocalRule):
         if not self.names:
             self.no_data(NO_LOSSES)
         elif not any(m == modes.EVAL for _, m, _ in series):
-            self.no_data("no EVAL losses saved: give the job a valid channel (saved every debug-eval-interval EVAL steps; "
+            self.no_data("no EVAL losses saved: give the job a valid channel "
+                         "(saved every debug-eval-interval EVAL steps; "
                          "script mode: hook.set_mode(smd.modes.EVAL) around evaluation)")
         elif not self.passes:
             self.no_data("no evaluation pass follows saved TRAIN losses: save more often with debug-train-interval")
@@ -218,7 +222,8 @@ class Overfit(LocalRule):
         else:
             self.bad = 0
         if self.bad >= int(self.params["patience"]):
-            self.note(step, f"EVAL loss {fmt(ev)} vs TRAIN loss {fmt(tr)}: ratio {ratio:.3g} > {self.params['ratio_threshold']}")
+            self.note(step, f"EVAL loss {fmt(ev)} vs TRAIN loss {fmt(tr)}: "
+                            f"ratio {ratio:.3g} > {self.params['ratio_threshold']}")
             return True
         return False
 
@@ -237,7 +242,8 @@ class Overtraining(LocalRule):
 
     DEFAULTS = {"patience_train": 5, "patience_validation": 10, "delta": 0.01, "min_learned_percent": 10.0}
     DESCRIPTION = "Training and validation losses stopped improving: further training is wasted."
-    RECOMMENDATION = "Stop earlier (early stopping via the `patience` hyperparameter) or change the learning rate schedule."
+    RECOMMENDATION = ("Stop earlier (early stopping via the `patience` hyperparameter) "
+                      "or change the learning rate schedule.")
     ACTION = "stop earlier (hyperparameter patience)"
 
     def __init__(self, base_trial, **params):

@@ -43,7 +43,8 @@ class LowGPUUtilization(ProfilerRule):
     DEFAULTS = {"threshold_p95": 70.0, "threshold_p5": 10.0, "window": 500, "patience": 1000}
     NEEDS_GPU = True
     DESCRIPTION = "GPU utilisation is low or fluctuating."
-    RECOMMENDATION = "Find bottlenecks (data loading, CPU pre-processing), avoid blocking calls, increase the batch size."
+    RECOMMENDATION = ("Find bottlenecks (data loading, CPU pre-processing), avoid blocking calls, "
+                      "increase the batch size.")
 
     def invoke_at_step(self, i):
         patience, window = int(self.params["patience"]), int(self.params["window"])
@@ -91,7 +92,8 @@ class CPUBottleneck(ProfilerRule):
 
     def finish(self):
         if self.datapoints and 100.0 * self.hits / self.datapoints > self.params["threshold"]:
-            return f"{100.0 * self.hits / self.datapoints:.0f}% of {self.datapoints} samples (> {self.params['threshold']}%)"
+            return (f"{100.0 * self.hits / self.datapoints:.0f}% of {self.datapoints} samples "
+                    f"(> {self.params['threshold']}%)")
         return None
 
 
@@ -114,7 +116,8 @@ class GPUMemoryIncrease(ProfilerRule):
     DEFAULTS = {"increase": 5.0, "window": 10, "patience": 1000}
     NEEDS_GPU = True
     DESCRIPTION = "GPU memory use keeps growing."
-    RECOMMENDATION = "Look for tensors kept across steps (e.g. accumulating losses without .item()); choose a larger instance."
+    RECOMMENDATION = ("Look for tensors kept across steps (e.g. accumulating losses without .item()); "
+                      "choose a larger instance.")
 
     def invoke_at_step(self, i):
         window = int(self.params["window"])
@@ -201,7 +204,8 @@ class StepOutlier(ProfilerRule):
         rows = [s for s in profile.steps if s.get("mode") == self.params["mode"]]
         self.limit, self.outliers = step_outliers(rows, self.params["stddev"])
         self.rows = [r for r in rows if r.get("step", 0) > 0]
-        self.data_if(self.limit is not None, f"{len(self.rows)} timed {self.params['mode']} steps after the first, needs 3")
+        self.data_if(self.limit is not None,
+                     f"{len(self.rows)} timed {self.params['mode']} steps after the first, needs 3")
         if self.has_data:
             self.scale("n_outliers", max(1, len(self.rows) // 10), f"{len(self.rows)} timed steps")
 
@@ -227,12 +231,14 @@ class Dataloader(ProfilerRule):
 
     DEFAULTS = {"min_threshold": 70.0, "max_threshold": 200.0, "wait_threshold": 50.0}
     DESCRIPTION = "Data loading is badly configured or dominates the step time."
-    RECOMMENDATION = "Change the number of data-loader workers (hyperparameter `workers`), prefetch, or make __getitem__ cheaper."
+    RECOMMENDATION = ("Change the number of data-loader workers (hyperparameter `workers`), prefetch, "
+                      "or make __getitem__ cheaper.")
 
     def __init__(self, profile, **params):
         super().__init__(profile, **params)
         self.rows = [s for s in profile.train_steps() if s.get("total")]
-        self.data_if(profile.job.get("workers") is not None or bool(self.rows), "no profiler/job.json and no timed training steps")
+        self.data_if(profile.job.get("workers") is not None or bool(self.rows),
+                     "no profiler/job.json and no timed training steps")
 
     def steps(self):
         return (0, 1) if self.has_data else (0, 0)
@@ -244,15 +250,18 @@ class Dataloader(ProfilerRule):
             self.datapoints += 1
             pct = 100.0 * job["workers"] / job["cores"]
             if pct < self.params["min_threshold"]:
-                problems.append(f"{job['workers']} workers for {job['cores']} cores ({pct:.0f}% < {self.params['min_threshold']}%)")
+                problems.append(f"{job['workers']} workers for {job['cores']} cores "
+                                f"({pct:.0f}% < {self.params['min_threshold']}%)")
             elif pct > self.params["max_threshold"]:
-                problems.append(f"{job['workers']} workers for {job['cores']} cores ({pct:.0f}% > {self.params['max_threshold']}%)")
+                problems.append(f"{job['workers']} workers for {job['cores']} cores "
+                                f"({pct:.0f}% > {self.params['max_threshold']}%)")
         if self.rows:
             self.datapoints += len(self.rows)
             share = 100.0 * sum(r.get("dataloader", 0.0) for r in self.rows) / sum(r["total"] for r in self.rows)
             self.wait_share = round(share, 2)
             if share > self.params["wait_threshold"]:
-                problems.append(f"{share:.0f}% of the training step time waits for data (> {self.params['wait_threshold']}%)")
+                problems.append(f"{share:.0f}% of the training step time waits for data "
+                                f"(> {self.params['wait_threshold']}%)")
         if problems:
             self.note(i, "; ".join(problems))
         return bool(problems)

@@ -9,7 +9,8 @@ from ..constants import ALL_RULES
 # and huge weight updates; a zero init also gives vanishing gradients and a flat loss. A verdict
 # marked `symptom` (all-zero gradients only; a poor start of the loss only) ranks after the others.
 CAUSE_ORDER = ("LossDiverging", "ExplodingTensor", "AllZero", "PoorWeightInitialization", "DeadRelu",
-               "VanishingGradient", "WeightUpdateRatio", "ClassImbalance", "Overfit", "Overtraining", "LossNotDecreasing")
+               "VanishingGradient", "WeightUpdateRatio", "ClassImbalance", "Overfit", "Overtraining",
+               "LossNotDecreasing")
 LABELS = {
     "LossDiverging": "Diverged", "ExplodingTensor": "NaN/inf in the tensors", "AllZero": "All-zero tensors",
     "PoorWeightInitialization": "Poor weight initialisation", "VanishingGradient": "Vanishing gradients",
@@ -74,5 +75,6 @@ def table(verdicts, with_reading=True) -> str:
         rows.append((v["rule"], v["status"], str(v["violations"]), str(v["datapoints"]), why,
                      v["recommendation"] if v["triggered"] else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)).rstrip() + ("  " + r[5] if r[5] else "") for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)).rstrip() + ("  " + r[5] if r[5] else "")
+             for r in rows]
     return "\n".join(([f"Reading: {reading(verdicts)}", ""] if with_reading else []) + lines)

@@ -12,7 +12,8 @@ NO_GRADIENTS = ("no gradient tensors saved (collection `gradients`): include it 
 
 def collection_reason(collections, regex=""):
     what = ", ".join(f"`{c}`" for c in collections) + (f" or /{regex}/" if regex else "")
-    return f"no tensors of {what} saved: include the collection(s) in the hook (built-in trainer: debug-tensor-interval)"
+    return (f"no tensors of {what} saved: include the collection(s) in the hook "
+            "(built-in trainer: debug-tensor-interval)")
 
 
 class VanishingGradient(LocalRule):
@@ -20,7 +21,8 @@ class VanishingGradient(LocalRule):
 
     DEFAULTS = {"threshold": 1e-7}
     DESCRIPTION = "Gradients became so small that the weights stop changing."
-    RECOMMENDATION = "Check initialisation, normalisation layers, activation functions and the learning rate; use residual connections."
+    RECOMMENDATION = ("Check initialisation, normalisation layers, activation functions and the learning rate; "
+                      "use residual connections.")
     ACTION = "use ReLU-family activations, normalisation layers or residual connections; check the initialisation"
 
     def __init__(self, base_trial, **params):
@@ -86,7 +88,8 @@ class ExplodingTensor(TensorScanRule):
 
     DEFAULTS = {"only_nan": False, "collection_names": "losses,weights,biases,gradients", "tensor_regex": ""}
     DESCRIPTION = "A tensor holds NaN or infinite values."
-    RECOMMENDATION = "Lower the learning rate, clip gradients, check the data for NaNs and use a numerically stable loss."
+    RECOMMENDATION = ("Lower the learning rate, clip gradients, check the data for NaNs "
+                      "and use a numerically stable loss.")
     ACTION = "lower the learning rate or clip gradients"
     DTYPE = np.float64
     FINDING = "tensors with NaN/inf"
@@ -136,7 +139,8 @@ class WeightUpdateRatio(LocalRule):
             except Exception:
                 pass
         if len(saved) < 2:
-            self.no_data(f"weights saved at {len(saved)} TRAIN step(s), needs 2: save more often with debug-tensor-interval")
+            self.no_data(f"weights saved at {len(saved)} TRAIN step(s), needs 2: "
+                         "save more often with debug-tensor-interval")
 
     def invoke_at_step(self, step):
         mode, _ = mode_of(self.base_trial, step)
@@ -157,6 +161,8 @@ class WeightUpdateRatio(LocalRule):
             if not (float(self.params["small_threshold"]) <= ratio <= float(self.params["large_threshold"])):
                 bad.append(f"{name} ratio {ratio:.3g}")
         if bad:
-            side = "small" if all(float(b.rsplit(" ", 1)[1]) < float(self.params["small_threshold"]) for b in bad) else "large"
-            self.note(step, f"{len(bad)} of {len(self.names)} weights with update ratio too {side}: " + ", ".join(bad[:3]))
+            side = ("small" if all(float(b.rsplit(" ", 1)[1]) < float(self.params["small_threshold"]) for b in bad)
+                    else "large")
+            self.note(step, f"{len(bad)} of {len(self.names)} weights with update ratio too {side}: "
+                      + ", ".join(bad[:3]))
         return bool(bad)
