@@ -132,10 +132,12 @@ def main(argv=None):
         "sampler_cpu_pct_of_machine": round(100 * sampler_core / cores, 3),
         "sampler_samples": sam.samples, "wall_s": round(wall, 1),
         "step_timer_us_per_step": round(timer_us, 2),
-        "bytes_per_full_save": sum(p.stat().st_size for p in (tmp / "t5").rglob("*.tfevents")) // len(range(0, args.steps, 5)),
+        "bytes_per_full_save": (sum(p.stat().st_size for p in (tmp / "t5").rglob("*.tfevents"))
+                                // len(range(0, args.steps, 5))),
     }
     print(json.dumps(result, indent=2))
-    print(f"hook overhead at default intervals: {result['hook_overhead_at_defaults_pct']} % of step time (target <= 5 %); "
+    print(f"hook overhead at default intervals: {result['hook_overhead_at_defaults_pct']} % of step time "
+          f"(target <= 5 %); "
           f"first {DENSE_STEPS} steps (a loss save each): {result['hook_overhead_dense_start_pct']} %")
     print(f"sampler: {result['sampler_cpu_pct_of_one_core']} % of one core, "
           f"{result['sampler_cpu_pct_of_machine']} % of the machine's {cores} cores (target <= 1 %)")

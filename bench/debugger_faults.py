@@ -163,7 +163,8 @@ FAULTS = {f.name: f for f in (
     Fault("healthy", "PlainNet, Kaiming init, AdamW lr=3e-3, 3 epochs", ()),
     Fault("divergence-adamw", "AdamW lr=50, BatchNorm net (losses finite)", ("LossNotDecreasing", "LossDiverging"),
           lr=50.0, kwargs={"norm": True}, reading=("Diverged",)),
-    Fault("divergence-sgd", "SGD lr=5, momentum 0.9, BatchNorm net (losses finite)", ("LossNotDecreasing", "LossDiverging"),
+    Fault("divergence-sgd", "SGD lr=5, momentum 0.9, BatchNorm net (losses finite)",
+          ("LossNotDecreasing", "LossDiverging"),
           opt="sgd", lr=5.0, kwargs={"norm": True}, reading=("Diverged",)),
     Fault("nan", "SGD lr=1e4 (NaN/inf)", ("ExplodingTensor",), opt="sgd", lr=1e4,
           reading=("Diverged", "NaN/inf")),
@@ -247,7 +248,8 @@ def judge(fault: Fault, verdicts) -> dict:
     named = not fault.reading or any(reading.startswith(r) for r in fault.reading)
     return {"fault": fault.name, "how": fault.how, "must_fire": list(fault.must_fire) + (
                 [" or ".join(fault.any_of)] if fault.any_of else []),
-            "ok": ok and named, "reading_names_cause": named, "fired": fired, "false_alarms": fired_debugger if not (fault.must_fire or fault.any_of) else [],
+            "ok": ok and named, "reading_names_cause": named, "fired": fired,
+            "false_alarms": fired_debugger if not (fault.must_fire or fault.any_of) else [],
             "verdicts": {r: {"status": by[r]["status"], "evidence": by[r].get("evidence"),
                              "action": by[r].get("action")} for r in (*fault.must_fire, *fault.any_of)},
             "reading": reading, "by_rule": by}
@@ -264,7 +266,8 @@ def run(fault_name, data, workdir: Path, seed=0) -> dict:
 
 
 def table(results) -> str:
-    lines = ["| fault | how | must fire | verdict (evidence) | fired (cause first) | reading |", "|---|---|---|---|---|---|"]
+    lines = ["| fault | how | must fire | verdict (evidence) | fired (cause first) | reading |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         verdict = "; ".join(f"{k}: {v['status']} ({v['evidence']})" for k, v in r["verdicts"].items()) or (
             "no debugger-rule issue" if r["ok"] else "false alarms: " + ", ".join(r["false_alarms"]))

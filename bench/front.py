@@ -65,7 +65,8 @@ def predicts(port, images, n, concurrency):
             if i is None:
                 break
             t0 = time.perf_counter()
-            conn.request("POST", "/predictions/ours", body=images[i % len(images)], headers={"Content-Type": "image/jpeg"})
+            conn.request("POST", "/predictions/ours", body=images[i % len(images)],
+                         headers={"Content-Type": "image/jpeg"})
             r = conn.getresponse()
             r.read()
             assert r.status == 200, r.status
@@ -125,7 +126,8 @@ def main(argv=None):
         for server in servers.values():  # warm-up
             predicts(server.port, images, 16, args.concurrency)
         print(f"{args.arch} at 224 px, {os.cpu_count()} CPUs, {args.rounds} rounds; per round: {args.pings} pings, "
-              f"{args.requests} predictions at concurrency {args.concurrency}, {args.uploads} x 6 MB uploads", flush=True)
+              f"{args.requests} predictions at concurrency {args.concurrency}, {args.uploads} x 6 MB uploads",
+              flush=True)
         rounds = []
         for r in range(args.rounds):
             order = ("front", "direct") if r % 2 == 0 else ("direct", "front")

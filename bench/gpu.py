@@ -97,7 +97,8 @@ def step_bench(batch, amp, channels_last, compile_=False, steps=20, warmup=6, ar
     torch.cuda.synchronize()
     dt = time.time() - t0
     out = {"arch": arch, "batch": batch, "amp": amp or "off", "channels_last": channels_last, "compile": compile_,
-           "images_per_sec": round(batch * steps / dt, 1), "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
+           "images_per_sec": round(batch * steps / dt, 1),
+           "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
            "warmup_s": round(warm_s, 1)}
     del model, net, opt
     torch.cuda.empty_cache()
@@ -163,7 +164,8 @@ def loop_part(out: Path, work: Path, device, size: dict):
               "steps_a_round": size["steps"], "rounds": size["rounds"]}
     for name, run in runs.items():
         run.dbg.timer.close()
-        row = {**run.cfg, "images_per_sec": spread(run.rates, 1), "rounds_images_per_sec": [round(v, 1) for v in run.rates]}
+        row = {**run.cfg, "images_per_sec": spread(run.rates, 1),
+               "rounds_images_per_sec": [round(v, 1) for v in run.rates]}
         if run.cfg["profiler"]:
             rows = files.read_jsonl(run.dir / STEPS)[size["warm"]:]
             row["ms_a_step"] = {k: round(1000 * statistics.median(r.get(k, 0.0) for r in rows), 2)
@@ -286,7 +288,8 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
               "image-size": str(size["size"]), "lr": "0.001", "debug": "false", "data-cache": cache,
               "profiler": str(profiler).lower(), "decode-on": decode_on}
         # the runner's process backend, called from Python (the CLI's debugger commands need smdebug)
-        code = ("import sys, json; from localsage import runner; r = runner.train(sys.argv[1], json.loads(sys.argv[2]), "
+        code = ("import sys, json; from localsage import runner; "
+                "r = runner.train(sys.argv[1], json.loads(sys.argv[2]), "
                 "name=sys.argv[3], jobs_dir=sys.argv[4], echo=True); "
                 "print(r['TrainingJobStatus'], r.get('FailureReason'))")
         t0 = time.time()
@@ -297,11 +300,14 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
             text = [x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (exc.stdout, exc.stderr)]
             proc = SimpleNamespace(returncode=f"timed out after {job_timeout} s", stdout=text[0], stderr=text[1])
         job = jobs / job_name
-        with open(out / "e2e-logs.txt", "a") as log:  # one file for all runs: the device tool brings back 8 files at most
-            log.write(f"===== {name} (rc {proc.returncode})\n{proc.stdout[-20000:]}\n--- stderr ---\n{proc.stderr[-20000:]}\n")
+        # one file for all runs: the device tool brings back 8 files at most
+        with open(out / "e2e-logs.txt", "a") as log:
+            log.write(f"===== {name} (rc {proc.returncode})\n{proc.stdout[-20000:]}\n"
+                      f"--- stderr ---\n{proc.stderr[-20000:]}\n")
         rows = [r for r in files.read_jsonl(job / "output/data/metrics.jsonl") if "images_per_sec" in r]
         waits = dataloader_waits(job / "output/profiler/steps.jsonl", math.ceil(n_train / size["batch"]))
-        results.append({"run": name, "data-cache": cache, "profiler": profiler, "decode-on": decode_on, "rc": proc.returncode,
+        results.append({"run": name, "data-cache": cache, "profiler": profiler, "decode-on": decode_on,
+                        "rc": proc.returncode,
                         "wall_s": round(time.time() - t0, 1), "train_images": n_train,
                         "epochs": [{"epoch": r["epoch"], "images_per_sec": round(r["images_per_sec"], 1),
                                     "dataloader_share": waits[i][0] if i < len(waits) else None,
@@ -344,7 +350,8 @@ def main():
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--skip", default="", help="comma list of parts to skip: steps,loop,decode,e2e")
     p.add_argument("--job-timeout", type=float, help="seconds an e2e job may take (default: no limit)")
-    p.add_argument("--runs", default="", help="comma list of e2e runs (default: all): " + ",".join(r[0] for r in E2E_RUNS))
+    p.add_argument("--runs", default="",
+                   help="comma list of e2e runs (default: all): " + ",".join(r[0] for r in E2E_RUNS))
     a = p.parse_args()
     runs = set(filter(None, a.runs.split(",")))
     unknown = runs - {r[0] for r in E2E_RUNS}
@@ -360,7 +367,8 @@ def main():
     device = torch.device(a.device)
     size = TINY if a.tiny else FULL
     info = {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "cpus": os.cpu_count(), "size": size}
+            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "cpus": os.cpu_count(),
+            "size": size}
     write(out, "device.json", info)
     skip = set(a.skip.split(","))
     for stale in ("e2e-logs.txt", "errors.txt"):  # both are appended to
@@ -370,7 +378,8 @@ def main():
     loop = part(out, "loop", loop_part, out, work, device, size) if "loop" not in skip else None
     if "decode" not in skip:
         part(out, "decode", decode_part, out, work, device, size, a.photos, info)
-    e2e = part(out, "e2e", e2e_part, out, work, device, size, a.photos, a.epochs, runs, a.job_timeout) if "e2e" not in skip else None
+    e2e = (part(out, "e2e", e2e_part, out, work, device, size, a.photos, a.epochs, runs, a.job_timeout)
+           if "e2e" not in skip else None)
     if loop and e2e:
         part(out, "summary", summarize, out, loop, e2e)
 

@@ -132,8 +132,10 @@ def main():
     for key in ("decode", "read", "resize"):
         print(f"| {key}-only | {row(key)} |")
     print("\n| | limit img/s | ours img/s | ours / limit |\n|---|---|---|---|")
-    print(f"| cache warm (read + resize) | {row('limit_warm', '{:.0f}')} | {row('ours_warm', '{:.0f}')} | {row('fraction_warm', '{:.0%}')} |")
-    print(f"| data-cache=off (decode + resize) | {row('limit_off', '{:.0f}')} | {row('ours_off', '{:.0f}')} | {row('fraction_off', '{:.0%}')} |")
+    print(f"| cache warm (read + resize) | {row('limit_warm', '{:.0f}')} | {row('ours_warm', '{:.0f}')} "
+          f"| {row('fraction_warm', '{:.0%}')} |")
+    print(f"| data-cache=off (decode + resize) | {row('limit_off', '{:.0f}')} | {row('ours_off', '{:.0f}')} "
+          f"| {row('fraction_off', '{:.0%}')} |")
     if a.json:
         Path(a.json).write_text(json.dumps({"cores": cores, "load_average_start_end": [load_start, load_end],
                                             "rounds": rounds}, indent=2))

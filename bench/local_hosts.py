@@ -43,12 +43,14 @@ def main():
                                env=sides[side], jobs_dir=work / "jobs", name=f"{side}-{r}", echo=False)
             summary = rec.get("Summary") or {}
             rows.append({"side": side, "round": r, "status": rec["TrainingJobStatus"],
-                         "wall_s": round(time.time() - t0, 1), "train_s": round(summary.get("train_time", float("nan")), 1)})
+                         "wall_s": round(time.time() - t0, 1),
+                         "train_s": round(summary.get("train_time", float("nan")), 1)})
             print(json.dumps(rows[-1]), flush=True)
     by = {s: [x for x in rows if x["side"] == s] for s in sides}
     ratios = [a["train_s"] / b["train_s"] for a, b in zip(by["all-cores"], by["share"])]
     print(json.dumps({"cores": int(cores), "hosts": 2, "rounds": args.rounds,
-                      **{s: {"wall_s": spread([x["wall_s"] for x in by[s]]), "train_s": spread([x["train_s"] for x in by[s]])}
+                      **{s: {"wall_s": spread([x["wall_s"] for x in by[s]]),
+                             "train_s": spread([x["train_s"] for x in by[s]])}
                          for s in sides},
                       "train_time_ratio_all_cores_over_share": spread(ratios)}))
 

@@ -100,7 +100,8 @@ def make_model_dirs(root: Path, arch: str, num_classes: int, seed_workers: int):
         "runtime": "python", "model": {"modelName": "seed", "serializedFile": "model.pth", "handler": "handler.py",
                                        "modelVersion": "1.0", "configFile": "model-config.yaml"}}))
     (seed / "model-config.yaml").write_text(
-        f"minWorkers: {seed_workers}\nmaxWorkers: {seed_workers}\nbatchSize: 1\nmaxBatchDelay: 100\nresponseTimeout: 120\n")
+        f"minWorkers: {seed_workers}\nmaxWorkers: {seed_workers}\nbatchSize: 1\nmaxBatchDelay: 100\n"
+        "responseTimeout: 120\n")
     scripts = {}
     for name, extra in (("script", ""), ("script-batched", "\nBATCH_PREDICT = True\n")):
         d = root / name  # a plain SageMaker model dir: model.pth + index_to_name.json + code/inference.py
@@ -186,7 +187,8 @@ def load(url, images, concurrency, max_requests, duration):
         return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] * 1000 if lat else float("nan")
 
     return {"requests": len(lat), "errors": len(errors), "seconds": wall, "rps": len(lat) / wall,
-            "p50": pct(50), "p95": pct(95), "p99": pct(99), "mean": statistics.fmean(lat) * 1000 if lat else float("nan")}
+            "p50": pct(50), "p95": pct(95), "p99": pct(99),
+            "mean": statistics.fmean(lat) * 1000 if lat else float("nan")}
 
 
 def main(argv=None):
@@ -243,7 +245,8 @@ def main(argv=None):
 
     s, o = results["seed"], results["ours"]
     print()
-    print("| handler | req/s | served/bare | p50 ms | p95 ms | p99 ms | errors | worker RSS idle MB | after load MB | peak MB |")
+    print("| handler | req/s | served/bare | p50 ms | p95 ms | p99 ms | errors | worker RSS idle MB "
+          "| after load MB | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, label in (("seed", f"seed-style (Resize 224x224, fp32, batch 1, {args.seed_workers} workers)"),
                         ("ours", "ours (eval transform, batching 8, channels_last, 1 worker)"),
@@ -252,7 +255,8 @@ def main(argv=None):
         r = results[name]
         r["served_over_bare"] = r["rps"] / bare
         print(f"| {label} | {r['rps']:.2f} | {r['served_over_bare']:.2f} | {r['p50']:.0f} | {r['p95']:.0f} | "
-              f"{r['p99']:.0f} | {r['errors']} | {r['rss_idle_mb']:.0f} | {r['rss_after_mb']:.0f} | {r['rss_peak_mb']:.0f} |")
+              f"{r['p99']:.0f} | {r['errors']} | {r['rss_idle_mb']:.0f} | {r['rss_after_mb']:.0f} "
+              f"| {r['rss_peak_mb']:.0f} |")
     speedup = o["rps"] / s["rps"]
     print(f"\nthroughput x{speedup:.2f}, p99 {o['p99']:.0f} vs {s['p99']:.0f} ms; "
           f"our worker RSS after/idle {o['rss_after_mb'] / o['rss_idle_mb']:.2f}")

@@ -23,7 +23,8 @@ Train step: the median of --steps steps; ours gets the batch layout localsage's 
 run in lockstep: each sets up in its own process, then they take their steps in turn (step k of each
 side before step k + 1 of any), so both sides of a ratio see the same minutes of the machine's load.
 
-    python bench/train_pipeline.py [--images 512] [--steps 10] [--skip-train | --skip-pipeline] [--model resnet18] [--batch 32] [--rounds 5] [--json out.json]
+    python bench/train_pipeline.py [--images 512] [--steps 10] [--skip-train | --skip-pipeline]
+        [--model resnet18] [--batch 32] [--rounds 5] [--json out.json]
 """
 from __future__ import annotations
 
@@ -175,7 +176,8 @@ def side_pipeline(kind: str, root: str, batch: int, epochs: int = 2) -> dict:
         os.environ["LOCALSAGE_CACHE_DIR"] = tempfile.mkdtemp(dir=root)
         cache = data.plan_cache({"train": paths}, "off" if kind == "ours_nocache" else "decoded")
         if kind == "ours_eval":  # the valid/test path (resize 256, center crop 224)
-            ds = data.ImageDataset(paths, targets, data.eval_transform(224), draft_size=data.default_resize(224), cache=cache)
+            ds = data.ImageDataset(paths, targets, data.eval_transform(224), draft_size=data.default_resize(224),
+                                   cache=cache)
         else:  # what train.py builds for the train split (augment=true)
             ds = data.ImageDataset(paths, targets, data.train_transform(224), draft_size=224, cache=cache)
         loader = data.make_loader(ds, batch, True, data.default_workers())
@@ -265,9 +267,11 @@ def main():
 
     train_kinds = ("naive", "ours", "ours_bf16") if cpu_has_bf16() else ("naive", "ours")
     if "ours_bf16" not in train_kinds and not a.skip_train:
-        print("amp=bf16 side skipped: this CPU has no bfloat16 instructions (emulated autocast, ~13x slower)", flush=True)
+        print("amp=bf16 side skipped: this CPU has no bfloat16 instructions (emulated autocast, ~13x slower)",
+              flush=True)
     load_start = [round(v, 2) for v in os.getloadavg()]
-    results = {"pipeline": {"seed": [], "ours": [], "ours_nocache": [], "ours_eval": []}, "train": {"naive": [], "ours": [], "ours_bf16": []}}
+    results = {"pipeline": {"seed": [], "ours": [], "ours_nocache": [], "ours_eval": []},
+               "train": {"naive": [], "ours": [], "ours_bf16": []}}
     with tempfile.TemporaryDirectory() as tmp:
         make_images(Path(tmp), a.images)
         common = ["--batch", str(a.batch), "--model", a.model, "--steps", str(a.steps), "--size", str(a.size)]
@@ -292,7 +296,8 @@ def main():
 
     print(f"\n{a.rounds} rounds, each pairing both sides; ratio = median [min-max] of the per-round ratios; "
           f"load average at start {load_start}, at end {summary['load_average_start_end'][1]}")
-    print("| part | baseline img/s (median) | ours img/s (median) | ratio | per-round ratios | baseline peak PSS MB | ours peak PSS MB (max excess) |")
+    print("| part | baseline img/s (median) | ours img/s (median) | ratio | per-round ratios | baseline peak PSS MB "
+          "| ours peak PSS MB (max excess) |")
     print("|---|---|---|---|---|---|---|")
     for name, part, base, ours in rows:
         if not results[part][ours]:
@@ -304,14 +309,17 @@ def main():
                          "ratio_max": round(max(ratios), 2), "ratios": [round(r, 2) for r in ratios],
                          base: [b for b, _ in pairs], "ours": [o for _, o in pairs], "pss_excess_max_mb": excess}
         print(f"| {labels[name]} | {statistics.median([b['images_per_sec'] for b, _ in pairs]):.1f} "
-              f"| {statistics.median([o['images_per_sec'] for _, o in pairs]):.1f} | **{statistics.median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}] "
+              f"| {statistics.median([o['images_per_sec'] for _, o in pairs]):.1f} "
+              f"| **{statistics.median(ratios):.2f}x** [{min(ratios):.2f}-{max(ratios):.2f}] "
               f"| {' '.join(f'{r:.2f}' for r in ratios)} | {statistics.median([b['peak_pss_mb'] for b, _ in pairs])} "
               f"| {statistics.median([o['peak_pss_mb'] for _, o in pairs])} ({excess:+d}) |")
     if results["pipeline"]["ours"]:
         r1 = [o["epoch_images_per_sec"][0] / b["epoch_images_per_sec"][0]
               for b, o in zip(results["pipeline"]["seed"], results["pipeline"]["ours"])]
-        summary["pipeline_epoch1"] = {"ratio_median": round(statistics.median(r1), 2), "ratio_min": round(min(r1), 2), "ratio_max": round(max(r1), 2)}
-        print(f"| input pipeline, train transform, epoch 1 (decodes, fills the cache) | | | **{statistics.median(r1):.2f}x** "
+        summary["pipeline_epoch1"] = {"ratio_median": round(statistics.median(r1), 2), "ratio_min": round(min(r1), 2),
+                                      "ratio_max": round(max(r1), 2)}
+        print(f"| input pipeline, train transform, epoch 1 (decodes, fills the cache) | | "
+              f"| **{statistics.median(r1):.2f}x** "
               f"[{min(r1):.2f}-{max(r1):.2f}] | {' '.join(f'{r:.2f}' for r in r1)} | | |")
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=2))

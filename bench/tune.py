@@ -1,7 +1,8 @@
 """Tuning benchmark: the same seeded study (same sampler seed, same trial budget) with and without pruning,
 measured in one run on generated demo data. Reports total epochs consumed, best valid accuracy, wall time.
 
-    python bench/tune.py [--trials 20] [--epochs 5] [--seed 0] [--pruners median,successive-halving] [--out bench-artifacts/tune]
+    python bench/tune.py [--trials 20] [--epochs 5] [--seed 0] [--pruners median,successive-halving]
+        [--out bench-artifacts/tune]
 
 Target (issue 5): pruning uses >= 40% fewer epochs, best valid accuracy within 1 point.
 """
@@ -69,8 +70,10 @@ def main(argv=None):
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     for r in runs[1:]:
-        print(f"{r['pruner']}: {r['epochs']} epochs vs {base['epochs']} without pruning ({100 * r['epochs_saved']:.0f}% fewer); "
-              f"best valid_acc {r['best_valid_acc']:.3f} vs {base['best_valid_acc']:.3f} ({r['best_acc_delta_points']:+.1f} points); "
+        print(f"{r['pruner']}: {r['epochs']} epochs vs {base['epochs']} without pruning "
+              f"({100 * r['epochs_saved']:.0f}% fewer); "
+              f"best valid_acc {r['best_valid_acc']:.3f} vs {base['best_valid_acc']:.3f} "
+              f"({r['best_acc_delta_points']:+.1f} points); "
               f"wall {r['wall_s']:.0f}s vs {base['wall_s']:.0f}s; target (>= 40% fewer epochs, best accuracy within "
               f"1 point) {'met' if r['target_met'] else 'NOT met'}")
     return 0 if any(r["target_met"] for r in runs[1:]) else 1

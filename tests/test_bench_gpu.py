@@ -1,7 +1,7 @@
 """bench/gpu.py, the prepared GPU run, checked on this CPU machine at tiny size: every part it times on the GPU
-machine (the runner's loop on resident batches, five runner jobs end to end (decode-on=device among them), the summary) runs and reports
-what it says it does. GPU time is scarce (one short run a session, when one is lent at all), so the script
-must not find its bugs there."""
+machine (the runner's loop on resident batches, five runner jobs end to end (decode-on=device among them), the
+summary) runs and reports what it says it does. GPU time is scarce (one short run a session, when one is lent at
+all), so the script must not find its bugs there."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,8 @@ def test_gpu_bench_runs_every_part_and_reports_the_goal(tmp_path):
     for name in ("runner", "profiler-on", "cudnn-benchmark-off"):
         assert len(loop[name]["rounds_images_per_sec"]) == 5 and min(loop[name]["rounds_images_per_sec"]) > 0
     phases = loop["profiler-on"]["ms_a_step"]
-    assert phases["forward"] > 0 and phases["backward"] > 0 and phases["total"] >= phases["forward"] + phases["backward"]
+    assert (phases["forward"] > 0 and phases["backward"] > 0
+            and phases["total"] >= phases["forward"] + phases["backward"])
 
     e2e = {run["run"]: run for run in json.loads((out / "e2e.json").read_text())}
     assert set(e2e) == {"decoded", "off", "decoded-profiler-off", "decode-on-device", "decode-on-device-profiler-off"}

@@ -58,7 +58,8 @@ def aws(monkeypatch):
 
 @pytest.fixture
 def sent(monkeypatch):
-    """Every request our code sends through cloud.session.aws_session(): [(operation, api params)] (moto still answers)."""
+    """Every request our code sends through cloud.session.aws_session(): [(operation, api params)]
+    (moto still answers)."""
     calls = []
     real = cloud.session.aws_session
 
@@ -131,7 +132,8 @@ def test_cli_train_dry_run_prints_the_request_without_credentials(capsys, tmp_pa
     assert req["HyperParameters"] == {"epochs": "3", "lr": "0.003"}
     assert req["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
     # no credentials: the account is a visible placeholder; output goes next to the data
-    assert req["AlgorithmSpecification"]["TrainingImage"] == "ACCOUNT_ID.dkr.ecr.us-east-1.amazonaws.com/localsage:latest"
+    assert (req["AlgorithmSpecification"]["TrainingImage"]
+            == "ACCOUNT_ID.dkr.ecr.us-east-1.amazonaws.com/localsage:latest")
     assert req["CheckpointConfig"]["S3Uri"] == "s3://dogs-bucket/localsage/jobs/dogs-cli/checkpoints"
     assert not (tmp_path / "jobs").exists()
 
@@ -193,7 +195,8 @@ def test_sagemaker_backend_runs_a_job_and_records_it(aws, sent, tmp_path):
     now = int(time.time() * 1000)
     logs.put_log_events(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000",
                         logEvents=[{"timestamp": now, "message": "starting"},
-                                   {"timestamp": now + 1, "message": "epoch=1; train_loss=0.5; valid_loss=0.2; valid_acc=0.95;"}])
+                                   {"timestamp": now + 1,
+                                    "message": "epoch=1; train_loss=0.5; valid_loss=0.2; valid_acc=0.95;"}])
     seen = []
     opts = options(poll_seconds=0.01)
     record = runner.train(DATA, {"epochs": 1, "lr": 0.01}, backend="sagemaker", name=name, jobs_dir=tmp_path,
@@ -310,7 +313,8 @@ def test_push_creates_the_repository_logs_in_tags_and_pushes(aws):
         ("tag", uri, "latest"), ("push", uri, "latest", auth),
     ]
     # a second push reuses the repository
-    cloud.push("localsage:latest", "localsage", ["latest"], client=RecordingDocker(), boto_session=aws, out=lambda *_: None)
+    cloud.push("localsage:latest", "localsage", ["latest"], client=RecordingDocker(), boto_session=aws,
+               out=lambda *_: None)
     assert len(ecr.describe_repositories()["repositories"]) == 1
 
 
@@ -408,14 +412,17 @@ def test_deploy_needs_yes(aws, capsys):
 def test_deploy_list_delete_with_moto(aws, tmp_path, capsys, trained_job_like):
     aws.client("s3").create_bucket(Bucket="dogs-bucket")
     code = cli.main(["deploy", trained_job_like, "--jobs-dir", str(tmp_path / "jobs"), "--endpoint-name", "dogs-ep",
-                     "--output-path", "s3://dogs-bucket/models", "--role", ROLE, "--image", IMAGE, "--yes", "--no-wait"])
+                     "--output-path", "s3://dogs-bucket/models", "--role", ROLE, "--image", IMAGE, "--yes",
+                     "--no-wait"])
     assert code == 0, capsys.readouterr()
     sm = aws.client("sagemaker")
-    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(EndpointName="dogs-ep")["EndpointConfigName"])
+    config = sm.describe_endpoint_config(
+        EndpointConfigName=sm.describe_endpoint(EndpointName="dogs-ep")["EndpointConfigName"])
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.g4dn.xlarge"
     model = sm.describe_model(ModelName="dogs-ep")["PrimaryContainer"]
     assert model["ModelDataUrl"] == f"s3://dogs-bucket/models/{trained_job_like}/model.tar.gz"
-    assert aws.client("s3").get_object(Bucket="dogs-bucket", Key=f"models/{trained_job_like}/model.tar.gz")["Body"].read()
+    assert aws.client("s3").get_object(Bucket="dogs-bucket",
+                                       Key=f"models/{trained_job_like}/model.tar.gz")["Body"].read()
     capsys.readouterr()
 
     assert cli.main(["endpoint", "list"]) == 0
@@ -443,7 +450,8 @@ def test_predict_endpoint_sends_image_bytes_and_reads_json(tmp_path):
                            "Accept": "application/json"})
         stub.add_client_error("invoke_endpoint", service_error_code="ModelError", http_status_code=424,
                               service_message="Received client error (400) from primary",
-                              response_meta={}, modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": "not an image"})
+                              response_meta={},
+                              modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": "not an image"})
         sm_session = sagemaker.Session(boto_session=session, sagemaker_runtime_client=runtime,
                                        sagemaker_config=cloud.SDK_CONFIG)
         results = cloud.predict_endpoint("dogs-ep", [image, image], sm_session=sm_session)
@@ -536,7 +544,8 @@ def test_cli_train_with_yes_runs_the_job(aws, tmp_path, capsys):
     s3.put_object(Bucket="dogs-bucket", Key=f"localsage/jobs/{name}/output/model.tar.gz",
                   Body=_tar_gz({"model.pth": b"weights"}))
     code = cli.main(["train", "--backend", "sagemaker", "--data", DATA, "--role", ROLE, "--image", IMAGE, "--yes",
-                     "--spot", "--instance-count", "2", "--hp", "epochs=2", "--name", name, "--jobs-dir", str(tmp_path)])
+                     "--spot", "--instance-count", "2", "--hp", "epochs=2", "--name", name,
+                     "--jobs-dir", str(tmp_path)])
     assert code == 0, capsys.readouterr()
     record = runner.describe(name, tmp_path)
     assert record["TrainingJobStatus"] == "Completed" and record["TrainingJobArn"].endswith(f"training-job/{name}")
@@ -631,7 +640,8 @@ def test_script_mode_matches_the_sdk_pytorch_estimator(aws, project, distributio
                         sagemaker_session=cloud.sagemaker_session(boto_session))
     estimator.fit({"training": DATA}, wait=False, logs=False, job_name="sdk-job")
     sdk_hps = sdk_calls[0]["HyperParameters"]
-    sdk_archive = aws.client("s3").get_object(Bucket="dogs-bucket", Key="sdk-job/source/sourcedir.tar.gz")["Body"].read()
+    sdk_archive = aws.client("s3").get_object(Bucket="dogs-bucket",
+                                              Key="sdk-job/source/sourcedir.tar.gz")["Body"].read()
 
     opts = options(entry_point="train_model.py", source_dir=str(project), distribution=distribution)
     upload, create = cloud.training_requests(DATA, {"epochs": "5", "arch": "resnet50", "lr": "0.0015"}, opts, "sdk-job",
@@ -708,7 +718,8 @@ def test_the_built_in_trainers_tensors_switch_and_sagemakers_agree(capsys):
     """--no-debug-tensors sends debug=false to the built-in trainer (its hook's switch), and debug=false
     sends no DebuggerHookConfig (no S3 tensors path for a hook that is never set up)."""
     def request(*extra):
-        args = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--name", "dogs-quiet", "--dry-run", *extra])
+        args = _train_args(["train", "--backend", "sagemaker", "--data", DATA, "--name", "dogs-quiet", "--dry-run",
+                            *extra])
         assert args.func(args) == 0
         return json.loads(capsys.readouterr().out)["request"]
 

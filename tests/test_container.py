@@ -63,12 +63,14 @@ def test_image_has_train_serve_and_sagemaker_settings(engine, image):
     assert "PYTHONUNBUFFERED=1" in config["Env"]
     assert not config.get("Entrypoint"), "SageMaker passes `train`/`serve` as the command"
     assert not [e for e in config["Env"] if e.startswith("SM_")]
-    out = engine.containers.run(image, ["sh", "-c", "for p in train serve java; do command -v $p; done"], remove=True).decode()
+    out = engine.containers.run(image, ["sh", "-c", "for p in train serve java; do command -v $p; done"],
+                                remove=True).decode()
     assert len(out.split()) == 3, out
     # the wheels reached pip over loopback during the build (.ci/build-image.sh): no layer holds them
     steps = [h.get("CreatedBy") or "" for h in engine.images.get(image).history()]
     assert not [s for s in steps if "wheelhouse" in s or "--from=" in s], steps
-    out = engine.containers.run(image, ["sh", "-c", "test -e /tmp/build && echo left || echo clean"], remove=True).decode()
+    out = engine.containers.run(image, ["sh", "-c", "test -e /tmp/build && echo left || echo clean"],
+                                remove=True).decode()
     assert out.strip() == "clean"
 
 
@@ -215,7 +217,8 @@ def test_sagemaker_local_two_instances_train_data_parallel(engine, image, demo_d
     log = (job_dir / runner.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     for rank, host in ((0, "algo-1-"), (1, "algo-2-")):
-        assert any(f"host={host}" in line and f"rank={rank} world_size=2" in line for line in log.splitlines()), log[-3000:]
+        assert any(f"host={host}" in line and f"rank={rank} world_size=2" in line
+                   for line in log.splitlines()), log[-3000:]
     # both hosts are containers on this machine: each takes half its cores, not all of them (2.69x slower)
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     ready = [line for line in log.splitlines() if "job ready" in line]

@@ -92,7 +92,8 @@ def tiny_loop(root, loader, epochs=2, grad_scale=None, hp=None, workers=0, eval_
 
 def random_batches(n=6, batch=8, classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch, 3, 16, 16, generator=g), torch.randint(0, classes, (batch,), generator=g)) for _ in range(n)]
+    return [(torch.randn(batch, 3, 16, 16, generator=g), torch.randint(0, classes, (batch,), generator=g))
+            for _ in range(n)]
 
 
 @pytest.fixture
@@ -134,7 +135,8 @@ def test_far_too_high_learning_rate_is_called_a_divergence(demo_data, jobs_dir):
                           name="dbg-diverge", jobs_dir=jobs_dir, echo=False)
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     job_dir = Path(record["JobDir"])
-    metrics = [json.loads(l) for l in (job_dir / "output" / "data" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    metrics = [json.loads(l) for l in (job_dir / "output" / "data" / "metrics.jsonl").read_text().splitlines()
+               if l.strip()]
     assert all(math.isfinite(r["train_loss"]) for r in metrics if "train_loss" in r), metrics
     verdicts = rules.run_rules(job_dir)
     v = verdicts_by_rule(verdicts)
@@ -165,7 +167,8 @@ def test_imbalanced_data_fires_class_imbalance(tmp_path, jobs_dir):
     # rules-at-end: the job itself wrote the verdicts of its enabled rules, and packed them
     in_job = json.loads((job_dir / "output" / "rules" / "ClassImbalance.json").read_text())
     assert in_job["triggered"], in_job
-    assert sorted(p.name for p in (job_dir / "output" / "rules").glob("*.json")) == ["ClassImbalance.json", "Dataloader.json"]
+    assert sorted(p.name for p in (job_dir / "output" / "rules").glob("*.json")) == [
+        "ClassImbalance.json", "Dataloader.json"]
     with tarfile.open(job_dir / "output.tar.gz") as tar:
         assert "rules/ClassImbalance.json" in tar.getnames()
     v = verdicts_by_rule(rules.run_rules(job_dir, only=["ClassImbalance"]))["ClassImbalance"]
@@ -246,7 +249,8 @@ def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
     assert sum(s["dataloader"] for s in steps) > 0.5 * sum(s["total"] for s in steps)
     # the report shows it: the dataloader row of the breakdown holds the largest share
     html = report.build(out).read_text()
-    rows = re.findall(r"<tr><td>(\w+)</td><td>[\d.]+</td><td>([\d.]+) %</td>", html.split('id="step-breakdown"')[1].split("</table>")[0])
+    rows = re.findall(r"<tr><td>(\w+)</td><td>[\d.]+</td><td>([\d.]+) %</td>",
+                      html.split('id="step-breakdown"')[1].split("</table>")[0])
     shares = {k: float(s) for k, s in rows}
     assert max(shares, key=shares.get) == "dataloader", shares
     # the sampler ran alongside: per-core CPU rows and its own CPU time
@@ -333,7 +337,8 @@ def test_local_modes_hook_parameters_make_the_same_config(tmp_path):
         contract.load(tmp_path, env={contract.DEBUG_HOOK_ENV: "{save_interval: 3}"}, gpus=lambda: 0)
     contract.config_dir(tmp_path).mkdir(parents=True)
     contract.debughookconfig_file(tmp_path).write_text(json.dumps({"HookParameters": {"save_interval": "7"}}))
-    assert contract.load(tmp_path, env=env, gpus=lambda: 0).debughookconfig == {"HookParameters": {"save_interval": "7"}}
+    assert contract.load(tmp_path, env=env, gpus=lambda: 0).debughookconfig == {
+        "HookParameters": {"save_interval": "7"}}
 
 
 def test_forced_smdebug_write_failure_is_reported(tmp_path, smdebug_agent_reset, caplog):

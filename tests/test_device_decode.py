@@ -93,7 +93,8 @@ def test_a_worker_reads_each_file_once_whatever_decodes_it(tmp_path, monkeypatch
         opened.append(str(file))
         return real_open(file, *args, **kwargs)
 
-    ds = device_decode.JpegBatches(np.array(paths, dtype=np.bytes_), np.arange(3), data.TrainTransform(data.preprocess_spec(32)))
+    ds = device_decode.JpegBatches(np.array(paths, dtype=np.bytes_), np.arange(3),
+                                   data.TrainTransform(data.preprocess_spec(32)))
     monkeypatch.setattr("builtins.open", counting)
     raw, labels, bad = ds.__getitems__([0, 1, 2])
     monkeypatch.undo()
@@ -123,7 +124,8 @@ def test_a_drafted_photo_keeps_the_cpu_boxes_and_pixel_statistics(tmp_path):
     assert ((ratio > 0.95) & (ratio < 1.05)).all(), ratio
 
 
-def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_broken_one_skipped_once(tmp_path, monkeypatch, caplog):
+def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_broken_one_skipped_once(tmp_path, monkeypatch,
+                                                                                          caplog):
     paths = []
     for k in range(4):
         data.make_photo_like(tmp_path / f"p{k}.jpg", 70, 50, seed=k)
@@ -164,7 +166,8 @@ def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_broken_one_ski
         device_decode.DeviceDecoder(spec, "cpu", arr, strict=True)(raw, labels, set())
     # a batch with nothing left is skipped, or in DDP becomes the zero-weight stand-in; host_batches' own
     # stand-in (plain pixels) passes through
-    stream = [(only[0], only[1], 1.0), (torch.zeros((2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 0.0),
+    stream = [(only[0], only[1], 1.0),
+              (torch.zeros((2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 0.0),
               (raw, labels, 1.0)]
     out = list(feed.to_device(stream, data.Normalize(), torch.device("cpu"), dec, skipped))
     assert [(x.shape[0], w) for x, _, w in out] == [(2, 0.0), (3, 1.0)]

@@ -98,7 +98,8 @@ def test_a_one_host_backend_refuses_more_hosts_before_any_job(tmp_path, capsys, 
     from localsage.cli import main as cli_main
 
     jobs = tmp_path / "jobs"
-    code = cli_main(["train", "--data", str(tmp_path), "--backend", backend, "--instance-count", "2", "--jobs-dir", str(jobs)])
+    code = cli_main(["train", "--data", str(tmp_path), "--backend", backend, "--instance-count", "2",
+                     "--jobs-dir", str(jobs)])
     assert code == 2
     assert f"the {backend} backend runs one instance, not 2; use --backend sagemaker-local" in capsys.readouterr().err
     assert not jobs.exists() or not any(jobs.iterdir())
@@ -214,10 +215,12 @@ def test_one_host_runs_a_process_per_slot_from_the_toolkit_override(tmp_path, sm
 
     jobs = tmp_path / "jobs"
     hp = {**TINY_HP, "epochs": "2", "max-steps": "0", "workers": "0"}
-    args = ["train", "--data", str(small_data), "--jobs-dir", str(jobs), "--name", "two-ranks", "--processes-per-host", "2"]
+    args = ["train", "--data", str(small_data), "--jobs-dir", str(jobs), "--name", "two-ranks",
+            "--processes-per-host", "2"]
     for name in ("MASTER_PORT", "LOCAL_RANK", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
-    assert cli_main(args + [x for k, v in hp.items() for x in ("--hp", f"{k}={v}")]) == 0, capsys.readouterr().out[-3000:]
+    assert cli_main(args + [x for k, v in hp.items() for x in ("--hp", f"{k}={v}")]) == 0, (
+        capsys.readouterr().out[-3000:])
     record = runner.describe("two-ranks", jobs)
     assert record["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "2"
     log = (jobs / "two-ranks" / runner.LOG).read_text()

@@ -49,8 +49,8 @@ def test_cuda_feed_gives_the_cpu_pixels_and_every_kept_batch_stays_intact(thread
     host = loader_batches(8, n=16, size=64, seed=1)
     norm_gpu, norm_cpu = data.Normalize(channels_last=True).to(dev), data.Normalize(channels_last=True)
     kept = []
-    for images, labels, weight in feed.to_device(((x.pin_memory(), y.pin_memory(), 1.0) for x, y, _ in host), norm_gpu, dev,
-                                                 threaded=threaded):
+    for images, labels, weight in feed.to_device(((x.pin_memory(), y.pin_memory(), 1.0) for x, y, _ in host),
+                                                 norm_gpu, dev, threaded=threaded):
         assert images.is_cuda and labels.is_cuda and images.is_contiguous(memory_format=torch.channels_last)
         kept.append((images, labels, (images * 2).sum()))  # work on the default stream, as a step does
     torch.cuda.synchronize()
@@ -90,7 +90,8 @@ def test_the_next_epochs_first_batches_are_made_while_the_epoch_before_validates
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     parts = train.Parts(net, net, torch.nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss(), opt,
-                        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0), torch.amp.GradScaler("cuda", enabled=False))
+                        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+                        torch.amp.GradScaler("cuda", enabled=False))
     contract_mod.make_dirs(tmp_path)
     job = contract_mod.load(root=tmp_path, env={}, gpus=lambda: 0)
     hp = hyperparameters.parse({"epochs": "3"})

@@ -159,7 +159,8 @@ def test_a_chunked_body_reaches_the_server_whole_with_a_content_length(front):
     import hashlib
 
     body = b"".join(bytes([i]) * 300 for i in range(3))
-    chunked = b"".join(b"%x;ext=1\r\n%s\r\n" % (300, body[i:i + 300]) for i in range(0, 900, 300)) + b"0\r\nX-T: 1\r\n\r\n"
+    chunked = (b"".join(b"%x;ext=1\r\n%s\r\n" % (300, body[i:i + 300]) for i in range(0, 900, 300))
+               + b"0\r\nX-T: 1\r\n\r\n")
     req = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
     [(status, _, raw)] = exchange(front, req)
     doc = json.loads(raw)

@@ -85,7 +85,8 @@ def corpus(jpeg, rng):
              "application/json", "multipart/form-data", "text/plain", "image/svg+xml"]
     add("random-bytes", lambda: raw(rng.randbytes(rng.randint(1, 20000)), rng.choice(types)), 40)
     # bit flips and truncations of real files
-    for src, ctype, n in ((jpeg, "image/jpeg", 30), (png, "image/png", 20), (gif, "image/gif", 10), (webp, "image/webp", 10)):
+    for src, ctype, n in ((jpeg, "image/jpeg", 30), (png, "image/png", 20), (gif, "image/gif", 10),
+                          (webp, "image/webp", 10)):
         def flipped(src=src, ctype=ctype):
             b = bytearray(src)
             for _ in range(rng.randint(1, 30)):
@@ -113,7 +114,8 @@ def corpus(jpeg, rng):
     add("bomb", raw(encode(Image.new("P", (9000, 9000)), "GIF"), "image/gif"))
     add("bomb", raw(encode(Image.new("1", (20000, 20000)), "TIFF", compression="group4"), "image/tiff"))
     add("bomb", raw(encode(Image.new("L", (4000, 4000)), "TIFF", compression="tiff_deflate"), "image/tiff"))
-    bmp = b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 50000, 50000, 1, 24, 0, 0, 0, 0, 0, 0)
+    bmp = (b"BM" + struct.pack("<IHHI", 0, 0, 0, 54)
+           + struct.pack("<IiiHHIIiiII", 40, 50000, 50000, 1, 24, 0, 0, 0, 0, 0, 0))
     add("bomb", raw(bmp, "image/bmp"))
     bomb_b64 = base64.b64encode(encode(Image.new("L", (7000, 7000)), "PNG")).decode()
     add("bomb", as_json({"images": [bomb_b64] * 8}))
@@ -187,10 +189,12 @@ def corpus(jpeg, rng):
                  b'Content-Disposition: form-data; name="a"\r\nContent-Type: multipart/mixed\r\n\r\nx', mixed,
                  b"Content-Disposition: form-data; name=\"a\"; filename*=bogus''x%zz\r\n\r\nhi",
                  b'Content-Disposition: form-data; name="a"; filename*=\r\n\r\nhi',
-                 b'Content-Disposition: form-data; name="data"; filename="x.jpg"\r\nContent-Length: abc\r\n\r\n' + jpeg):
+                 b'Content-Disposition: form-data; name="data"; filename="x.jpg"\r\n'
+                 b'Content-Length: abc\r\n\r\n' + jpeg):
         add("form-undecodable", raw(b"--" + b + b"\r\n" + part + b"\r\n--" + b + b"--\r\n",
                                     "multipart/form-data; boundary=" + b.decode()))
-    for ctype, body in (("multipart/form-data; boundary=", b"--\r\n\r\n"), ("multipart/form-data; boundary=" + HUGE, jpeg),
+    for ctype, body in (("multipart/form-data; boundary=", b"--\r\n\r\n"),
+                        ("multipart/form-data; boundary=" + HUGE, jpeg),
                         ("multipart/form-data; boundary=" + b.decode() + "; charset=bogus", b"--" + b + b"--\r\n")):
         add("form-undecodable", raw(body, ctype))
     # multipart forms
@@ -198,7 +202,8 @@ def corpus(jpeg, rng):
         add("multipart", {"kind": "form", "files": {"data": ("x.jpg", jpeg, "image/jpeg")}, "fields": fields})
     add("multipart", {"kind": "form", "files": {"a": ("a.jpg", jpeg, "image/jpeg"), "b": ("b.jpg", jpeg, "image/jpeg")},
                       "fields": {}})
-    add("multipart", {"kind": "form", "files": {"data": ("x.bin", rng.randbytes(3000), "application/json")}, "fields": {}})
+    add("multipart", {"kind": "form", "files": {"data": ("x.bin", rng.randbytes(3000), "application/json")},
+                      "fields": {}})
     add("multipart", {"kind": "form", "files": {"data": ("x.jpg", b"", "image/jpeg")}, "fields": {}})
     add("multipart", {"kind": "form", "files": {"data": ("x.json", b"[" * 100_000, "application/json")}, "fields": {}})
     # base64 oddities

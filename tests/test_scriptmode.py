@@ -105,7 +105,8 @@ def check_probe(record, job_dir: Path, model_dir: str, channel_dir: str, in_cont
     if in_container:
         assert out["cwd"] == "/opt/ml/code"
     else:
-        assert out["cwd"] == str(job_dir / "code") and Path(out["cwd"], "probe.py").exists()  # requirements.txt went into the job's own target, not into localsage's environment
+        assert out["cwd"] == str(job_dir / "code") and Path(out["cwd"], "probe.py").exists()
+        # requirements.txt went into the job's own target, not into localsage's environment
         assert out["dep"].startswith(str(job_dir / "code" / ".deps"))
         assert subprocess.run([sys.executable, "-c", "import probe_dep"], capture_output=True).returncode != 0
     # metric_definitions: every match is a point; the last value is the final metric
@@ -173,7 +174,8 @@ def test_submit_directory_from_s3(tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     with moto.mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="localsage-test-code")
-        boto3.client("s3", region_name="us-east-1").upload_file(str(archive), "localsage-test-code", "job/source/sourcedir.tar.gz")
+        boto3.client("s3", region_name="us-east-1").upload_file(str(archive), "localsage-test-code",
+                                                                "job/source/sourcedir.tar.gz")
         code = code_mod.prepare(tmp_path / "ml", "s3://localsage-test-code/job/source/sourcedir.tar.gz")
     assert (code / "train.py").read_text() == "print(1)\n"
 

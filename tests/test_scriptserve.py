@@ -264,7 +264,8 @@ def test_example_npy_in_and_out(server, jpeg):
     probs = np.load(io.BytesIO(r.content))
     assert probs.shape == (1, len(CLASSES)) and abs(probs.sum() - 1) < 1e-4
     # Accept */* -> SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT (application/json)
-    r = requests.post(url(server, "dogs"), data=jpeg, headers={"Content-Type": "image/jpeg", "Accept": "*/*"}, timeout=T)
+    r = requests.post(url(server, "dogs"), data=jpeg, headers={"Content-Type": "image/jpeg", "Accept": "*/*"},
+                      timeout=T)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
     # an Accept the script cannot produce: its UnsupportedAcceptError -> 406
     r = requests.post(url(server, "dogs"), data=jpeg, headers={"Content-Type": "image/jpeg", "Accept": "text/csv"},
@@ -306,8 +307,8 @@ def test_script_batching_defaults(server):
 
 
 def test_transform_fn_with_context_and_body_types(server):
-    r = requests.post(url(server, "transform"), data=b"\x00\x01raw", headers={"Content-Type": "application/octet-stream"},
-                      timeout=T)
+    r = requests.post(url(server, "transform"), data=b"\x00\x01raw",
+                      headers={"Content-Type": "application/octet-stream"}, timeout=T)
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["type"] == "bytes" and doc["len"] == 5 and doc["accept"] == "application/json"
@@ -319,8 +320,8 @@ def test_transform_fn_with_context_and_body_types(server):
     assert doc["type"] == "str" and doc["content_type"] == "application/json" and doc["len"] == 10
     assert doc["accept"] == "application/x-npy"
     assert r.headers["Content-Type"] == "application/x-npy"  # no (body, type): the Accept is the type
-    r = requests.post(url(server, "transform"), data="1,2", headers={"Content-Type": "text/csv", "Accept": "text/plain"},
-                      timeout=T)
+    r = requests.post(url(server, "transform"), data="1,2",
+                      headers={"Content-Type": "text/csv", "Accept": "text/plain"}, timeout=T)
     assert r.status_code == 200 and r.text == "plain:text/csv"
     assert r.headers["Content-Type"].startswith("text/plain")  # the (body, content_type) return
 
@@ -433,7 +434,8 @@ def test_serve_missing_module_and_offline_requirements(tmp_path, models):
     model = tmp_path / "model"
     shutil.copytree(models["dogs"], model)
     (port,) = free_ports(1)
-    r = subprocess.run([sys.executable, str(SERVE_SCRIPT)], env=serve_env(model, port, SAGEMAKER_PROGRAM="predictor.py"),
+    r = subprocess.run([sys.executable, str(SERVE_SCRIPT)],
+                       env=serve_env(model, port, SAGEMAKER_PROGRAM="predictor.py"),
                        capture_output=True, text=True, timeout=T)
     assert r.returncode != 0 and "predictor" in r.stderr, r.stderr[-3000:]
     (model / "code" / "requirements.txt").write_text("some-package-nobody-has==1.0\n")
@@ -622,7 +624,8 @@ def _tiny_wheel(folder: Path) -> Path:
     path = folder / "tinydep-0.1-py3-none-any.whl"
     files = {"tinydep/__init__.py": "VALUE = 42\n",
              "tinydep-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinydep\nVersion: 0.1\n",
-             "tinydep-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             "tinydep-0.1.dist-info/WHEEL": ("Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                             "Tag: py3-none-any\n")}
     files["tinydep-0.1.dist-info/RECORD"] = "".join(f"{name},,\n" for name in [*files, "tinydep-0.1.dist-info/RECORD"])
     with zipfile.ZipFile(path, "w") as z:
         for name, text in files.items():
@@ -728,7 +731,8 @@ def test_last_exception_is_the_tracebacks_not_a_trailing_warning():
             "Traceback (most recent call last):\n  File \"b.py\", line 2, in f\n"
             "ModuleNotFoundError: No module named 'foo'\n" + SDK_V2_WARNING)
     assert errors.last_exception(text) == "ModuleNotFoundError: No module named 'foo'"
-    multi = "Traceback (most recent call last):\n  File \"c.py\", line 3\nRuntimeError: line one\nline two\n\ttab three\n"
+    multi = ("Traceback (most recent call last):\n  File \"c.py\", line 3\n"
+             "RuntimeError: line one\nline two\n\ttab three\n")
     assert errors.last_exception(multi) == "RuntimeError: line one\nline two\n\ttab three"
     assert errors.last_exception("just a message\nlast words\n\n") == "last words"
     assert errors.reason("") == "(no output)"

@@ -310,8 +310,8 @@ def test_multipart(predict_url, sample_jpeg, classes):
 
 
 def test_topk_header_query_and_max(server, predict_url, sample_jpeg, classes):
-    r = requests.post(predict_url, data=sample_jpeg, headers={"Content-Type": "image/jpeg", "X-Topk": str(len(classes))},
-                      timeout=T)
+    r = requests.post(predict_url, data=sample_jpeg,
+                      headers={"Content-Type": "image/jpeg", "X-Topk": str(len(classes))}, timeout=T)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     check_predictions(preds, classes, len(classes))
@@ -474,7 +474,8 @@ BAD = {
     "too many images": (lambda j: dict(json={"images": [base64.b64encode(j).decode()] * 17}), 413, "TooManyImages"),
     "over byte limit": (lambda j: dict(data=j + os.urandom(MAX_IMAGE_BYTES), headers={"Content-Type": "image/jpeg"}),
                         413, "ImageTooLarge"),
-    "over byte limit base64": (lambda j: dict(json={"image": base64.b64encode(os.urandom(MAX_IMAGE_BYTES + 10)).decode()}),
+    "over byte limit base64": (lambda j: dict(json={"image": base64.b64encode(
+                                   os.urandom(MAX_IMAGE_BYTES + 10)).decode()}),
                                413, "ImageTooLarge"),
     "over request size limit": (lambda j: dict(data=os.urandom(7_000_000), headers={"Content-Type": "image/jpeg"}),
                                 413, None),
@@ -504,7 +505,8 @@ BAD = {
                                     400, "InvalidTopK"),
     "topk 400 digits json int": (lambda j: dict(json={"image": base64.b64encode(j).decode(), "topk": int("9" * 400)}),
                                  400, "InvalidTopK"),
-    "too many pixels in one request": (lambda j: dict(json={"images": [base64.b64encode(_flat_png(5000, 5000)).decode()] * 3}),
+    "too many pixels in one request": (lambda j: dict(json={
+                                           "images": [base64.b64encode(_flat_png(5000, 5000)).decode()] * 3}),
                                        413, "RequestTooExpensive"),
 }
 
@@ -770,7 +772,8 @@ def test_local_management_api_is_private_and_fetches_no_url(server, served_model
     for port in expected - {int(props["grpc_inference_port"]), int(props["grpc_management_port"])}:
         base = f"http://127.0.0.1:{port}"
         assert requests.put(base + "/models/demo", params={"min_worker": 8}, timeout=10).status_code >= 400
-        assert requests.post(base + "/workflows", params={"url": "http://127.0.0.1:1/x.war"}, timeout=10).status_code >= 400
+        assert requests.post(base + "/workflows", params={"url": "http://127.0.0.1:1/x.war"},
+                             timeout=10).status_code >= 400
         assert requests.get(base + "/models", timeout=10).status_code >= 400
     assert len(server.worker_pids()) == 2  # one per model: nothing scaled
     # on the socket itself (its owner): no workflow or model is fetched from a URL
@@ -910,7 +913,8 @@ def test_sagemaker_serve_entrypoint(served_model_dir, tmp_path, sample_jpeg, cla
         assert len(listening) == 3 and listening <= set(safe) - {lo}, (listening, safe)
         metrics_port = int(re.search(r"metrics 127\.0\.0\.1:(\d+)", out).group(1))
         assert metrics_port in listening
-        assert "ts_inference_requests_total" in requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert "ts_inference_requests_total" in requests.get(f"http://127.0.0.1:{metrics_port}/metrics",
+                                                             timeout=10).text
         workdir = re.search(r"workdir (\S+)\)", out).group(1)
         status, body = _unix_get(os.path.join(workdir, "management.sock"), "/models/model")
         assert status == 200
@@ -956,7 +960,8 @@ def test_container_serve(image, served_model_dir, sample_jpeg, classes):
     try:
         deadline = time.monotonic() + 240
         while True:
-            assert time.monotonic() < deadline, subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout[-3000:]
+            assert time.monotonic() < deadline, subprocess.run(["docker", "logs", name], capture_output=True,
+                                                               text=True).stdout[-3000:]
             with contextlib.suppress(requests.RequestException):
                 if requests.get(url + "/ping", timeout=2).status_code == 200:
                     break

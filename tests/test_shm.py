@@ -87,7 +87,8 @@ def test_the_shrink_message_says_what_was_given_up_and_names_every_fix():
     assert "no workers" in shm.plan_loaders(room(8), 2, 4, BATCH, BATCH).describe()
 
 
-TORCH_FALLOCATE = "unable to allocate shared memory(shm) for file </torch_6331_1880137483_0>: No space left on device (28)"
+TORCH_FALLOCATE = ("unable to allocate shared memory(shm) for file </torch_6331_1880137483_0>: "
+                   "No space left on device (28)")
 
 
 @pytest.mark.parametrize("exc", [

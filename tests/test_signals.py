@@ -304,13 +304,15 @@ def test_a_killed_image_build_takes_its_wheel_server_down(tmp_path):
     stub.mkdir()
     (stub / "docker").write_text(f"""#!/bin/sh
 for a; do case $a in WHEELS_URL=*) url=${{a#WHEELS_URL=}};; esac; done
-{sys.executable} -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + "w-1.0-py3-none-any.whl").read().decode())' "$url" > fetched.tmp
+{sys.executable} -c 'import sys, urllib.request; \
+print(urllib.request.urlopen(sys.argv[1] + "w-1.0-py3-none-any.whl").read().decode())' "$url" > fetched.tmp
 mv fetched.tmp fetched
 exec sleep 300
 """)
     (stub / "docker").chmod(0o755)
     script = subprocess.Popen(["bash", ".ci/build-image.sh", "localsage:test"], cwd=repo,
-                              env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "DOCKER_PYTHON": sys.executable},
+                              env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}",
+                                   "DOCKER_PYTHON": sys.executable},
                               stderr=subprocess.PIPE, text=True)
     tree = []
     try:
@@ -390,7 +392,8 @@ def test_own_checkpoint_is_weights_only(tmp_path):
     opt = torch.optim.AdamW(net.parameters())
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
     random.random()
-    state = checkpoint.state(3, train.Parts(net, net, None, None, opt, sched, torch.amp.GradScaler("cuda", enabled=False)),
+    state = checkpoint.state(3, train.Parts(net, net, None, None, opt, sched,
+                                            torch.amp.GradScaler("cuda", enabled=False)),
                              train.Progress(bad_files={"train": {1, 2}}))
     checkpoint.save(tmp_path / "last.pth", state)
     import numpy as np

@@ -14,7 +14,8 @@ CONTAINER_SIDE = ("localsage.train", "localsage.data", "localsage.model", "local
                   "localsage.distributed", "localsage.scriptmode", "localsage.entry", "localsage.recipe",
                   "localsage.checkpoint", "localsage.decode", "localsage.data_cache", "localsage.feed",
                   "localsage.normalize", "localsage.device_decode")
-HOST_SIDE = ("localsage.runner", "localsage.records", "localsage.scriptjob", "localsage.scriptserve", "localsage.backends", "localsage.tune", "localsage.serving", "localsage.cloud",
+HOST_SIDE = ("localsage.runner", "localsage.records", "localsage.scriptjob", "localsage.scriptserve",
+             "localsage.backends", "localsage.tune", "localsage.serving", "localsage.cloud",
              "localsage.demo", "localsage.cli", "localsage.tracking", "localsage.registry")
 
 

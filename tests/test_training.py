@@ -328,7 +328,8 @@ def test_checkpoint_never_half_written(tmp_path):
     target = tmp_path / "last.pth"
     torch.save({"w": torch.zeros(1)}, target)
     for delay in (0.05, 0.13, 0.27, 0.41):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(target)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(target)], stdout=subprocess.PIPE,
+                                text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(delay)
         proc.kill()

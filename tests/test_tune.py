@@ -62,7 +62,8 @@ def test_default_space_compiles_to_optuna_and_sagemaker():
 @pytest.mark.parametrize("config, needle", [
     ({"space": {"lr": {"type": "float", "min": 0.1, "max": 0.01}}}, "min (0.1) must be less than max (0.01)"),
     ({"space": {"lr": {"type": "float", "min": 0.0, "max": 0.1, "scale": "log"}}}, "log scale needs min > 0"),
-    ({"space": {"learning-rate": {"type": "float", "min": 0.01, "max": 0.1}}}, "unknown hyperparameter 'learning-rate'"),
+    ({"space": {"learning-rate": {"type": "float", "min": 0.01, "max": 0.1}}},
+     "unknown hyperparameter 'learning-rate'"),
     ({"space": {"batch-size": {"type": "float", "min": 8, "max": 64}}}, "batch-size is a int hyperparameter"),
     ({"space": {"optimizer": {"values": ["adamw", "adam"]}}}, "optimizer value 'adam'"),
     ({"space": {"lr": {"type": "float", "min": -1, "max": 0.1}}}, "lr min -1.0 is not a valid lr"),
@@ -191,7 +192,8 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
     for tr in trials:
         record = records[tr.user_attrs["job_name"]]
         assert record["Tags"] == {"tune-study": "six", "tune-trial": str(tr.number)}
-        assert record["HyperParameters"]["lr"] == str(tr.params["lr"]) and record["HyperParameters"]["threads"] == threads
+        assert (record["HyperParameters"]["lr"] == str(tr.params["lr"])
+                and record["HyperParameters"]["threads"] == threads)
         assert record["TrainingJobStatus"] == ("Completed" if tr.state.name == "COMPLETE" else "Stopped")
         # no debugger tensors in trials (GBs per study); best_hyperparameters.json below does not carry that
         assert record["HyperParameters"]["debug"] == "false"
@@ -265,7 +267,8 @@ def test_a_trial_past_max_run_is_stopped_failed_and_counted(tmp_path, small_data
     (src / "hang.py").write_text("import time\nprint('valid_loss=0.5', flush=True)\ntime.sleep(600)\n")
     jobs = tmp_path / "jobs"
     config = {"space": {"lr": {"values": [0.1, 0.2]}}, "trials": 2, "pruner": "none", "max_run": 3,
-              "entry_point": "hang.py", "source_dir": str(src), "metric_definitions": {"valid_loss": "valid_loss=([0-9.]+)"},
+              "entry_point": "hang.py", "source_dir": str(src),
+              "metric_definitions": {"valid_loss": "valid_loss=([0-9.]+)"},
               "objective": {"metric": "valid_loss", "type": "minimize"}}
     started = time.time()
     result = tune.run(tune.build(config, {"data": str(small_data), "study": "hang"}, jobs_dir=jobs), echo=False)
@@ -313,12 +316,13 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
         pytest.fail("the tuner never had a completed and a running trial")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = {tr.number: tr.user_attrs["job_name"] for tr in load("kill", jobs).get_trials() if tr.state.name == "COMPLETE"}
+    before = {tr.number: tr.user_attrs["job_name"] for tr in load("kill", jobs).get_trials()
+              if tr.state.name == "COMPLETE"}
     running = [tr.number for tr in load("kill", jobs).get_trials() if tr.state.name == "RUNNING"]
     assert len(running) == 1
 
-    resumed = subprocess.run(tune_cmd("--resume", "--study", "kill", "--jobs-dir", jobs), capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(tune_cmd("--resume", "--study", "kill", "--jobs-dir", jobs), capture_output=True,
+                             text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"trial {running[0]}: stale" in resumed.stdout
     trials = load("kill", jobs).get_trials()
@@ -338,7 +342,8 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
 
 def _postgres_bin():
     found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else (Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
+    return Path(found[-1]).parent if found else (
+        Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +367,8 @@ def postgres():
     subprocess.run([bindir / "initdb", "-D", base / "data", "-U", "tune", "--auth=trust"], check=True,
                    capture_output=True, cwd=base, **user)
     subprocess.run([bindir / "pg_ctl", "-D", base / "data", "-l", base / "log", "-w", "start", "-o",
-                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1"], check=True, capture_output=True, cwd=base, **user)
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1"], check=True, capture_output=True, cwd=base,
+                   **user)
     try:
         yield f"postgresql://tune@127.0.0.1:{port}/postgres"
     finally:
@@ -380,7 +386,8 @@ def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres
     env = [os.environ, {**os.environ, tune.STORAGE_ENV: secret}]
     procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, *storage[i], "--study", "pg",
                                        "--jobs-dir", tmp_path / f"machine{i}"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env[i]) for i in range(2)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env[i])
+             for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "pgSecret42" not in outs[1]
@@ -532,7 +539,8 @@ def test_sigterm_stops_the_running_trials_and_leaves_no_process(tmp_path, small_
     jobs = tmp_path / "jobs"
     config = write_config(tmp_path / "tune.yaml", fixed={**TINY_FIXED, "epochs": 200, "max-steps": 0}, trials=2,
                           pruner="none", space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
-    proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "sig_term", "--jobs-dir", jobs),
+    proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "sig_term",
+                                     "--jobs-dir", jobs),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     job_dir = None
@@ -563,13 +571,15 @@ SCRIPT_FIXED = {"arch": "resnet18", "weights": "none", "image-size": 32, "epochs
 
 
 def script_args(*extra):
-    return ["--entry-point", "train.py", "--source-dir", str(EXAMPLE), "--metric-definition", f"valid_loss={VALID_LOSS}",
+    return ["--entry-point", "train.py", "--source-dir", str(EXAMPLE),
+            "--metric-definition", f"valid_loss={VALID_LOSS}",
             "--metric-definition", "test_loss=Test set: Average loss: ([0-9.]+)", "--objective", "valid_loss",
             "--objective-type", "minimize", *map(str, extra)]
 
 
 def test_script_mode_settings_keep_the_scripts_names_and_old_studies_resume(tmp_path):
-    t = tune.build({"space": {"batch_size": {"values": [8, 16]}, "learning-rate": {"type": "float", "min": 1e-4, "max": 1e-2}},
+    t = tune.build({"space": {"batch_size": {"values": [8, 16]},
+                              "learning-rate": {"type": "float", "min": 1e-4, "max": 1e-2}},
                     "fixed": {"my_flag": "x"}, "objective": {"metric": "valid_loss", "type": "minimize"},
                     "metric_definitions": [{"Name": "valid_loss", "Regex": VALID_LOSS}]},
                    {"entry_point": str(EXAMPLE / "train.py")})
@@ -581,13 +591,15 @@ def test_script_mode_settings_keep_the_scripts_names_and_old_studies_resume(tmp_
     assert tune.build(t.stored(), {}).stored() == t.stored()  # --resume rebuilds the same study settings
     # the built-in trainer's studies keep the string form: a study made before script mode resumes unchanged
     old = tune.build({"objective": "valid_acc"}, {})
-    assert old.stored()["objective"] == "valid_acc" and "entry_point" not in old.stored() and old.direction == "maximize"
+    assert (old.stored()["objective"] == "valid_acc" and "entry_point" not in old.stored()
+            and old.direction == "maximize")
     assert tune.build({"objective": {"metric": "valid_acc"}}, {}).stored() == old.stored()
     for config, needle in [({}, "needs metric definitions"),
                            ({"metric_definitions": {"acc": "acc=([0-9.]+)"}}, "not one of the metric definitions"),
                            ({"metric_definitions": {"valid_loss": VALID_LOSS}}, "say whether to minimize or maximize"),
                            ({"metric_definitions": {"valid_loss": "no group"}}, "needs a group"),
-                           ({"metric_definitions": {"valid_loss": VALID_LOSS}, "objective_type": "up"}, "minimize or maximize")]:
+                           ({"metric_definitions": {"valid_loss": VALID_LOSS}, "objective_type": "up"},
+                            "minimize or maximize")]:
         with pytest.raises(tune.TuneError, match=needle):
             tune.build({"space": {"lr": {"values": [1]}}, **config}, {"entry_point": str(EXAMPLE / "train.py")})
     with pytest.raises(tune.TuneError, match="entry point nothere.py not found"):
@@ -610,7 +622,8 @@ def test_sagemaker_dry_run_of_a_script_study(tmp_path, capsys):
     assert submit.startswith("s3://bucket/") and submit.endswith("/sourcedir.tar.gz")
     assert {k: json.loads(v) for k, v in static.items() if not k.startswith("sagemaker_")} == SCRIPT_FIXED  # as spelled
     assert job["AlgorithmSpecification"]["MetricDefinitions"] == [
-        {"Name": "valid_loss", "Regex": VALID_LOSS}, {"Name": "test_loss", "Regex": "Test set: Average loss: ([0-9.]+)"}]
+        {"Name": "valid_loss", "Regex": VALID_LOSS},
+        {"Name": "test_loss", "Regex": "Test set: Average loss: ([0-9.]+)"}]
     assert request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"] == {
         "Type": "Minimize", "MetricName": "valid_loss"}
     assert re.fullmatch(cloud.NAME_PATTERN, request["HyperParameterTuningJobName"])
