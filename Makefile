@@ -13,7 +13,7 @@ HP_FILE ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo-data train-local demo bench ui clean
+.PHONY: help install test test-fast lint demo-data train-local demo bench ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ help: ## list the targets
 $(BIN)/localsage: requirements.txt pyproject.toml
 	@command -v java >/dev/null || echo "note: no Java found; TorchServe needs a JRE 17 (apt-get install openjdk-17-jre-headless)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt pytest==9.2.0 pytest-timeout==2.4.0
+	$(BIN)/pip install -q -r requirements.txt pytest==9.2.0 pytest-timeout==2.4.0 ruff==0.17.0
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/pip check
 	@touch $@
@@ -36,6 +36,9 @@ install: $(BIN)/localsage $(SDK3_VENV)/.installed ## create .venv (pinned depend
 
 test: install ## run the test suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff: pyflakes, import order, lines within 120 characters (config in pyproject.toml)
+	$(BIN)/ruff check .
 
 test-fast: install ## unit tests only (no training jobs, TorchServe, containers or databases)
 	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
