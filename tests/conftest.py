@@ -24,21 +24,22 @@ FAST_HP = {
 TINY_HP = {**FAST_HP, "image-size": "32", "epochs": "1", "max-steps": "2", "batch-size": "8", "debug": "false"}
 
 
-# The fast lane (`make test-fast`): every test that uses none of these fixtures and carries no
-# docker/slow/integration mark. Anything that trains through the runner, starts TorchServe or a
-# container, or a database is an integration test.
+# The fast lane (`make test-fast`, `-m "not integration"`) is chosen by declaration: a test that trains
+# through the runner, starts TorchServe, a container or a database carries `pytest.mark.integration` (its own,
+# or its module's `pytestmark`). These fixtures give such work away; a test that uses one, or a docker/slow
+# mark, without declaring itself integration fails the collection instead of slowing the fast lane.
 HEAVY_FIXTURES = {"trained_job", "engine", "image", "server", "model_dir", "served_model_dir", "mar", "postgres",
                   "predict_url", "test_images", "small_data", "demo_data", "jobs_dir", "models"}
-# modules whose every test runs jobs, servers or several processes
-HEAVY_MODULES = ("test_demo.py", "test_distributed.py", "test_signals.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        heavy = HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        if (heavy or item.path.name in HEAVY_MODULES or "serve" in item.name.split("test_", 1)[-1].split("_")[:2]
-                or any(item.get_closest_marker(m) for m in ("docker", "slow"))):
-            item.add_marker(pytest.mark.integration)
+    undeclared = [item.nodeid for item in items if not item.get_closest_marker("integration") and (
+        HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        or any(item.get_closest_marker(m) for m in ("docker", "slow")))]
+    if undeclared:
+        raise pytest.UsageError("these tests use a job, server, image, container or database fixture (or a docker/slow "
+                                "mark) but are not marked integration, so the fast lane would run them:\n  "
+                                + "\n  ".join(undeclared))
 
 
 def pytest_configure(config):

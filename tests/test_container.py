@@ -18,7 +18,7 @@ import pytest
 from conftest import FAST_HP, TINY_HP
 from localsage import contract, export, metrics, runner
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL = "localsage.job"

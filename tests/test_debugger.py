@@ -107,6 +107,7 @@ def smdebug_agent_reset():
 
 # ---------------------------------------------------------------- real jobs
 
+@pytest.mark.integration
 def test_healthy_run_raises_no_false_alarms_and_keeps_tensors(trained_job):
     job_dir = Path(trained_job["JobDir"])
     tensors = job_dir / "output" / "tensors"
@@ -127,6 +128,7 @@ def test_healthy_run_raises_no_false_alarms_and_keeps_tensors(trained_job):
     assert any((tensors / "index").iterdir())
 
 
+@pytest.mark.integration
 def test_far_too_high_learning_rate_is_called_a_divergence(demo_data, jobs_dir):
     """The new user's job of issue 16: lr=50 AdamW, 2 epochs on the demo set, debugger defaults. The
     losses stay finite (10^3-10^17), so ExplodingTensor has nothing to say: LossDiverging must."""
@@ -147,6 +149,7 @@ def test_far_too_high_learning_rate_is_called_a_divergence(demo_data, jobs_dir):
     assert "lower the learning rate" in reading
 
 
+@pytest.mark.integration
 def test_tiny_data_many_epochs_overfits(tmp_path, jobs_dir):
     data = make_demo_data(tmp_path / "tiny", classes=2, per_class=8, size=40, seed=3)
     job_dir = job(data, jobs_dir, "dbg-overfit", augment="false", epochs="20", lr="0.01", **{"batch-size": "16"})
@@ -160,6 +163,7 @@ def test_tiny_data_many_epochs_overfits(tmp_path, jobs_dir):
     assert not any("samples, class" in d for d in v["ClassImbalance"]["details"]), v["ClassImbalance"]
 
 
+@pytest.mark.integration
 def test_imbalanced_data_fires_class_imbalance(tmp_path, jobs_dir):
     data = make_demo_data(tmp_path / "imb", classes=2, per_class=6, size=40, seed=4, imbalance=20)
     job_dir = job(data, jobs_dir, "dbg-imbalance", epochs="1", rules="ClassImbalance,Dataloader",
@@ -177,6 +181,7 @@ def test_imbalanced_data_fires_class_imbalance(tmp_path, jobs_dir):
     assert counts[0] > 10 * counts[1], counts
 
 
+@pytest.mark.integration
 def test_report_renders_in_headless_chromium(trained_job, artifacts_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -279,6 +284,7 @@ def test_debughookconfig_wins(tmp_path):
     assert hook_mod.written_steps(root / "output" / "tensors") == [0, 3, 6]
 
 
+@pytest.mark.integration
 def test_built_in_trainer_takes_sagemakers_hook_config_from_the_cli(small_data, tmp_path):
     """`train --debugger-hook-config` on a local built-in job: SageMaker's debughookconfig.json with those
     HookParameters, and it wins over the debug-* hyperparameters as in the cloud (debug-train-interval=1
@@ -306,6 +312,7 @@ def test_built_in_trainer_takes_sagemakers_hook_config_from_the_cli(small_data, 
     assert not (jobs / "off").exists()
 
 
+@pytest.mark.integration
 def test_no_debug_tensors_turns_the_built_in_trainers_hook_off(small_data, tmp_path):
     """`train --no-debug-tensors` (SageMaker's switch) reaches the built-in trainer as debug=false, its own:
     no tensors are saved; asking for both debug=true and --no-debug-tensors is refused before any job."""

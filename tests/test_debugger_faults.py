@@ -28,6 +28,7 @@ def demo32(demo_data):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", [n for n in faults.FAULTS if n != "healthy"])
 def test_planted_fault_fires_its_rule(name, demo32, tmp_path):
     fault = faults.FAULTS[name]
@@ -51,6 +52,7 @@ def test_planted_fault_fires_its_rule(name, demo32, tmp_path):
         assert "lower the learning rate" in r["reading"] and "(step 0) ->" in by["LossDiverging"]["evidence"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("seed", [0, 1])
 def test_healthy_run_has_no_debugger_issue(seed, demo32, tmp_path):
     r = faults.run("healthy", demo32, tmp_path, seed=seed)
@@ -62,6 +64,7 @@ def test_healthy_run_has_no_debugger_issue(seed, demo32, tmp_path):
     assert r["reading"].startswith("No training issue found"), r["reading"]
 
 
+@pytest.mark.integration
 def test_short_job_scales_and_says_why_it_has_no_data(demo32, tmp_path):
     short = faults.Fault("short", "3 steps", (), epochs=1, batch=32,
                          data=lambda x, y: faults.per_class(x, y, {}, default=16))  # 96 images: 3 steps

@@ -6,6 +6,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

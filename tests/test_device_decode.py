@@ -175,6 +175,7 @@ def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_broken_one_ski
     assert [(x.shape[0], w) for x, _, w in out] == [(2, 0.0), (2, 0.0), (3, 1.0)]
 
 
+@pytest.mark.integration
 def test_a_job_decoding_on_the_device_trains_and_counts_unreadable_files(tmp_path, jobs_dir):
     root = data.make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40, corrupt=4)
     hp = {**{k: v for k, v in TINY_HP.items() if k != "max-steps"}, "decode-on": "device"}
@@ -185,6 +186,7 @@ def test_a_job_decoding_on_the_device_trains_and_counts_unreadable_files(tmp_pat
     assert "decode-on=device" in log and log.count("skipped unreadable image") == 4
 
 
+@pytest.mark.integration
 def test_a_file_only_the_device_decoder_finds_unreadable_fails_a_strict_job_naming_it(tmp_path, jobs_dir):
     """The device decoder runs in the feed thread (localsage.feed.in_thread): its strict-data error still
     ends the job, and the job's failure file names the file."""

@@ -13,6 +13,8 @@ import pytest
 from conftest import TINY_HP
 from localsage import contract, distributed, export, metrics
 
+pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
+
 
 def test_world_layout():
     hosts = ["algo-1", "algo-2", "algo-3"]

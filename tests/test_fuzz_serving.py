@@ -31,6 +31,8 @@ from PIL import Image
 from localsage import serving
 from test_serving import free_ports, model_dir, sample_jpeg, served_model_dir, test_images  # noqa: F401 - fixtures
 
+pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
+
 T = 120
 HUGE = "9" * 5000  # past Python's 4300-digit int-string limit
 BIG = str(2 ** 64)

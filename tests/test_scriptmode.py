@@ -134,6 +134,7 @@ def test_builtin_parse_decodes_json_and_drops_reserved_keys():
         hyperparameters.parse({"sagemaker-nope": "1"})  # only the SageMaker spellings are reserved
 
 
+@pytest.mark.integration
 def test_builtin_trainer_runs_an_sdk_encoded_map(small_data, tmp_path):
     hps = {**hyperparameters.encode(TINY_HP), "_tuning_objective_metric": '"valid_loss"',
            "sagemaker_container_log_level": "20", "sagemaker_job_name": '"x"', "sagemaker_region": '"us-east-1"'}
@@ -250,6 +251,7 @@ def test_a_whole_pickled_model_leads_the_failure_message(tmp_path):
 
 # ------------------------------------------------------------------ process backend
 
+@pytest.mark.integration
 def test_probe_on_the_process_backend(probe_source, small_data, tmp_path):
     src, wheels = probe_source
     record = runner.train(small_data, PROBE_HP, jobs_dir=tmp_path, echo=False, name="probe-process",
@@ -264,6 +266,7 @@ def test_probe_on_the_process_backend(probe_source, small_data, tmp_path):
     assert hook["LocalPath"] == str(job_dir / "output" / "tensors") and hook["CollectionConfigurations"]
 
 
+@pytest.mark.integration
 def test_a_failed_requirements_install_names_the_file(probe_source, small_data, tmp_path):
     src, wheels = probe_source
     (tmp_path / "src").mkdir()
@@ -275,6 +278,7 @@ def test_a_failed_requirements_install_names_the_file(probe_source, small_data, 
     assert "requirements.txt" in record["FailureReason"] and "no-such-package-xyz" in record["FailureReason"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("body, expected", [
     ("import sys\nprint('half way')\nsys.exit(3)\n", ["ExitCode 3"]),
     ("def f():\n    raise ValueError('boom in the script')\nf()\n", ["ExitCode 1", "ValueError: boom in the script"]),
@@ -291,6 +295,7 @@ def test_a_failing_script_is_failed_with_the_reason(small_data, tmp_path, body, 
     assert not (Path(record["JobDir"]) / "output" / "success").exists()
 
 
+@pytest.mark.integration
 def test_a_job_that_torch_loads_a_whole_pickled_model(small_data, tmp_path, monkeypatch):
     """The failure file (and so FailureReason) carries the clear reason; the job's --env switch loads it."""
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
@@ -324,6 +329,7 @@ for i in range(600):
 '''
 
 
+@pytest.mark.integration
 def test_sigterm_mid_script_stops_the_process_group(small_data, tmp_path):
     (tmp_path / "slow.py").write_text(SLOW)
     record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="stop-me",
@@ -338,6 +344,7 @@ def test_sigterm_mid_script_stops_the_process_group(small_data, tmp_path):
     assert not (Path(record["JobDir"]) / "output" / "failure").exists()
 
 
+@pytest.mark.integration
 def test_max_run_stops_a_local_job(small_data, tmp_path):
     (tmp_path / "slow.py").write_text(SLOW)
     record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="too-long",
@@ -355,6 +362,7 @@ sys.exit(0 if runs >= 2 else 1)
 '''
 
 
+@pytest.mark.integration
 def test_checkpoints_survive_a_restart_with_the_same_name(small_data, tmp_path):
     (tmp_path / "ckpt.py").write_text(CHECKPOINTING)
     first = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="again",
@@ -366,6 +374,7 @@ def test_checkpoints_survive_a_restart_with_the_same_name(small_data, tmp_path):
     assert "run 2" in (Path(second["JobDir"]) / runner.LOG).read_text()
 
 
+@pytest.mark.integration
 def test_shell_entry_point(small_data, tmp_path):
     (tmp_path / "run.sh").write_text('echo "args: $@"; echo "model: $SM_MODEL_DIR"\n')
     record = runner.train(small_data, {"epochs": 2}, jobs_dir=tmp_path / "jobs", echo=False, name="sh",
@@ -384,6 +393,7 @@ def example_job(small_data, tmp_path_factory):
                         metric_definitions=[TEST_LOSS, VALID_LOSS])
 
 
+@pytest.mark.integration
 def test_example_trains_on_the_process_backend(example_job):
     record = example_job
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
@@ -397,6 +407,7 @@ def test_example_trains_on_the_process_backend(example_job):
     assert set(final) == {"test_loss", "valid_loss"}
 
 
+@pytest.mark.integration
 def test_the_scripts_smdebug_tensors_exist(example_job):
     from smdebug.trials import create_trial
 
@@ -407,6 +418,7 @@ def test_the_scripts_smdebug_tensors_exist(example_job):
     assert trial.tensor_names(collection="weights")
 
 
+@pytest.mark.integration
 def test_two_processes_train_data_parallel_with_torch_distributed(small_data, tmp_path):
     record = runner.train(small_data, EXAMPLE_HP, jobs_dir=tmp_path, echo=False, name="ddp",
                           entry_point="train.py", source_dir=EXAMPLE, distribution="torch_distributed",
@@ -420,6 +432,7 @@ def test_two_processes_train_data_parallel_with_torch_distributed(small_data, tm
 
 # ------------------------------------------------------------------ docker and the real SDK
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_probe_on_the_docker_backend(image, probe_source, small_data, tmp_path):
     src, wheels = probe_source
@@ -435,6 +448,7 @@ def test_probe_on_the_docker_backend(image, probe_source, small_data, tmp_path):
     check_probe(record, Path(record["JobDir"]), "/opt/ml/model", "/opt/ml/input/data/training", in_container=True)
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_example_on_the_docker_backend_and_a_failing_script(image, small_data, tmp_path):
     record = runner.train(small_data, EXAMPLE_HP, backend="docker", image=image, jobs_dir=tmp_path, echo=False,
@@ -451,6 +465,7 @@ def test_example_on_the_docker_backend_and_a_failing_script(image, small_data, t
     assert failed["TrainingJobStatus"] == "Failed" and "RuntimeError: docker boom" in failed["FailureReason"]
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_the_sdks_pytorch_estimator_trains_the_example(image, small_data, tmp_path):
     """sagemaker.pytorch.PyTorch(entry_point=..., image_uri=our image) in local mode, as a user writes it."""
@@ -484,6 +499,7 @@ def test_the_sdks_pytorch_estimator_trains_the_example(image, small_data, tmp_pa
             predictor.delete_endpoint()
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_two_instances_torch_distributed_in_sdk_local_mode(image, small_data, tmp_path):
     record = runner.train(small_data, EXAMPLE_HP, backend="sagemaker-local", image=image, jobs_dir=tmp_path,
@@ -496,6 +512,7 @@ def test_two_instances_torch_distributed_in_sdk_local_mode(image, small_data, tm
     assert "model.pth" in tar_names(Path(record["JobDir"]) / "model.tar.gz")
 
 
+@pytest.mark.integration
 def test_the_train_command_runs_a_script(probe_source, small_data, tmp_path):
     src, wheels = probe_source
     cmd = [sys.executable, "-m", "localsage", "train", "--entry-point", "probe.py", "--source-dir", str(src),

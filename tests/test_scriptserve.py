@@ -232,6 +232,7 @@ def reference_probs(models, raw):
 # ------------------------------------------------------------------------------ the example script
 
 
+@pytest.mark.integration
 def test_example_jpeg_png_json(server, models, jpeg, png):
     r = requests.post(url(server, "dogs"), data=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=T)
     assert r.status_code == 200, r.text
@@ -253,6 +254,7 @@ def test_example_jpeg_png_json(server, models, jpeg, png):
     assert [p["index"] for p in r.json()["predictions"]] == [p["index"] for p in preds[:2]]
 
 
+@pytest.mark.integration
 def test_example_npy_in_and_out(server, jpeg):
     array = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.uint8)
     buf = io.BytesIO()
@@ -274,6 +276,7 @@ def test_example_npy_in_and_out(server, jpeg):
     assert r.json()["type"] == "UnsupportedAcceptError"
 
 
+@pytest.mark.integration
 def test_example_bad_requests(server, jpeg):
     r = requests.post(url(server, "dogs"), data=b"hello", headers={"Content-Type": "text/plain"}, timeout=T)
     assert r.status_code == 415 and r.json()["type"] == "UnsupportedContentTypeError", r.text
@@ -286,6 +289,7 @@ def test_example_bad_requests(server, jpeg):
     assert r.status_code == 200  # the worker keeps serving
 
 
+@pytest.mark.integration
 def test_packaged_mar_serves_the_same(server, jpeg, mar):
     a = requests.post(url(server, "dogs"), data=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=T)
     b = requests.post(url(server, "dogs-mar"), data=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=T)
@@ -296,6 +300,7 @@ def test_packaged_mar_serves_the_same(server, jpeg, mar):
     assert {"code/inference.py", "script_handler.py", "script_defaults.py", "model.pth"} <= names
 
 
+@pytest.mark.integration
 def test_script_batching_defaults(server):
     desc = server.describe("dogs")
     assert (desc["batchSize"], desc["maxBatchDelay"]) == (1, 100)  # the toolkit's defaults
@@ -306,6 +311,7 @@ def test_script_batching_defaults(server):
 # --------------------------------------------------------------------- transform_fn, context, defaults
 
 
+@pytest.mark.integration
 def test_transform_fn_with_context_and_body_types(server):
     r = requests.post(url(server, "transform"), data=b"\x00\x01raw",
                       headers={"Content-Type": "application/octet-stream"}, timeout=T)
@@ -326,6 +332,7 @@ def test_transform_fn_with_context_and_body_types(server):
     assert r.headers["Content-Type"].startswith("text/plain")  # the (body, content_type) return
 
 
+@pytest.mark.integration
 def test_default_functions_with_torchscript(server, png):
     r = requests.post(url(server, "defaults"), json=[[1, 2, 3, 4], [5, 6, 7, 8]], timeout=T)
     assert r.status_code == 200, r.text
@@ -353,6 +360,7 @@ def test_default_functions_with_torchscript(server, png):
 # ----------------------------------------------------------------------------------- per-request faults
 
 
+@pytest.mark.integration
 def test_user_function_faults_answer_only_their_request(server):
     cases = [(b"bad-input", "application/octet-stream", 400, "ValueError"),
              (b"x", "text/x-unsupported", 415, "UnsupportedThingError"),
@@ -365,6 +373,7 @@ def test_user_function_faults_answer_only_their_request(server):
     assert "predict exploded" in doc["message"]
 
 
+@pytest.mark.integration
 def test_one_bad_request_in_a_batch(server):
     bodies = [b"good-0", b"boom", b"good-1", b"bad-input", b"good-2", b"good-3"]
     for _ in range(3):  # concurrent requests inside one 400 ms batch window
@@ -379,6 +388,7 @@ def test_one_bad_request_in_a_batch(server):
     pytest.fail("the requests never shared a TorchServe batch")
 
 
+@pytest.mark.integration
 def test_batch_predict_gets_one_list(server):
     bodies = [f"item-{i}" for i in range(6)]
     for _ in range(5):
@@ -417,6 +427,7 @@ STARTUP_FAULTS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", sorted(STARTUP_FAULTS))
 def test_serve_exits_nonzero_when_the_script_cannot_load(tmp_path, case):
     source, reason = STARTUP_FAULTS[case]
@@ -430,6 +441,7 @@ def test_serve_exits_nonzero_when_the_script_cannot_load(tmp_path, case):
         requests.get(f"http://127.0.0.1:{port}/ping", timeout=2)
 
 
+@pytest.mark.integration
 def test_serve_missing_module_and_offline_requirements(tmp_path, models):
     model = tmp_path / "model"
     shutil.copytree(models["dogs"], model)
@@ -445,6 +457,7 @@ def test_serve_missing_module_and_offline_requirements(tmp_path, models):
     assert "requirements.txt" in r.stderr and "PIP_FIND_LINKS" in r.stderr, r.stderr[-3000:]
 
 
+@pytest.mark.integration
 def test_serve_entrypoint_serves_the_example(tmp_path, models, jpeg):
     """The image's `serve` as a host process on a plain SageMaker model dir (read-only, no MAR-INF)."""
     model = tmp_path / "opt-ml-model"
@@ -487,6 +500,7 @@ def test_serve_entrypoint_serves_the_example(tmp_path, models, jpeg):
 # ------------------------------------------------------------------------------ localsage serve (CLI)
 
 
+@pytest.mark.integration
 def test_localsage_serve_tarball_with_entry_point_and_source_dir(tmp_path, models, jpeg):
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -505,6 +519,7 @@ def test_localsage_serve_tarball_with_entry_point_and_source_dir(tmp_path, model
         assert [p["label"] for p in r.json()["predictions"]][0].startswith("class_")  # no index_to_name.json
 
 
+@pytest.mark.integration
 def test_localsage_serve_prints_a_worker_load_failure(tmp_path):
     """A model_fn failing in TorchServe's worker: localsage serve prints the reason and exits 1."""
     model = write_module(tmp_path / "model", "def model_fn(model_dir):\n    raise OSError('no GPU in this worker')\n")
@@ -518,6 +533,7 @@ def test_localsage_serve_prints_a_worker_load_failure(tmp_path):
 # ------------------------------------------------------------------------------------- docker image
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_image_has_sagemaker_inference(image):
     out = subprocess.run(["docker", "run", "--rm", image, "python", "-c",
@@ -527,6 +543,7 @@ def test_image_has_sagemaker_inference(image):
     assert out.returncode == 0 and out.stdout.split() == ["application/json", "[1,", "2]"], out.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_container_serve_script_model(image, models, jpeg):
     (port,) = free_ports(1)
@@ -550,6 +567,7 @@ def test_container_serve_script_model(image, models, jpeg):
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_container_serve_exits_when_model_fn_fails(image, tmp_path):
     model = write_module(tmp_path / "model", "def model_fn(model_dir):\n    raise RuntimeError('bad weights')\n")
@@ -558,6 +576,7 @@ def test_container_serve_exits_when_model_fn_fails(image, tmp_path):
     assert r.returncode != 0 and "bad weights" in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 @pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
 def test_container_serve_exits_with_the_clear_reason_for_known_failures(image, tmp_path, case):
@@ -574,6 +593,7 @@ def test_container_serve_exits_with_the_clear_reason_for_known_failures(image, t
     assert "SageMakerV2DeprecationWarning" not in r.stdout + r.stderr  # SAGEMAKER_SUPPRESS_V2_WARNING=1
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_sagemaker_sdk_pytorch_model_local_deploy(image, models, jpeg, tmp_path):
     """The real SDK: PyTorchModel(file:// model.tar.gz, entry_point, source_dir).deploy(1, 'local')."""
@@ -754,6 +774,7 @@ def test_preflight_reason_is_the_last_traceback_not_a_trailing_warning(tmp_path,
     assert "Deprecation" not in str(e.value)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
 def test_serve_exits_with_the_clear_reason_for_known_failures(tmp_path, case):
     """The image's `serve` as a host process: fails fast (before TorchServe starts) with one clear reason."""
@@ -778,6 +799,7 @@ def test_serve_exits_with_the_clear_reason_for_known_failures(tmp_path, case):
     assert "Deprecation" not in reason[-1] and "migration guide" not in reason[-1], reason[-3:]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
 def test_localsage_serve_exits_with_the_clear_reason_for_known_failures(tmp_path, case):
     """`localsage serve`: the worker's load failure stops the server at once with the one clear reason."""
@@ -797,6 +819,7 @@ def test_localsage_serve_exits_with_the_clear_reason_for_known_failures(tmp_path
         assert r.stderr.count("InferenceSpec needs SDK v3") == 1 and "sagemaker.serve.constants" in r.stderr, r.stderr
 
 
+@pytest.mark.integration
 def test_localsage_serve_env_loads_a_trusted_whole_pickled_model(tmp_path):
     """--env TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 reaches the workers: the same model serves."""
     model = whole_pickle_model(tmp_path / "model")

@@ -23,7 +23,7 @@ import yaml
 
 from conftest import REQUIRED, ROOT
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
 CLIENTS = ROOT / "tests" / "clients"
 EXAMPLE = ROOT / "examples" / "dog-breeds"

@@ -175,6 +175,7 @@ def test_side_ports_are_free_distinct_and_avoid_taken_ones():
                 s.bind(("127.0.0.1", p))
 
 
+@pytest.mark.integration
 def test_export_writes_torchserve_dir(model_dir):
     """The training job's model/ is a TorchServe model directory as exported (no extra step)."""
     manifest = json.loads((model_dir / serving.MANIFEST).read_text())
@@ -186,6 +187,7 @@ def test_export_writes_torchserve_dir(model_dir):
     assert (model_dir / "model-config.yaml").is_file()
 
 
+@pytest.mark.integration
 def test_torchserve_dir_contents(served_model_dir):
     import yaml
 
@@ -215,6 +217,7 @@ def test_handler_does_not_import_localsage():
     assert {"handler_defaults", "handler_errors", "handler_requests", "handler_images"} <= siblings
 
 
+@pytest.mark.integration
 def test_mar_package(mar):
     import zipfile
 
@@ -226,6 +229,7 @@ def test_mar_package(mar):
     assert manifest["model"]["modelName"] == "demo-mar"
 
 
+@pytest.mark.integration
 def test_preprocessing_matches_training_eval_transform(served_model_dir, test_images):
     """The handler's pixels are exactly the training eval transform's (resize, crop, normalise)."""
     import torch
@@ -262,6 +266,7 @@ def _variants(jpeg):
     }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant", ["jpeg", "png", "grayscale", "rgba", "palette", "cmyk", "webp", "big-jpeg"])
 def test_raw_image_bodies(predict_url, sample_jpeg, classes, variant):
     body, ctype = _variants(sample_jpeg)[variant]
@@ -271,6 +276,7 @@ def test_raw_image_bodies(predict_url, sample_jpeg, classes, variant):
     check_predictions(r.json()["predictions"], classes, min(5, len(classes)))
 
 
+@pytest.mark.integration
 def test_put_without_content_type(predict_url, sample_jpeg, classes):
     """`curl -T img.jpg URL` sends a PUT with no image content type."""
     r = requests.put(predict_url, data=sample_jpeg, timeout=T)
@@ -278,6 +284,7 @@ def test_put_without_content_type(predict_url, sample_jpeg, classes):
     check_predictions(r.json()["predictions"], classes, 5)
 
 
+@pytest.mark.integration
 def test_base64_json(predict_url, sample_jpeg, classes):
     b64 = base64.b64encode(sample_jpeg).decode()
     r = requests.post(predict_url, json={"image": b64, "topk": 3}, timeout=T)
@@ -292,6 +299,7 @@ def test_base64_json(predict_url, sample_jpeg, classes):
     check_predictions(r.json()["predictions"], classes, 1)
 
 
+@pytest.mark.integration
 def test_base64_json_images_list(predict_url, sample_jpeg, test_images, classes):
     images = [base64.b64encode(p.read_bytes()).decode() for p, _ in test_images[:3]]
     r = requests.post(predict_url, json={"images": images, "topk": 2}, timeout=T)
@@ -302,6 +310,7 @@ def test_base64_json_images_list(predict_url, sample_jpeg, test_images, classes)
         check_predictions(p, classes, 2)
 
 
+@pytest.mark.integration
 def test_multipart(predict_url, sample_jpeg, classes):
     r = requests.post(predict_url, files={"data": ("dog.jpg", sample_jpeg, "image/jpeg")}, data={"topk": "2"},
                       timeout=T)
@@ -309,6 +318,7 @@ def test_multipart(predict_url, sample_jpeg, classes):
     check_predictions(r.json()["predictions"], classes, 2)
 
 
+@pytest.mark.integration
 def test_topk_header_query_and_max(server, predict_url, sample_jpeg, classes):
     r = requests.post(predict_url, data=sample_jpeg,
                       headers={"Content-Type": "image/jpeg", "X-Topk": str(len(classes))}, timeout=T)
@@ -346,6 +356,7 @@ def _model_copy(served_model_dir, tmp_path, **config):
     return copy, cfg
 
 
+@pytest.mark.integration
 def test_preprocess_spec_read_from_model_config(served_model_dir, tmp_path, predict_url, sample_jpeg):
     """The handler's preprocessing is model_config.json's "preprocess" spec: sizes, interpolation,
     antialias and EXIF policy all come from it; without it (older models) it is derived from
@@ -388,6 +399,7 @@ def test_preprocess_spec_read_from_model_config(served_model_dir, tmp_path, pred
             handler.preprocess_spec({**cfg, "preprocess": bad})
 
 
+@pytest.mark.integration
 def test_accuracy_on_held_out_images_through_batching(predict_url, test_images, trained_job, server, classes):
     """All held-out demo images, sent concurrently so TorchServe batches them: the served labels
     reach the job's own test accuracy (same preprocessing), which is >= 0.9."""
@@ -416,6 +428,7 @@ def max_logged_batch(server):
     return max(sizes)
 
 
+@pytest.mark.integration
 def test_mar_model_serves_same_predictions(server, sample_jpeg):
     headers = {"Content-Type": "image/jpeg"}
     a = requests.post(server.url + "/predictions/demo", data=sample_jpeg, headers=headers, timeout=T).json()
@@ -511,6 +524,7 @@ BAD = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_gets_4xx_and_server_keeps_serving(predict_url, sample_jpeg, classes, case):
     assert len(classes) == 6  # the topk cases assume the 6-class demo model
@@ -523,6 +537,7 @@ def test_bad_input_gets_4xx_and_server_keeps_serving(predict_url, sample_jpeg, c
     assert_alive(predict_url, sample_jpeg)
 
 
+@pytest.mark.integration
 def test_bad_item_fails_only_itself_in_a_batch(predict_url, sample_jpeg, server):
     """Good JPEGs batched with truncated ones, 200,000-deep JSON and 5,000-digit topk values (which
     escaped the handler before and made TorchServe answer 503 for the whole batch): every good
@@ -568,6 +583,7 @@ class FakeContext:
         self.types[idx] = value
 
 
+@pytest.mark.integration
 def test_one_request_failure_never_fails_its_batch(served_model_dir, sample_jpeg, monkeypatch):
     """In-process batches: an unexpected exception while decoding one request is that request's own
     400; a forward pass that fails for one image is that request's own 500; the rest answer."""
@@ -603,6 +619,7 @@ def test_one_request_failure_never_fails_its_batch(served_model_dir, sample_jpeg
     assert set(ctx.types.values()) == {"application/json"}
 
 
+@pytest.mark.integration
 def test_extreme_aspect_ratio_is_cropped_before_resizing(served_model_dir, predict_url, classes):
     """An 86-byte 2000x1 PNG used to become a 3x256x512000 tensor (393 MB; 20000x1: ~4 GB): the image
     is centre-cropped to max_aspect before the resize, so the resize input and output stay small."""
@@ -633,6 +650,7 @@ def test_extreme_aspect_ratio_is_cropped_before_resizing(served_model_dir, predi
     assert seen[-1][0] == (3, 200, 300)  # ordinary ratios untouched (the training transform exactly)
 
 
+@pytest.mark.integration
 def test_time_budgets_per_request_and_per_batch(served_model_dir, sample_jpeg):
     """A request may not spend more than request_time_s decoding (413 before its next image); once a
     batch has spent its share of the response timeout, requests not yet started get a 503 to retry.
@@ -684,6 +702,7 @@ def _listening_ports(root_pid):
     return ports
 
 
+@pytest.mark.integration
 def test_local_config_is_loopback_only_and_model_api_off(server):
     props = serving.read_properties(ROOT / "serve" / "config.properties")
     for key in ("inference_address", "metrics_address"):
@@ -714,6 +733,7 @@ def test_shipped_config_has_no_fixed_folder_and_management_stays_off_the_network
         shutil.rmtree(server.workdir, ignore_errors=True)
 
 
+@pytest.mark.integration
 def test_serve_config_as_shipped_starts_plain_torchserve(tmp_path):
     """`torchserve --ts-config serve/config.properties` as a user would run it: it stays up, /ping answers and
     management answers on loopback. Only the port numbers move (this machine's 8080 may be taken)."""
@@ -754,6 +774,7 @@ def test_serve_config_as_shipped_starts_plain_torchserve(tmp_path):
         log.close()
 
 
+@pytest.mark.integration
 def test_local_management_api_is_private_and_fetches_no_url(server, served_model_dir):
     """`localsage serve`'s TorchServe: the management API is only a unix socket in the server's 0700
     folder (no TCP port any local user or a web page posting to loopback could reach); registering
@@ -787,6 +808,7 @@ def test_local_management_api_is_private_and_fetches_no_url(server, served_model
     assert status == 200 and desc[0]["workers"]
 
 
+@pytest.mark.integration
 def test_predict_cli_prints_a_table(server, test_images, classes, capsys):
     parser = argparse.ArgumentParser()
     cli_serve.add_parser(parser.add_subparsers(dest="command"))
@@ -866,6 +888,7 @@ def _unix_get(sock_path, path):
     return resp.status, resp.read()
 
 
+@pytest.mark.integration
 def test_sagemaker_serve_entrypoint(served_model_dir, tmp_path, sample_jpeg, classes):
     model = tmp_path / "opt-ml-model"
     shutil.copytree(served_model_dir, model)
@@ -937,6 +960,7 @@ def test_sagemaker_serve_entrypoint(served_model_dir, tmp_path, sample_jpeg, cla
     assert not os.path.exists(workdir)
 
 
+@pytest.mark.integration
 def test_serve_entrypoint_rejects_non_torchserve_dir(tmp_path):
     env = {**os.environ, "LOCALSAGE_MODEL_DIR": str(tmp_path)}
     r = subprocess.run([sys.executable, str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=T)
@@ -950,6 +974,7 @@ def test_serve_entrypoint_rejects_non_torchserve_dir(tmp_path):
 # ------------------------------------------------------------------------- container (docker image)
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_container_serve(image, served_model_dir, sample_jpeg, classes):
     (port,) = free_ports(1)
@@ -976,6 +1001,7 @@ def test_container_serve(image, served_model_dir, sample_jpeg, classes):
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
+@pytest.mark.integration
 @pytest.mark.docker
 def test_sagemaker_sdk_local_mode_deploy(image, trained_job, sample_jpeg, classes, tmp_path):
     """The real SDK v2 local mode: Model(image, file:// model.tar.gz).deploy(1, 'local'), predict, delete."""

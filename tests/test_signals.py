@@ -22,6 +22,8 @@ from conftest import TINY_HP
 from localsage import files, procs, runner
 from localsage.backends import docker as docker_backend
 
+pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
+
 ROOT = Path(__file__).resolve().parent.parent
 LONG_HP = {**TINY_HP, "epochs": "200", "max-steps": "0", "workers": "0", "threads": "1"}
 

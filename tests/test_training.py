@@ -27,6 +27,7 @@ def tar_names(path):
 
 # ---------------------------------------------------------------- end to end through the runner
 
+@pytest.mark.integration
 def test_trained_job_reaches_accuracy_and_packs_artifacts(trained_job):
     job_dir = Path(trained_job["JobDir"])
     final = {m["MetricName"]: m["Value"] for m in trained_job["FinalMetricDataList"]}
@@ -45,6 +46,7 @@ def test_trained_job_reaches_accuracy_and_packs_artifacts(trained_job):
     assert resources["current_host"] == "algo-1" and resources["hosts"] == ["algo-1"]
 
 
+@pytest.mark.integration
 def test_metric_lines_parse_with_the_published_regexes(trained_job):
     log = Path(trained_job["LogFile"]).read_text()
     epochs = int(trained_job["Summary"]["epochs_run"])
@@ -57,6 +59,7 @@ def test_metric_lines_parse_with_the_published_regexes(trained_job):
     assert [r["epoch"] for r in rows if "epoch" in r] == list(range(1, epochs + 1))
 
 
+@pytest.mark.integration
 def test_exported_model_loads_without_training_code_and_predicts(trained_job, demo_data):
     from PIL import Image
 
@@ -77,6 +80,7 @@ def test_exported_model_loads_without_training_code_and_predicts(trained_job, de
     assert correct / total >= 0.8
 
 
+@pytest.mark.integration
 def test_jobs_list_and_describe(trained_job, jobs_dir, capsys):
     assert cli_main(["jobs", "list", "--jobs-dir", str(jobs_dir)]) == 0
     out = capsys.readouterr().out
@@ -123,6 +127,7 @@ def run_entry(root: Path, env_extra=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.integration
 def test_entrypoint_on_handmade_opt_ml(tmp_path, small_data):
     root = make_ml_root(tmp_path / "ml", small_data, TINY_HP)
     proc = run_entry(root)
@@ -134,6 +139,7 @@ def test_entrypoint_on_handmade_opt_ml(tmp_path, small_data):
     assert summary["classes"] == ["Red_circle", "Green_square"]
 
 
+@pytest.mark.integration
 def test_entrypoint_single_training_channel_and_sm_env(tmp_path, small_data):
     root = make_ml_root(tmp_path / "ml", small_data, TINY_HP, separate_channels=False)
     other_model_dir = tmp_path / "elsewhere"
@@ -146,6 +152,7 @@ def test_entrypoint_single_training_channel_and_sm_env(tmp_path, small_data):
 
 # ---------------------------------------------------------------- bad input
 
+@pytest.mark.integration
 @pytest.mark.parametrize("hp, needle", [
     ({"learning-rate": "0.1"}, "unknown hyperparameter"),
     ({"lr": "-1"}, "lr='-1'"),
@@ -166,6 +173,7 @@ def _copy(src, dst):
     return dst
 
 
+@pytest.mark.integration
 def test_missing_channel(tmp_path, small_data, jobs_dir):
     data = _copy(small_data, tmp_path / "d")
     shutil.rmtree(data / "valid")
@@ -174,6 +182,7 @@ def test_missing_channel(tmp_path, small_data, jobs_dir):
     assert "valid" in record["FailureReason"] and "not found" in record["FailureReason"]
 
 
+@pytest.mark.integration
 def test_empty_class_folder(tmp_path, small_data, jobs_dir):
     data = _copy(small_data, tmp_path / "d")
     for f in (data / "train" / "002.Green_square").iterdir():
@@ -183,6 +192,7 @@ def test_empty_class_folder(tmp_path, small_data, jobs_dir):
     assert "002.Green_square" in record["FailureReason"] and "no images" in record["FailureReason"]
 
 
+@pytest.mark.integration
 def test_mismatched_classes(tmp_path, small_data, jobs_dir):
     data = _copy(small_data, tmp_path / "d")
     (data / "valid" / "002.Green_square").rename(data / "valid" / "002.Green_squares")
@@ -191,6 +201,7 @@ def test_mismatched_classes(tmp_path, small_data, jobs_dir):
     assert "class folders differ" in record["FailureReason"] and "Green_squares" in record["FailureReason"]
 
 
+@pytest.mark.integration
 def test_corrupt_images_skipped_and_counted_or_strict(tmp_path, jobs_dir):
     from localsage.data import make_demo_data
 
@@ -231,6 +242,7 @@ socket.socket.connect, socket.getaddrinfo = _blocked_connect, _blocked_getaddrin
 """
 
 
+@pytest.mark.integration
 def test_pretrained_weights_offline_fail_before_training(tmp_path, small_data, jobs_dir):
     blocker = tmp_path / "no-network"
     blocker.mkdir()
@@ -278,6 +290,7 @@ def wait_for(predicate, timeout, interval=0.2):
     return False
 
 
+@pytest.mark.integration
 def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, small_data):
     hp = {**TINY_HP, "epochs": "4", "max-steps": "0"}
     root = make_ml_root(tmp_path / "ml", small_data, hp)
@@ -304,6 +317,7 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, small_data):
     assert (root / "model" / export.WEIGHTS_FILE).exists()
 
 
+@pytest.mark.integration
 def test_runner_stop_records_stopped(small_data, jobs_dir):
     hp = {**TINY_HP, "epochs": "5", "max-steps": "0"}
     record = runner.train(small_data, hp, jobs_dir=jobs_dir, echo=False, on_metrics=lambda m: m["epoch"] >= 1)

@@ -59,6 +59,7 @@ def test_default_space_compiles_to_optuna_and_sagemaker():
     assert tune.build({}, {}).space["lr"].grid() == pytest.approx([1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5, 1e-1])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("config, needle", [
     ({"space": {"lr": {"type": "float", "min": 0.1, "max": 0.01}}}, "min (0.1) must be less than max (0.01)"),
     ({"space": {"lr": {"type": "float", "min": 0.0, "max": 0.1, "scale": "log"}}}, "log scale needs min > 0"),
@@ -171,6 +172,7 @@ def test_sagemaker_tuner_without_aws_credentials_is_a_clear_error(tmp_path, monk
 
 # ---------------------------------------------------------------- local studies of real jobs
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_data, capsys):
     jobs = tmp_path / "jobs"
@@ -259,6 +261,7 @@ def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path,
     assert json.loads((jobs / "tune-crash" / "best_hyperparameters.json").read_text())["freeze"] == "none"
 
 
+@pytest.mark.integration
 def test_a_trial_past_max_run_is_stopped_failed_and_counted(tmp_path, small_data):
     """max_run is SageMaker's MaxRuntimeInSeconds for every trial: a script that hangs (e.g. smdebug's writer
     thread dead on a full disk) is stopped, its trial fails with the reason and counts against the budget."""
@@ -377,6 +380,7 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.integration
 def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres):
     config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED, trials=4, pruner="none",
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
@@ -433,6 +437,7 @@ def test_trial_job_names_fit_sagemaker():
 
 # ---------------------------------------------------------------- liveness that survives containers
 
+@pytest.mark.integration
 def test_resume_fails_trials_by_heartbeat_not_by_hostname_or_pid(tmp_path, small_data):
     t = tune.build({"fixed": TINY_FIXED}, {"data": str(small_data), "study": "beats", "trials": 5}, jobs_dir=tmp_path)
     study = tune.Study(t, echo=False, log=lambda line: None).study
@@ -465,6 +470,7 @@ def test_resume_fails_trials_by_heartbeat_not_by_hostname_or_pid(tmp_path, small
 
 # ---------------------------------------------------------------- storage URLs keep their secrets
 
+@pytest.mark.integration
 def test_storage_password_is_never_printed_and_the_url_can_come_from_the_environment(tmp_path, small_data, capsys,
                                                                                      monkeypatch):
     with socket.socket() as s:
@@ -493,6 +499,7 @@ def test_storage_password_is_never_printed_and_the_url_can_come_from_the_environ
 
 # ---------------------------------------------------------------- what every trial shares, checked once
 
+@pytest.mark.integration
 def test_missing_weights_or_bad_data_stop_the_study_before_any_trial(tmp_path, small_data, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # a fresh machine: no cached weights
 
