@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import contract, files, metrics, procs
+from . import backends, contract, files, metrics, procs
 from .scriptjob import copy_inference_code
 
 RECORD = "job.json"
@@ -19,7 +18,7 @@ RECORD = "job.json"
 LOG = "train.log"
 
 
-BACKEND_INFO = "backend.json"
+BACKEND_INFO = backends.INFO_FILE
 
 
 # SageMaker's TrainingJobName rule: letters, digits and (single or repeated) hyphens, at most 63
@@ -168,10 +167,9 @@ def describe(name, jobs_dir=None, refresh=False) -> dict:
     if not (job_dir / RECORD).exists():
         raise FileNotFoundError(f"no job named {name!r} in {job_dir.parent}")
     record = {**reconcile(job_dir, read_record(job_dir)), **backend_info(job_dir)}
-    if refresh and record.get("Backend") == "sagemaker" and record.get("TrainingJobArn"):
-        from .backends.sagemaker import refresh as refresh_remote
-
-        record = refresh_remote(record)
+    known = backends.BACKENDS.get(record.get("Backend"))
+    if refresh and known is not None and known.remote and record.get("TrainingJobArn"):
+        record = backends.get(record["Backend"]).refresh(record)
     return record
 
 
@@ -183,19 +181,8 @@ def reconcile(job_dir: Path, record: dict, engine=None) -> dict:
     if record.get("TrainingJobStatus") != "InProgress" or procs.alive(record.get("Owner")) is not False:
         return record
     owner = record["Owner"]
-    info = backend_info(job_dir)
-    child = info.get("Process")
-    if child and procs.terminate(child, signal.SIGKILL):
-        pass
-    container = info.get("Container")
-    if container and record.get("Backend") == "docker":
-        from .backends import docker as docker_backend
-
-        docker_backend.remove(container, engine)
-    elif record.get("Backend") == "sagemaker-local":  # the SDK's algo-N containers (and its compose then exits)
-        from .backends import docker as docker_backend
-
-        docker_backend.remove_owned(record["TrainingJobName"], owner, engine)
+    if record.get("Backend") in backends.BACKENDS:
+        backends.get(record["Backend"]).reap_orphan(record, backend_info(job_dir), engine)
     started = datetime.fromisoformat(record["TrainingStartTime"]) if record.get("TrainingStartTime") else None
     elapsed = (datetime.now(timezone.utc) - started).total_seconds() if started else 0.0
     reason = (f"the localsage process that ran the job (pid {owner.get('pid')}) ended without recording "

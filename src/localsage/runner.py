@@ -120,10 +120,10 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     """
     jobs_dir = jobs_root(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    module = backends.get(backend)
+    module, traits = backends.get(backend), backends.traits(backend)
     backends.check_instance_count(backend, instance_count)
     # containers and records a killed localsage left behind
-    reap(jobs_dir, docker=backend in ("docker", "sagemaker-local"))
+    reap(jobs_dir, docker=traits.containers)
     script = None
     if entry_point:
         script = Script(entry_point, Path(source_dir) if source_dir else None, distribution_of(distribution),
@@ -139,7 +139,7 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
         job_path = (Path(jobs_dir) / check_name(name)).resolve()
         restart = reuse_for_restart(job_path)
         if script is not None:
-            submit = (str(contract.code_dir(job_path)) if backend == "process"
+            submit = (str(contract.code_dir(job_path)) if not traits.in_container
                       else contract.container_path(contract.CODE_SUBDIR))
             hps = script_hyperparameters(script, hyperparameters or {}, submit, name)
         else:
@@ -162,10 +162,10 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
             raise FileExistsError(f"could not find a free job name in {jobs_dir}")
     env = dict(env or {})
     if script is not None or debugger_hook_config:  # the built-in trainer takes SageMaker's hook config too
-        env.update(write_debug_config(job_dir, backend, debug, debugger_hook_config))
+        env.update(write_debug_config(job_dir, traits, debug, debugger_hook_config))
     if script is not None:
         copy_source(script, job_dir)
-        if backend == "process":
+        if not traits.in_container:
             env[contract.PIP_TARGET_ENV] = str(contract.code_dir(job_dir) / ".deps")
     scraper.path = contract.metric_points_file(job_dir) if scraper.patterns else None
     spec = backends.JobSpec(name=name, dir=job_dir, channels=channels, hyperparameters=hps, image=image,
@@ -203,7 +203,7 @@ def train(data, hyperparameters: dict | None = None, backend: str = "process", n
     uri = tracking.tracking_uri(jobs_dir)
     run = tracking.start_job(record, job_dir, uri, tracking_parent) if uri else None
     if run is not None and script is not None:
-        spec.env.update(tracking.script_env(run, uri, in_container=backend != "process", job_env=spec.env))
+        spec.env.update(tracking.script_env(run, uri, in_container=traits.in_container, job_env=spec.env))
 
     stop = stop or threading.Event()
     stop_reason = []

@@ -79,12 +79,14 @@ def copy_source(script: Script, job_dir: Path) -> Path:
     return dest
 
 
-def write_debug_config(job_dir: Path, backend: str, debug: bool, hook_parameters: dict | None) -> dict:
-    """input/config/debughookconfig.json (SageMaker's shape) and the job's env telling the container."""
+def write_debug_config(job_dir: Path, traits, debug: bool, hook_parameters: dict | None) -> dict:
+    """input/config/debughookconfig.json (SageMaker's shape) where the backend reads the job folder's config
+    (traits: its backends.Traits), and the job's env telling the container (SDK local mode writes no file)."""
     if not debug:
         return {contract.DEBUG_HOOK_ENV: "off"}
-    local_path = contract.tensors_dir(job_dir) if backend == "process" else contract.container_path("output", "tensors")
-    if backend in ("process", "docker"):
+    local_path = (contract.container_path("output", "tensors") if traits.in_container
+                  else contract.tensors_dir(job_dir))
+    if traits.reads_job_config:
         config = contract.default_debughookconfig(local_path, hook_parameters)
         contract.debughookconfig_file(job_dir).write_text(json.dumps(config, indent=2))
     return {contract.DEBUG_HOOK_ENV: json.dumps({str(k): str(v) for k, v in (hook_parameters or {}).items()})}

@@ -1,6 +1,7 @@
 """Backends run a prepared job folder (laid out as /opt/ml) and report its exit code.
 
-A backend is a module with `run(job: JobSpec, log, stop) -> int`:
+A backend is a module with `run(job: JobSpec, log, stop) -> int` and `reap_orphan(record, info, engine)`,
+registered with its traits in BACKENDS:
 - `log(line)` receives every log line as it is produced (the runner parses metrics from it);
 - `stop` is a threading.Event: when set, stop the job gracefully (SIGTERM, then kill after a grace period).
 """
@@ -11,11 +12,40 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-INFO_FILE = "backend.json"  # runner.BACKEND_INFO: fields merged into the job record
-
-NAMES = {"process": "process", "docker": "docker", "sagemaker-local": "sagemaker_local", "sagemaker": "sagemaker"}
+INFO_FILE = "backend.json"  # <job>/backend.json: fields a backend leaves for the job record
 STOP_GRACE_SECONDS = 30
-MULTI_HOST = ("sagemaker-local", "sagemaker")  # the others run one instance: this machine, or one container
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What makes a backend different, declared once: the rest of localsage asks these, never its name.
+    Adding a backend is its module (run(job, log, stop) and reap_orphan(record, info, engine)) plus one line
+    in BACKENDS."""
+    module: str  # its module in this package
+    in_container: bool  # the job sees /opt/ml inside a container (else the job folder's own paths)
+    multi_host: bool  # runs several instances (the others refuse an instance count above 1)
+    local_gpus: bool  # this machine's GPUs are its to share among parallel trials
+    reads_job_config: bool  # the job folder's input/config reaches the job as it is (a debughookconfig.json too)
+    containers: bool  # what it runs are containers, reaped when the localsage that started them is gone
+    remote: bool  # runs in the cloud: its record can be refreshed from there
+
+
+BACKENDS = {
+    "process": Traits("process", in_container=False, multi_host=False, local_gpus=True, reads_job_config=True,
+                      containers=False, remote=False),
+    "docker": Traits("docker", in_container=True, multi_host=False, local_gpus=True, reads_job_config=True,
+                     containers=True, remote=False),
+    "sagemaker-local": Traits("sagemaker_local", in_container=True, multi_host=True, local_gpus=False,
+                              reads_job_config=False, containers=True, remote=False),
+    "sagemaker": Traits("sagemaker", in_container=True, multi_host=True, local_gpus=False, reads_job_config=False,
+                        containers=False, remote=True),
+}
+
+
+def traits(name: str) -> Traits:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
 
 
 def check_instance_count(backend: str, count) -> None:
@@ -23,7 +53,7 @@ def check_instance_count(backend: str, count) -> None:
     fewer hosts than the record says)."""
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"instance_count must be a whole number, at least 1, got {count!r}")
-    if count > 1 and backend not in MULTI_HOST:
+    if count > 1 and not traits(backend).multi_host:
         raise ValueError(f"the {backend} backend runs one instance, not {count}; use --backend sagemaker-local "
                          "(its hosts are containers on this machine) or sagemaker")
 
@@ -44,9 +74,7 @@ class JobSpec:
 
 
 def get(name: str):
-    if name not in NAMES:
-        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(NAMES)}")
-    return importlib.import_module(f"{__name__}.{NAMES[name]}")
+    return importlib.import_module(f"{__name__}.{traits(name).module}")
 
 
 def thread_share_env(cores: int, ways: int) -> dict:

@@ -168,3 +168,9 @@ def run(job, log, stop: threading.Event) -> int:
             container.remove(force=True)  # also kills it if we got here by an exception (Ctrl-C)
         except docker.errors.NotFound:
             pass
+
+
+def reap_orphan(record: dict, info: dict, engine=None) -> None:
+    """The job's container, when the localsage that ran it is gone."""
+    if info.get("Container"):
+        remove(info["Container"], engine)

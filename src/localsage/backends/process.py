@@ -48,3 +48,9 @@ def run(job, log, stop: threading.Event) -> int:
         log(line.rstrip("\n"))
     code = proc.wait()
     return code
+
+
+def reap_orphan(record: dict, info: dict, engine=None) -> None:
+    """The job's process, when the localsage that ran it is gone (SIGKILL: it may still be training)."""
+    if info.get("Process"):
+        procs.terminate(info["Process"], signal.SIGKILL)

@@ -17,9 +17,9 @@ from pathlib import Path
 from .. import contract
 from ..cloud import s3, session, training
 from ..cloud.constants import TRAINING_LOG_GROUP
+from . import INFO_FILE
 
 FINAL = ("Completed", "Failed", "Stopped")
-BACKEND_FILE = "backend.json"  # runner.BACKEND_INFO: merged into the job record
 
 
 def save(job_dir: Path, info: dict) -> None:
@@ -35,7 +35,7 @@ def save(job_dir: Path, info: dict) -> None:
     }
     if info.get("HyperParameters"):  # what SageMaker was sent (script mode adds sagemaker_program...)
         fields["HyperParameters"] = info["HyperParameters"]
-    atomic_write_json(Path(job_dir) / BACKEND_FILE, fields, default=str)
+    atomic_write_json(Path(job_dir) / INFO_FILE, fields, default=str)
 
 
 class LogTail:
@@ -160,3 +160,7 @@ def refresh(record: dict) -> dict:
     if record.get("TrainingJobStatus") == "InProgress":  # the local runner is gone; SageMaker knows
         record["TrainingJobStatus"] = described["TrainingJobStatus"]
     return record
+
+
+def reap_orphan(record: dict, info: dict, engine=None) -> None:
+    """Nothing of a cloud job runs on this machine (the job itself goes on in SageMaker: `jobs stop` stops it)."""

@@ -240,3 +240,10 @@ def run(job, log, stop: threading.Event) -> int:
         log("no output/failure was written by the containers")
     shutil.rmtree(work, ignore_errors=True)
     return code
+
+
+def reap_orphan(record: dict, info: dict, engine=None) -> None:
+    """The SDK's algo-N containers of the job (its compose then exits), when the localsage that ran it is gone."""
+    from .docker import remove_owned
+
+    remove_owned(record["TrainingJobName"], record["Owner"], engine)

@@ -1,6 +1,7 @@
 """`localsage demo`: the whole loop on generated data."""
 from __future__ import annotations
 
+from ..backends import BACKENDS
 from .common import at_least_one
 from .track import add_tracking_flag
 
@@ -18,7 +19,7 @@ def add_parser(subparsers):
                               help="the whole loop on generated data: tune, train, rules, report, serve, predict")
     p.add_argument("--data", default="data/demo")
     p.add_argument("--jobs-dir", default="jobs")
-    p.add_argument("--backend", default="process")
+    p.add_argument("--backend", default="process", help=" | ".join(BACKENDS))
     p.add_argument("--image")
     p.add_argument("--trials", type=at_least_one, default=TRIALS)
     p.add_argument("--parallel", type=at_least_one, default=1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..backends import BACKENDS
 from .common import at_least_one, fmt, pairs, parse_hp, print_table
 
 
@@ -48,7 +49,9 @@ def train_data(args):
 
 
 def cmd_train(args):
-    if args.backend == "sagemaker":
+    from .. import backends
+
+    if backends.traits(args.backend).remote:  # the cloud's own flags and request
         from .cloud import train_on_sagemaker
 
         if args.max_run is None:
@@ -120,7 +123,7 @@ def add_parser(sub) -> None:
                    help="an input channel (repeatable; instead of --data)")
     p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="hyperparameter (repeatable)")
     p.add_argument("--hp-file", help="JSON file of hyperparameters (e.g. best_hyperparameters.json)")
-    p.add_argument("--backend", default="process", help="process | docker | sagemaker-local | sagemaker")
+    p.add_argument("--backend", default="process", help=" | ".join(BACKENDS))
     p.add_argument("--name")
     p.add_argument("--jobs-dir")
     p.add_argument("--image", help="container image (docker and SageMaker backends)")

@@ -5,6 +5,7 @@ import json
 import signal
 import sys
 
+from ..backends import BACKENDS
 from ..tune import DEFAULT_SPACE, OBJECTIVE_TYPES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV, describe_space, parse_space
 from .common import print_table
 from .track import add_tracking_flag
@@ -42,7 +43,7 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=int)
     p.add_argument("--max-run", type=int, help="seconds a trial's job may run before it is stopped and failed "
                                                 "(SageMaker's MaxRuntimeInSeconds; default: no limit locally)")
-    p.add_argument("--backend", help="process | docker | sagemaker-local | sagemaker (SageMaker HPO)")
+    p.add_argument("--backend", help=" | ".join(BACKENDS) + " (SageMaker HPO)")
     p.add_argument("--image", help="container image (docker, sagemaker-local, sagemaker)")
     p.add_argument("--gpus", help="GPU ids for the parallel trials, e.g. 0,1 (default: all visible)")
     p.add_argument("--jobs-dir")
@@ -78,13 +79,13 @@ def tuning(args):
 
 
 def cmd_tune(args):
-    from .. import cloud, tune
+    from .. import backends, cloud, tune
 
     t = tuning(args)
     if t.space_note:
         print(t.space_note, file=sys.stderr)
     instance_type = args.instance_type or cloud.DEFAULT_INSTANCE_TYPE
-    if t.backend == "sagemaker":
+    if backends.traits(t.backend).remote:  # the same space as a SageMaker HPO request
         if args.dry_run:
             calls = tune.dry_run_calls(t, image=t.image, role=args.role, s3_data=args.s3_data,
                                        output_path=args.s3_output, instance_type=instance_type, region=args.region)

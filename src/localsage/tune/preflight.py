@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import hyperparameters, runner
+from .. import backends, hyperparameters, runner
 from .settings import Tuning
 from .space import TuneError
 
@@ -51,7 +51,7 @@ def _shared(t: Tuning, name: str):
 
 def _check_weights(t: Tuning) -> None:
     arch, weights = _shared(t, "arch"), _shared(t, "weights")
-    if arch is None or t.backend != "process":  # searched, or checked inside each container
+    if arch is None or backends.traits(t.backend).in_container:  # searched, or checked inside each container
         return
     from torchvision import models
 

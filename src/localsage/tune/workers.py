@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import runner
+from .. import backends, runner
 from . import preflight, results
 from .runs import StudyRun
 from .settings import Tuning
@@ -154,7 +154,7 @@ class Study:
         self.error = None  # why the study stopped itself (every trial would fail the same way)
         self.running = set()  # stop events of the running jobs
         self.active = {}  # trial number -> optuna Trial of this tuner's running trials (heartbeats)
-        self.gpus = visible_gpus(t.gpus) if t.backend in ("process", "docker") else []
+        self.gpus = visible_gpus(t.gpus) if backends.traits(t.backend).local_gpus else []
         self.runs = None  # the study's MLflow parent run (runs.StudyRun), made by run()
 
     # one trial = one job
