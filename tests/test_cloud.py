@@ -15,7 +15,7 @@ import moto
 import pytest
 from botocore.stub import Stubber
 
-from localsage import cli, cloud, runner
+from localsage import cli, cloud, records, runner
 from localsage.metrics import METRIC_DEFINITIONS
 
 REGION = "us-east-1"
@@ -223,7 +223,7 @@ def test_sagemaker_backend_runs_a_job_and_records_it(aws, sent, tmp_path):
     assert len(created) == 1
     dry = cloud.training_request(DATA, {"epochs": "1", "lr": "0.01"}, opts, name)["request"]
     assert created[0] == dry
-    assert runner.describe(name, tmp_path)["TrainingJobArn"] == arn
+    assert records.describe(name, tmp_path)["TrainingJobArn"] == arn
 
 
 def test_train_without_yes_creates_nothing(aws, tmp_path, capsys):
@@ -396,7 +396,7 @@ def trained_job_like(tmp_path):
     job_dir = tmp_path / "jobs" / "local-job"
     job_dir.mkdir(parents=True)
     (job_dir / "model.tar.gz").write_bytes(_tar_gz({"model.pth": b"weights"}))
-    runner.write_record(job_dir, {"TrainingJobName": "local-job", "TrainingJobStatus": "Completed",
+    records.write_record(job_dir, {"TrainingJobName": "local-job", "TrainingJobStatus": "Completed",
                                   "ModelArtifacts": {"S3ModelArtifacts": str(job_dir / "model.tar.gz")}})
     return "local-job"
 
@@ -466,9 +466,9 @@ def test_jobs_describe_refreshes_a_sagemaker_job(aws, tmp_path, capsys):
     aws.client("sagemaker").create_training_job(**call)  # moto: the job is Completed at once
     job_dir = tmp_path / name
     job_dir.mkdir()
-    runner.write_record(job_dir, {"TrainingJobName": name, "TrainingJobStatus": "InProgress", "Backend": "sagemaker"})
+    records.write_record(job_dir, {"TrainingJobName": name, "TrainingJobStatus": "InProgress", "Backend": "sagemaker"})
     (job_dir / "backend.json").write_text(json.dumps({"TrainingJobArn": "arn:x", "SageMaker": {"Region": REGION}}))
-    assert runner.describe(name, tmp_path)["TrainingJobArn"] == "arn:x"
+    assert records.describe(name, tmp_path)["TrainingJobArn"] == "arn:x"
     assert cli.main(["jobs", "describe", name, "--jobs-dir", str(tmp_path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["SageMaker"]["TrainingJobStatus"] == shown["TrainingJobStatus"] == "Completed"
@@ -547,7 +547,7 @@ def test_cli_train_with_yes_runs_the_job(aws, tmp_path, capsys):
                      "--spot", "--instance-count", "2", "--hp", "epochs=2", "--name", name,
                      "--jobs-dir", str(tmp_path)])
     assert code == 0, capsys.readouterr()
-    record = runner.describe(name, tmp_path)
+    record = records.describe(name, tmp_path)
     assert record["TrainingJobStatus"] == "Completed" and record["TrainingJobArn"].endswith(f"training-job/{name}")
     assert record["SageMaker"]["Spot"] is True and record["ResourceConfig"]["InstanceCount"] == 2
     assert (tmp_path / name / "model" / "model.pth").read_bytes() == b"weights"
@@ -794,7 +794,7 @@ def test_script_mode_run_uploads_the_source_then_creates_the_job(aws, sent, caps
     created = next(params for op, params in sent if op == "CreateTrainingJob")
     opts = options(entry_point="train_model.py", source_dir=str(project), metric_definitions=[TEST_LOSS])
     assert created == cloud.training_request(DATA, {"epochs": "2"}, opts, name)["request"]
-    record = runner.describe(name, tmp_path)
+    record = records.describe(name, tmp_path)
     assert record["TrainingJobStatus"] == "Completed"
     assert record["HyperParameters"]["sagemaker_program"] == '"train_model.py"'
     assert record["AlgorithmSpecification"]["MetricDefinitions"] == [

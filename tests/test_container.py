@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST_HP, TINY_HP
-from localsage import contract, export, metrics, runner
+from localsage import contract, export, metrics, records, runner
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -118,7 +118,7 @@ def test_docker_backend_completes_with_artifacts(engine, image, small_data, tmp_
     assert MODEL_FILES <= tar_names(job_dir / "model.tar.gz")
     assert "data/metrics.jsonl" in tar_names(job_dir / "output.tar.gz")
     assert record["EpochsCompleted"] == 1
-    assert "epoch=1;" in (job_dir / runner.LOG).read_text()
+    assert "epoch=1;" in (job_dir / records.LOG).read_text()
     assert job_containers(engine, "docker-ok") == []
 
 
@@ -193,7 +193,7 @@ def test_sagemaker_local_one_instance(engine, image, small_data, tmp_path):
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     assert MODEL_FILES <= tar_names(job_dir / "model.tar.gz")
     assert "data/metrics.jsonl" in tar_names(job_dir / "output.tar.gz")
-    log = (job_dir / runner.LOG).read_text()
+    log = (job_dir / records.LOG).read_text()
     assert "algo-1-" in log and "epoch=1;" in log  # the SDK's docker-compose output reached the job log
     # local mode writes no debughookconfig.json: the hook parameters reached the trainer all the same
     assert "smdebug hook from debughookconfig.json" in log
@@ -214,7 +214,7 @@ def test_sagemaker_local_two_instances_train_data_parallel(engine, image, demo_d
     record = runner.train(demo_data, hp, backend="sagemaker-local", image=image, jobs_dir=tmp_path, echo=False,
                           name="sm-local-2", instance_count=2)
     job_dir = Path(record["JobDir"])
-    log = (job_dir / runner.LOG).read_text()
+    log = (job_dir / records.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     for rank, host in ((0, "algo-1-"), (1, "algo-2-")):
         assert any(f"host={host}" in line and f"rank={rank} world_size=2" in line
@@ -238,7 +238,7 @@ def test_sagemaker_local_two_hosts_of_two_processes_share_the_cores_four_ways(en
                           image=image, jobs_dir=tmp_path, echo=False, name="sm-local-2x2", instance_count=2,
                           processes_per_host=2)
     job_dir = Path(record["JobDir"])
-    log = (job_dir / runner.LOG).read_text()
+    log = (job_dir / records.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     assert record["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "2"
     for rank, host, local in ((0, "algo-1-", 0), (1, "algo-1-", 1), (2, "algo-2-", 0), (3, "algo-2-", 1)):

@@ -96,7 +96,7 @@ def test_a_count_below_one_is_a_usage_error(tmp_path, capsys, argv):
 @pytest.mark.parametrize("backend", ["process", "docker"])
 def test_a_one_host_backend_refuses_more_hosts_before_any_job(tmp_path, capsys, backend):
     """--instance-count 2 on the process backend used to run one host under a record saying two."""
-    from localsage import runner
+    from localsage import records, runner
     from localsage.cli import main as cli_main
 
     jobs = tmp_path / "jobs"
@@ -107,7 +107,7 @@ def test_a_one_host_backend_refuses_more_hosts_before_any_job(tmp_path, capsys, 
     assert not jobs.exists() or not any(jobs.iterdir())
     with pytest.raises(ValueError, match="instance_count must be a whole number, at least 1, got 0"):
         runner.train(tmp_path, {}, backend="sagemaker-local", jobs_dir=jobs, instance_count=0)
-    assert runner.list_jobs(jobs) == []
+    assert records.list_jobs(jobs) == []
 
 
 def test_processes_per_host_is_the_toolkit_override_else_the_gpus_else_one():
@@ -211,7 +211,7 @@ def test_one_host_runs_a_process_per_slot_from_the_toolkit_override(tmp_path, sm
     """`train --processes-per-host 2` (the built-in trainer too) sends sagemaker_mpi_num_of_processes_per_host=2,
     how the AWS toolkit sets processes per host and how a CPU machine gets more than one: the trainer
     launches two gloo ranks on one host itself, each with half the cores."""
-    from localsage import runner
+    from localsage import records
     from localsage.cli import main as cli_main
     from localsage.data import default_workers
 
@@ -223,9 +223,9 @@ def test_one_host_runs_a_process_per_slot_from_the_toolkit_override(tmp_path, sm
         monkeypatch.delenv(name, raising=False)
     assert cli_main(args + [x for k, v in hp.items() for x in ("--hp", f"{k}={v}")]) == 0, (
         capsys.readouterr().out[-3000:])
-    record = runner.describe("two-ranks", jobs)
+    record = records.describe("two-ranks", jobs)
     assert record["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "2"
-    log = (jobs / "two-ranks" / runner.LOG).read_text()
+    log = (jobs / "two-ranks" / records.LOG).read_text()
     assert "rank=0 world_size=2 local_rank=0" in log and "rank=1 world_size=2 local_rank=1" in log
     threads = max(1, default_workers() // 2)
     assert log.count(f"threads={threads} ") >= 1, [line for line in log.splitlines() if "threads=" in line]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_HP
-from localsage import contract, hyperparameters, metrics, runner
+from localsage import contract, hyperparameters, metrics, records, runner
 from localsage.scriptmode import code as code_mod, env as env_mod, run as run_mod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,7 +371,7 @@ def test_checkpoints_survive_a_restart_with_the_same_name(small_data, tmp_path):
     second = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="again",
                           entry_point=str(tmp_path / "ckpt.py"))
     assert second["TrainingJobStatus"] == "Completed"
-    assert "run 2" in (Path(second["JobDir"]) / runner.LOG).read_text()
+    assert "run 2" in (Path(second["JobDir"]) / records.LOG).read_text()
 
 
 @pytest.mark.integration
@@ -381,7 +381,7 @@ def test_shell_entry_point(small_data, tmp_path):
                           entry_point=str(tmp_path / "run.sh"), debug=False)
     assert not contract.debughookconfig_file(record["JobDir"]).exists()  # --no-debug-tensors
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
-    log = (Path(record["JobDir"]) / runner.LOG).read_text()
+    log = (Path(record["JobDir"]) / records.LOG).read_text()
     assert "args: --epochs 2" in log and f"model: {record['JobDir']}/model" in log
 
 
@@ -400,7 +400,7 @@ def test_example_trains_on_the_process_backend(example_job):
     job_dir = Path(record["JobDir"])
     names = tar_names(job_dir / "model.tar.gz")
     assert {"model.pth", "model_info.json", "code/inference.py", "code/train.py"} <= names
-    log = (job_dir / runner.LOG).read_text()
+    log = (job_dir / records.LOG).read_text()
     final = {m["MetricName"]: m["Value"] for m in record["FinalMetricDataList"]}
     last_test = [line for line in log.splitlines() if "Test set: Average loss:" in line][-1]
     assert f"{final['test_loss']:.4f}" in last_test
@@ -423,7 +423,7 @@ def test_two_processes_train_data_parallel_with_torch_distributed(small_data, tm
     record = runner.train(small_data, EXAMPLE_HP, jobs_dir=tmp_path, echo=False, name="ddp",
                           entry_point="train.py", source_dir=EXAMPLE, distribution="torch_distributed",
                           processes_per_host=2, metric_definitions=[TEST_LOSS])
-    log = (Path(record["JobDir"]) / runner.LOG).read_text()
+    log = (Path(record["JobDir"]) / records.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     assert "rank 0/2" in log and "rank 1/2" in log, log[-3000:]
     assert "--nnodes 1 --nproc_per_node 2" in log and "--master_addr" not in log
@@ -505,7 +505,7 @@ def test_two_instances_torch_distributed_in_sdk_local_mode(image, small_data, tm
     record = runner.train(small_data, EXAMPLE_HP, backend="sagemaker-local", image=image, jobs_dir=tmp_path,
                           echo=False, name="sm-script-2", instance_count=2, entry_point="train.py",
                           source_dir=EXAMPLE, distribution="torch_distributed")
-    log = (Path(record["JobDir"]) / runner.LOG).read_text()
+    log = (Path(record["JobDir"]) / records.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     assert "rank 0/2" in log and "rank 1/2" in log, log[-3000:]
     assert "--master_addr" in log and "--node_rank" in log
@@ -524,7 +524,7 @@ def test_the_train_command_runs_a_script(probe_source, small_data, tmp_path):
     out = json.loads((tmp_path / "cli" / "model" / "probe.json").read_text())
     assert out["argv"][1:] == ["--arch", "resnet18", "--batch-size", "64", "--flag", "True"]
     assert out["env"]["FOO"] == "bar"
-    record = runner.read_record(tmp_path / "cli")
+    record = records.read_record(tmp_path / "cli")
     assert record["FinalMetricDataList"][0]["Value"] == 0.5
     bad = subprocess.run(cmd[:-10] + ["--name", "bad", "--metric-definition", "x=no group"],
                          capture_output=True, text=True)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import TINY_HP
-from localsage import files, procs, runner
+from localsage import files, procs, records, runner
 from localsage.backends import docker as docker_backend
 
 pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
@@ -64,7 +64,7 @@ def gone(identity) -> bool:
 
 
 def record_of(jobs_dir, name):
-    return json.loads((jobs_dir / name / runner.RECORD).read_text())
+    return json.loads((jobs_dir / name / records.RECORD).read_text())
 
 
 # ------------------------------------------------------------------ process backend
@@ -114,16 +114,16 @@ def test_a_dead_runner_is_reconciled_and_what_it_left_is_stopped(tmp_path):
     dead.wait()
     sleeper = subprocess.Popen(["sleep", "300"])
     try:
-        runner.write_record(job, {"TrainingJobName": "orphan", "TrainingJobStatus": "InProgress", "Backend": "process",
-                                  "TrainingStartTime": runner._now(), "Owner": owner})
+        records.write_record(job, {"TrainingJobName": "orphan", "TrainingJobStatus": "InProgress", "Backend": "process",
+                                  "TrainingStartTime": records._now(), "Owner": owner})
         (job / "backend.json").write_text(json.dumps({"Process": procs.identity(sleeper.pid)}))
         (jobs / "alive-one").mkdir()
-        runner.write_record(jobs / "alive-one", {"TrainingJobName": "alive-one", "TrainingJobStatus": "InProgress",
+        records.write_record(jobs / "alive-one", {"TrainingJobName": "alive-one", "TrainingJobStatus": "InProgress",
                                                  "Owner": procs.identity()})
-        described = runner.describe("orphan", jobs)
+        described = records.describe("orphan", jobs)
         assert described["TrainingJobStatus"] == "Stopped"
         assert sleeper.wait(10) == -signal.SIGKILL
-        statuses = {r["TrainingJobName"]: r["TrainingJobStatus"] for r in runner.list_jobs(jobs)}
+        statuses = {r["TrainingJobName"]: r["TrainingJobStatus"] for r in records.list_jobs(jobs)}
         assert statuses == {"orphan": "Stopped", "alive-one": "InProgress"}  # a live owner's job is left alone
     finally:
         if sleeper.poll() is None:
@@ -422,7 +422,7 @@ def test_torn_last_line_is_skipped_and_the_next_row_is_whole(tmp_path):
     job = tmp_path / "job"
     (job / "output" / "data").mkdir(parents=True)
     (job / "output" / "data" / "metrics.jsonl").write_text('{"epoch": 1, "valid_acc": 0.5}\n{"epoch": 2, "va')
-    assert runner.final_metrics(job) == {"epoch": 1, "valid_acc": 0.5}
+    assert records.final_metrics(job) == {"epoch": 1, "valid_acc": 0.5}
 
 
 def test_atomic_write_is_unique_per_writer_and_leaves_nothing(tmp_path):
@@ -476,5 +476,5 @@ def test_job_folder_is_created_exclusively(small_data, tmp_path):
     for t in threads:
         t.join()
     assert sum(isinstance(r, Path) for r in results) == 1
-    assert runner.check_name("x" * 63) and runner.check_name("a-b--c1")
-    assert runner.check_name(runner.job_name("my_study.v2" + "y" * 80 + "-t007"))  # generated names always pass
+    assert records.check_name("x" * 63) and records.check_name("a-b--c1")
+    assert records.check_name(records.job_name("my_study.v2" + "y" * 80 + "-t007"))  # generated names always pass

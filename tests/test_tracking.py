@@ -19,7 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from conftest import TINY_HP
-from localsage import procs, runner, tracking, tune
+from localsage import procs, records, runner, tracking, tune
 from localsage.cli import main as cli_main
 
 pytestmark = pytest.mark.integration
@@ -221,7 +221,7 @@ def test_a_killed_localsage_leaves_its_run_killed_not_running(tracked, small_dat
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert tracked.get_run(run_of(jobs / "killed")).info.status == "RUNNING"
-    record = runner.describe("killed", jobs)  # reconciles the orphan
+    record = records.describe("killed", jobs)  # reconciles the orphan
     assert record["TrainingJobStatus"] == "Stopped"
     run = tracked.get_run(run_of(jobs / "killed"))
     assert run.info.status == "KILLED" and "killed?" in run.data.tags["localsage.stop_reason"]

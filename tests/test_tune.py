@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import FAST_HP, TINY_HP
-from localsage import cloud, metrics, procs, runner, tune
+from localsage import cloud, metrics, procs, records, tune
 from localsage.cli import main as cli_main
 
 TINY_FIXED = {k: v for k, v in TINY_HP.items() if k not in ("lr", "batch-size")}
@@ -189,10 +189,10 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
     assert sorted(tr.number for tr in trials) == list(range(6))
     assert {tr.state.name for tr in trials} <= {"COMPLETE", "PRUNED"}
     # every trial is a job in the registry, tagged with its trial number, with its CPU-thread share
-    records = {r["TrainingJobName"]: r for r in runner.list_jobs(jobs)}
+    by_name = {r["TrainingJobName"]: r for r in records.list_jobs(jobs)}
     threads = str(max(1, procs.cores() // 2))
     for tr in trials:
-        record = records[tr.user_attrs["job_name"]]
+        record = by_name[tr.user_attrs["job_name"]]
         assert record["Tags"] == {"tune-study": "six", "tune-trial": str(tr.number)}
         assert (record["HyperParameters"]["lr"] == str(tr.params["lr"])
                 and record["HyperParameters"]["threads"] == threads)
@@ -201,7 +201,7 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
         assert record["HyperParameters"]["debug"] == "false"
         assert not (Path(record["JobDir"]) / "output/tensors").exists()
     # two workers: some jobs ran at the same time
-    spans = sorted((r["TrainingStartTime"], r["TrainingEndTime"]) for r in records.values())
+    spans = sorted((r["TrainingStartTime"], r["TrainingEndTime"]) for r in by_name.values())
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
     # results
     folder = jobs / "tune-six"
@@ -219,7 +219,7 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
     # the best hyperparameters file is directly usable by training
     assert cli_main(["train", "--data", str(demo_data), "--hp-file", str(folder / "best_hyperparameters.json"),
                      "--jobs-dir", str(jobs), "--name", "best"]) == 0
-    final = {m["MetricName"]: m["Value"] for m in runner.describe("best", jobs)["FinalMetricDataList"]}
+    final = {m["MetricName"]: m["Value"] for m in records.describe("best", jobs)["FinalMetricDataList"]}
     assert final["valid_acc"] >= 0.9, final
 
 
@@ -238,7 +238,7 @@ def test_pruning_stops_bad_learning_rates_early(tmp_path, small_data):
     assert pruned, "no trial pruned"
     for tr in pruned:
         assert tr.params["lr"] >= 5.0
-        record = runner.describe(tr.user_attrs["job_name"], jobs)
+        record = records.describe(tr.user_attrs["job_name"], jobs)
         assert record["TrainingJobStatus"] == "Stopped" and "stopped by the caller" in record["StopReason"]
         assert record["EpochsCompleted"] < epochs and tr.user_attrs["epochs_run"] == record["EpochsCompleted"]
         assert max(tr.intermediate_values) <= record["EpochsCompleted"] + 1
@@ -253,7 +253,7 @@ def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path,
     result = tune.run(tune.build(config, {"data": str(small_data), "study": "crash"}, jobs_dir=jobs), echo=False)
     failed, done = load("crash", jobs).get_trials()
     assert failed.state.name == "FAIL" and done.state.name == "COMPLETE"
-    record = runner.describe(failed.user_attrs["job_name"], jobs)
+    record = records.describe(failed.user_attrs["job_name"], jobs)
     assert record["TrainingJobStatus"] == "Failed"
     assert "no top-level layer 'nolayer'" in failed.user_attrs["failure_reason"]
     assert failed.user_attrs["failure_reason"] == record["FailureReason"]
@@ -279,10 +279,10 @@ def test_a_trial_past_max_run_is_stopped_failed_and_counted(tmp_path, small_data
     trials = load("hang", jobs).get_trials()
     assert [tr.state.name for tr in trials] == ["FAIL", "FAIL"] and result["trials"] == {"FAIL": 2}
     for tr in trials:
-        assert tr.user_attrs["failure_reason"].startswith(runner.MAX_RUNTIME), tr.user_attrs
+        assert tr.user_attrs["failure_reason"].startswith(records.MAX_RUNTIME), tr.user_attrs
         assert not tr.user_attrs.get("interrupted")  # counted: --resume does not run it again
-        record = runner.describe(tr.user_attrs["job_name"], jobs)
-        assert record["TrainingJobStatus"] == "Stopped" and record["SecondaryStatus"] == runner.MAX_RUNTIME
+        record = records.describe(tr.user_attrs["job_name"], jobs)
+        assert record["TrainingJobStatus"] == "Stopped" and record["SecondaryStatus"] == records.MAX_RUNTIME
     assert not [c for c in psutil.Process().children(recursive=True) if "hang.py" in " ".join(c.cmdline())]
     with pytest.raises(tune.TuneError, match="max_run"):
         tune.build({**config, "max_run": 0}, {"data": str(small_data), "study": "hang"}, jobs_dir=jobs)
@@ -303,7 +303,7 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
         time.sleep(1)
         trials = load("kill", jobs).get_trials() if journal.exists() else []
         started = [tr for tr in trials if tr.state.name == "RUNNING" and "job_dir" in tr.user_attrs
-                   and (Path(tr.user_attrs["job_dir"]) / runner.RECORD).exists()]
+                   and (Path(tr.user_attrs["job_dir"]) / records.RECORD).exists()]
         for tr in started:  # the tuner refreshes the heartbeat of the trial it runs
             beats.setdefault(tr.number, set()).add(tr.user_attrs["heartbeat"])
         if any(len(b) > 1 for b in beats.values()) and any(tr.state.name == "COMPLETE" for tr in trials):
@@ -331,13 +331,13 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
     trials = load("kill", jobs).get_trials()
     stale = trials[running[0]]
     assert stale.state.name == "FAIL" and stale.user_attrs["interrupted"] is True
-    assert runner.describe(stale.user_attrs["job_name"], jobs)["TrainingJobStatus"] == "Failed"
+    assert records.describe(stale.user_attrs["job_name"], jobs)["TrainingJobStatus"] == "Failed"
     complete = {tr.number: tr.user_attrs["job_name"] for tr in trials if tr.state.name == "COMPLETE"}
     assert len(complete) == 3  # the budget, the stale trial not counted
     assert all(complete[n] == job for n, job in before.items())  # completed trials kept, not rerun
     params = [tr.params["lr"] for tr in trials]
     assert len(set(params)) == len(params)  # the resumed tuner did not replay the first one's random draws
-    trial_jobs = [r for r in runner.list_jobs(jobs) if r["Tags"].get("tune-study") == "kill"]
+    trial_jobs = [r for r in records.list_jobs(jobs) if r["Tags"].get("tune-study") == "kill"]
     assert len(trial_jobs) == len(trials) == 4  # one job per trial: nothing ran twice
 
 
@@ -399,10 +399,10 @@ def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres
     assert sorted(tr.number for tr in trials) == list(range(4))  # no collision, total = the budget
     assert all(tr.state.name == "COMPLETE" for tr in trials)
     assert len({tr.params["lr"] for tr in trials}) == 4  # the second tuner drew its own params
-    per_machine = [len([r for r in runner.list_jobs(tmp_path / f"machine{i}")]) for i in range(2)]
+    per_machine = [len([r for r in records.list_jobs(tmp_path / f"machine{i}")]) for i in range(2)]
     assert sum(per_machine) == 4 and min(per_machine) >= 1, per_machine  # both tuners ran trials of the one study
     jobs_of = {tr.user_attrs["job_name"] for tr in trials}
-    assert jobs_of == {r["TrainingJobName"] for i in range(2) for r in runner.list_jobs(tmp_path / f"machine{i}")}
+    assert jobs_of == {r["TrainingJobName"] for i in range(2) for r in records.list_jobs(tmp_path / f"machine{i}")}
 
 
 # ---------------------------------------------------------------- the package: layers, sizes, a light CLI
@@ -562,7 +562,7 @@ def test_sigterm_stops_the_running_trials_and_leaves_no_process(tmp_path, small_
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
     assert _processes_of(job_dir) == []  # the job's process is gone too
-    record = runner.describe(job_dir.name, jobs)
+    record = records.describe(job_dir.name, jobs)
     assert record["TrainingJobStatus"] == "Stopped" and "SIGTERM" in record["StopReason"]
     (trial,) = load("sig_term", jobs).get_trials()  # no second trial started
     assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True and not tune.counted(trial)
@@ -652,7 +652,7 @@ def test_tune_a_script_prunes_a_hopeless_lr_and_values_are_the_last_matches(tmp_
     hopeless = trials[1]
     assert hopeless.params["lr"] == 100.0 and hopeless.state.name == "PRUNED"
     for tr in trials:
-        record = runner.describe(tr.user_attrs["job_name"], jobs)
+        record = records.describe(tr.user_attrs["job_name"], jobs)
         matches = [float(m) for m in re.findall(VALID_LOSS, Path(record["LogFile"]).read_text())]
         assert matches, tr.number
         assert list(tr.intermediate_values.values()) == pytest.approx(matches, nan_ok=True)  # every match, in order

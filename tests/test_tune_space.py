@@ -11,7 +11,7 @@ import psutil
 import pytest
 import yaml
 
-from localsage import runner, tune
+from localsage import records, tune
 from localsage.cli import build_parser, main as cli_main, tune as cli_tune
 
 TEST_LOSS = "test_loss=Test set: Average loss: ([0-9.]+)"
@@ -157,7 +157,7 @@ def test_a_script_rejecting_the_default_names_stops_the_study_at_its_first_trial
     assert "--space 'NAME={type: float, min: 0.001, max: 0.1, scale: log}'" in error[0]
     trials = study_trials("rejected", jobs)
     assert [tr.state.name for tr in trials] == ["FAIL"]  # no further trial started; none left running
-    record = runner.describe(trials[0].user_attrs["job_name"], jobs)
+    record = records.describe(trials[0].user_attrs["job_name"], jobs)
     assert record["TrainingJobStatus"] == "Failed" and "unrecognized arguments: " in record["FailureReason"]
     assert (jobs / "tune-rejected" / "trials.csv").exists() and time.time() - started < 60
     # the fix the message names: the script's own option name
@@ -199,6 +199,6 @@ def test_a_rejecting_trial_stops_the_running_ones(script, capsys):
     running = trials[0]
     assert running.user_attrs["failure_reason"].startswith("stopped: the study stopped (trial 1: ")
     assert running.user_attrs.get("interrupted")  # not its own fault: not counted against the budget
-    record = runner.describe(running.user_attrs["job_name"], jobs)
+    record = records.describe(running.user_attrs["job_name"], jobs)
     assert record["TrainingJobStatus"] == "Stopped" and record["StopReason"] == running.user_attrs["failure_reason"]
     assert not [p for p in psutil.Process().children(recursive=True) if "hpo.py" in " ".join(p.cmdline())]

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import procs, runner, tracking
+from . import procs, records, runner, tracking
 
 # The demo recipe: resnet18 from scratch at 64 px reaches >= 0.9 on the demo set in a few epochs.
 FIXED = {"arch": "resnet18", "weights": "none", "image-size": 64, "epochs": 6, "workers": 1, "seed": 0}
@@ -34,8 +34,8 @@ def stage(n: int, text: str):
 def final_job(data_dir: Path, hp: dict, jobs_dir: Path, backend: str, image=None) -> dict:
     job_dir = jobs_dir / FINAL_JOB
     wanted = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in hp.items()}
-    if (job_dir / runner.RECORD).exists():
-        record = runner.read_record(job_dir)
+    if (job_dir / records.RECORD).exists():
+        record = records.read_record(job_dir)
         if record["TrainingJobStatus"] == "Completed" and record["HyperParameters"] == wanted:
             print(f"reusing {job_dir} (same hyperparameters, Completed)")
             return record

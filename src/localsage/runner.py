@@ -16,28 +16,7 @@ from pathlib import Path
 
 from . import backends, contract, metrics, procs, tracking
 from .hyperparameters import PROCESSES_PER_HOST_KEY, tensors_off, to_strings, without_tensors
-from .records import (  # noqa: F401 - the job-record API, re-exported for callers of the runner
-    BACKEND_INFO,
-    LOG,
-    MAX_RUNTIME,
-    NAME_PATTERN,
-    RECORD,
-    _now,
-    backend_info,
-    check_name,
-    describe,
-    final_metrics,
-    finish,
-    job_name,
-    jobs_root,
-    list_jobs,
-    locate,
-    pack,
-    read_record,
-    reap,
-    reconcile,
-    write_record,
-)
+from .records import LOG, MAX_RUNTIME, _now, check_name, finish, job_name, jobs_root, read_record, reap, write_record
 from .scriptjob import Script, copy_source, distribution_of, script_hyperparameters, write_debug_config
 
 

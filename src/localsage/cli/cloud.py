@@ -61,7 +61,7 @@ def training_options(args):
 
 @cloud_guard
 def train_on_sagemaker(args) -> int:
-    from .. import cloud, hyperparameters, runner
+    from .. import cloud, hyperparameters, records, runner
 
     hps = parse_hp(args.hp, args.hp_file)
     opts = training_options(args)
@@ -85,7 +85,7 @@ def train_on_sagemaker(args) -> int:
             opts = dataclasses.replace(opts, debug_tensors=False)
     cloud.check_options(opts)
     env = pairs(getattr(args, "env", None), "--env")
-    name = cloud.check_job_name(args.name or runner.job_name())
+    name = cloud.check_job_name(args.name or records.job_name())
     if args.dry_run:
         cloud.print_requests(cloud.training_requests(args.data, hps, opts, name, args.instance_count, env))
         return 0
@@ -99,9 +99,9 @@ def train_on_sagemaker(args) -> int:
 
 def deploy_options(args, name):
     """DeployOptions and the local model.tar.gz to upload first (None when it is on S3 or repacked)."""
-    from .. import cloud, runner
+    from .. import cloud, records
 
-    record = None if args.model.startswith("s3://") else runner.describe(args.model, args.jobs_dir)
+    record = None if args.model.startswith("s3://") else records.describe(args.model, args.jobs_dir)
     data, local = cloud.model_data(args.model, record, args.output_path)
     repack = None
     if args.entry_point:  # a user's inference script: model.tar.gz + code/, as PyTorchModel repacks it

@@ -10,11 +10,11 @@ from pathlib import Path
 
 
 def _job(args) -> Path:
-    from .. import runner
+    from .. import records
     from ..debugger import results
 
     given = Path(args.job)
-    where = given if given.is_file() else runner.locate(args.job, args.jobs_dir)
+    where = given if given.is_file() else records.locate(args.job, args.jobs_dir)
     folder = results.job_folder(where, into=args.into)
     if folder != where:
         print(f"localsage: reading {folder}", file=sys.stderr)

@@ -70,15 +70,15 @@ def cmd_train(args):
 
 
 def cmd_jobs(args):
-    from .. import runner
+    from .. import records
 
     if args.action == "describe":
         if not args.name:
             raise SystemExit("jobs describe needs a job name")
-        print(json.dumps(runner.describe(args.name, args.jobs_dir, refresh=True), indent=2, default=str))
+        print(json.dumps(records.describe(args.name, args.jobs_dir, refresh=True), indent=2, default=str))
         return 0
     rows = []
-    for r in runner.list_jobs(args.jobs_dir):
+    for r in records.list_jobs(args.jobs_dir):
         final = {m["MetricName"]: m["Value"] for m in r.get("FinalMetricDataList", [])}
         hps = " ".join(f"{k}={v}" for k, v in sorted(r.get("HyperParameters", {}).items()))
         names = [k for k in ("valid_acc", "valid_loss", "test_acc") if k in final] or list(final)  # script jobs: theirs

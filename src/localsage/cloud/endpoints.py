@@ -166,7 +166,7 @@ def delete_endpoint(name: str, region: str | None = None, boto_session=None, kee
 
 def model_data(model: str, record: dict | None = None, output_path: str | None = None) -> tuple:
     """(s3 URI of the model.tar.gz, local file to upload there or None) for deploy: an s3:// URI as
-    given; from a job record (runner.describe): a SageMaker job's artifacts, or a local job's
+    given; from a job record (records.describe): a SageMaker job's artifacts, or a local job's
     model.tar.gz, which goes to <output_path>/<job>/model.tar.gz (upload_model sends it)."""
     if model.startswith("s3://"):
         split_s3(model)

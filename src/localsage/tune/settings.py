@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import hyperparameters, runner
+from .. import hyperparameters, records
 from .space import DEFAULT_SPACE, TuneError, default_space_note, parse_space, parse_space_entries
 
 OBJECTIVES = {"valid_loss": "minimize", "valid_acc": "maximize"}  # the built-in trainer's objectives
@@ -186,7 +186,7 @@ def build(raw: dict, overrides: dict | None = None, jobs_dir=None) -> Tuning:
     _objective(overrides.get("objective", raw.get("objective")), settings)
     if not settings["storage"] and os.environ.get(STORAGE_ENV):
         settings["storage"] = os.environ[STORAGE_ENV]
-    settings["jobs_dir"] = str(runner.jobs_root(jobs_dir))
+    settings["jobs_dir"] = str(records.jobs_root(jobs_dir))
     script = bool(settings["entry_point"])
     if script:
         _script_paths(settings)

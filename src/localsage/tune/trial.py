@@ -12,14 +12,14 @@ import threading
 import zlib
 from pathlib import Path
 
-from .. import backends, hyperparameters, procs, runner
+from .. import backends, hyperparameters, procs, records, runner
 
 # what Python's standard option parser prints when a script is passed options it does not define
 UNRECOGNIZED = re.compile(r"error: unrecognized arguments: ([^\n\"]*)")
 USAGE = re.compile(r"usage: (.*?)\n[^\n]*: error: unrecognized arguments", re.S)
 
 JOB_NAME_MAX = 63  # SageMaker: letters, digits, hyphens; at most 63 characters
-STAMP_LEN = len(runner.job_name("x")) - 2  # the timestamp runner.job_name appends
+STAMP_LEN = len(records.job_name("x")) - 2  # the timestamp records.job_name appends
 
 
 def trial_job_name(study: str, number: int) -> str:
@@ -31,7 +31,7 @@ def trial_job_name(study: str, number: int) -> str:
     if part != study or len(part) > room:
         digest = f"{zlib.crc32(study.encode()):08x}"[:6]
         part = f"{part[:room - len(digest) - 1].rstrip('-')}-{digest}" if len(part) > room else part
-    return runner.job_name(f"{part}{suffix}")
+    return records.job_name(f"{part}{suffix}")
 
 
 def slot_env(slot: int, parallel: int, gpus: list, fixed: dict, cores: int, script: bool = False) -> tuple[dict, dict]:
@@ -161,9 +161,9 @@ def trial_outcome(study, trial, record: dict, value, pruned: bool) -> str:
         reason = (f"interrupted: the tuner got {study.interrupted} and stopped the job" if study.interrupted
                   else f"stopped: the study stopped ({study.error})")
         record["StopReason"] = reason
-        runner.write_record(Path(record["JobDir"]), record)
+        records.write_record(Path(record["JobDir"]), record)
     trial.set_user_attr("failure_reason", reason)
-    if status == "Stopped" and record.get("SecondaryStatus") != runner.MAX_RUNTIME:  # a job over max_run counts
+    if status == "Stopped" and record.get("SecondaryStatus") != records.MAX_RUNTIME:  # a job over max_run counts
         trial.set_user_attr("interrupted", True)
     rejected = rejected_arguments(t, trial.number, reason) if status == "Failed" else None
     if rejected:

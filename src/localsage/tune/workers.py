@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import backends, runner
+from .. import backends, records
 from . import preflight, results
 from .runs import StudyRun
 from .settings import Tuning
@@ -108,11 +108,11 @@ def fail_stale(study, storage, log=print, stale_after: float | None = None) -> l
             continue
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         job_dir = trial.user_attrs.get("job_dir")
-        if job_dir and (Path(job_dir) / runner.RECORD).exists():
-            record = runner.read_record(job_dir)
+        if job_dir and (Path(job_dir) / records.RECORD).exists():
+            record = records.read_record(job_dir)
             if record.get("TrainingJobStatus") == "InProgress":
                 record.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", FailureReason=reason)
-                runner.write_record(Path(job_dir), record)
+                records.write_record(Path(job_dir), record)
         failed.append(trial.number)
         log(f"trial {trial.number}: {reason}; marked Failed")
     return failed
