@@ -43,7 +43,7 @@ import torchvision
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from localsage import scriptserve, serving  # noqa: E402
+from localsage import export, scriptserve  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dog-breeds" / "inference.py"
 SIDES = ("seed", "ours", "script", "script-batched")
@@ -93,7 +93,7 @@ def make_model_dirs(root: Path, arch: str, num_classes: int, seed_workers: int):
         torch.save(model.state_dict(), d / "model.pth")
         (d / "model_config.json").write_text(json.dumps(cfg))
         (d / "index_to_name.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}))
-    serving.make_torchserve_dir(ours)  # our defaults: 1 worker, batch 8, delay 5 ms
+    export.make_torchserve_dir(ours)  # our defaults: 1 worker, batch 8, delay 5 ms
     (seed / "handler.py").write_text(SEED_HANDLER)
     (seed / "MAR-INF").mkdir()
     (seed / "MAR-INF" / "MANIFEST.json").write_text(json.dumps({

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from localsage import data, data_cache, export
+from localsage import data, data_cache, export, servefiles
 
 
 def _pil_reference(path, draft=None):
@@ -518,7 +518,7 @@ def test_preprocess_spec_builds_the_transforms_and_goes_into_model_config(tmp_pa
     config = export.model_config("resnet18", ["a", "b"], 64, 73, data.IMAGENET_MEAN, data.IMAGENET_STD)
     assert config["preprocess"] == spec
     assert {"arch", "num_classes", "image_size", "resize_size", "mean", "std", "classes"} <= set(config)
-    monkeypatch.setenv("LOCALSAGE_SERVE_DIR", str(export.serve_dir()))
+    monkeypatch.setenv("LOCALSAGE_SERVE_DIR", str(servefiles.serve_dir()))
     export.save_model(tmp_path / "model", {}, config)
     written = json.loads((tmp_path / "model" / export.CONFIG_FILE).read_text())
     assert written["preprocess"] == json.loads(json.dumps(spec))

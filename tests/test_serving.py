@@ -33,7 +33,7 @@ import pytest
 import requests
 from PIL import Image
 
-from localsage import serving
+from localsage import export, serving
 from localsage.cli import serve as cli_serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,10 +86,10 @@ def model_dir(trained_job):
 def served_model_dir(model_dir, tmp_path_factory):
     """The exported model dir; made TorchServe-ready here only if export has not done it yet
     (test_export_writes_torchserve_dir checks that export does)."""
-    if not (model_dir / serving.MANIFEST).is_file():
+    if not (model_dir / export.MANIFEST).is_file():
         copy = tmp_path_factory.mktemp("tsdir") / "model"
         shutil.copytree(model_dir, copy)
-        serving.make_torchserve_dir(copy)
+        export.make_torchserve_dir(copy)
         return copy
     return model_dir
 
@@ -178,7 +178,7 @@ def test_side_ports_are_free_distinct_and_avoid_taken_ones():
 @pytest.mark.integration
 def test_export_writes_torchserve_dir(model_dir):
     """The training job's model/ is a TorchServe model directory as exported (no extra step)."""
-    manifest = json.loads((model_dir / serving.MANIFEST).read_text())
+    manifest = json.loads((model_dir / export.MANIFEST).read_text())
     assert manifest["runtime"] == "python"
     assert manifest["model"]["handler"] == "handler.py"
     assert manifest["model"]["serializedFile"] == "model.pth"
@@ -191,7 +191,7 @@ def test_export_writes_torchserve_dir(model_dir):
 def test_torchserve_dir_contents(served_model_dir):
     import yaml
 
-    manifest = json.loads((served_model_dir / serving.MANIFEST).read_text())
+    manifest = json.loads((served_model_dir / export.MANIFEST).read_text())
     assert set(manifest) >= {"createdOn", "runtime", "model", "archiverVersion"}
     assert manifest["model"]["configFile"] == "model-config.yaml"
     config = yaml.safe_load((served_model_dir / "model-config.yaml").read_text())

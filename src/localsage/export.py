@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import files
+from .servefiles import HANDLER_FILE, handler_files, serving_defaults  # serve/'s files and defaults (torch-free)
 
 WEIGHTS_FILE = "model.pth"
 CONFIG_FILE = "model_config.json"
@@ -72,7 +73,6 @@ def load_model(model_dir):
 # ------------------------------------------------------------------------------ TorchServe bits
 
 MANIFEST = Path("MAR-INF") / "MANIFEST.json"
-from .servefiles import DEFAULTS_FILE, HANDLER_FILE, HANDLER_MODULES, handler_files, serve_dir, serving_defaults  # noqa: E402,F401 - serve/ files and serving defaults (torch-free module)
 
 MODEL_CONFIG_YAML = "model-config.yaml"
 

@@ -283,8 +283,3 @@ def max_run_timer(max_run, stop, stop_reason, name):
     timer.daemon = True
     timer.start()
     return timer
-
-
-# ------------------------------------------------------------------ jobs whose runner was killed
-
-

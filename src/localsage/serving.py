@@ -20,16 +20,8 @@ import time
 from pathlib import Path
 
 from . import procs
-from .export import (  # noqa: F401 - re-exported for callers of the serving API
-    HANDLER_FILE,
-    MANIFEST,
-    MODEL_CONFIG_YAML,
-    handler_files,
-    make_torchserve_dir,
-    serve_dir,
-    serving_defaults,
-)
-from .servefiles import serve_module
+from .export import MANIFEST, MODEL_CONFIG_YAML, make_torchserve_dir
+from .servefiles import HANDLER_FILE, handler_files, serve_dir, serve_module, serving_defaults
 
 
 def _jobs_dir(jobs_dir):

@@ -312,7 +312,6 @@ def train(contract) -> int:
     return 0
 
 
-run = train  # the name callers used before the restructure
 
 
 def progress_bar(total, desc):
