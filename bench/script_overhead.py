@@ -41,6 +41,13 @@ print("Test set: Average loss: %.4f" % float(x.abs().mean()))
 '''
 
 
+
+def timing_row(key: str, name: str, run: int, wall: float, times: dict) -> dict:
+    """One run: its wall time, the script's own time (the times.json it wrote) and the time outside it."""
+    inside = times["end"] - times["start"]
+    return {key: name, "run": run, "wall_s": round(wall, 3), "script_s": round(inside, 3),
+            "outside_s": round(wall - inside, 3)}
+
 def bare(work: Path, src: Path, data: Path, i: int) -> tuple[float, Path]:
     model = work / f"bare-{i}" / "model"
     env = {**os.environ, "SM_MODEL_DIR": str(model), "SM_CHANNEL_TRAINING": str(data),
@@ -83,10 +90,7 @@ def main():
                 wall, model = bare(work, src, data.parent, i)
             else:
                 wall, model = localsage(work, src, data.parent, mode, args.image, i)
-            t = json.loads((model / "times.json").read_text())
-            inside = t["end"] - t["start"]
-            row = {"mode": mode, "run": i, "wall_s": round(wall, 3), "script_s": round(inside, 3),
-                   "outside_s": round(wall - inside, 3)}
+            row = timing_row("mode", mode, i, wall, json.loads((model / "times.json").read_text()))
             print(json.dumps(row) + ("  (warm-up)" if i == 0 else ""), flush=True)
             if i:
                 rows.append(row)

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from script_overhead import SCRIPT, localsage  # bench/script_overhead.py
+from script_overhead import SCRIPT, localsage, timing_row  # bench/script_overhead.py
 from spread import spread, spread_text  # bench/spread.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,9 +127,7 @@ def main():
             for way in WAYS:
                 wall, t = (run_localsage(work, src, data, args.image, i) if way == BASE
                            else sdk_client(way, env, work, src, data, args.image, i))
-                inside = t["end"] - t["start"]
-                row = {"way": way, "run": i, "wall_s": round(wall, 3), "script_s": round(inside, 3),
-                       "outside_s": round(wall - inside, 3)}
+                row = timing_row("way", way, i, wall, t)
                 print(json.dumps(row) + ("  (warm-up)" if i == 0 else ""), flush=True)
                 if i:
                     rows.append(row)
