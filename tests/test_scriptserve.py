@@ -581,8 +581,7 @@ def test_container_serve_exits_when_model_fn_fails(image, tmp_path):
 @pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
 def test_container_serve_exits_with_the_clear_reason_for_known_failures(image, tmp_path, case):
     """The image (SDK v2's `sagemaker`, its warning off): `serve` stops at once with the one clear reason."""
-    model = whole_pickle_model(tmp_path / "model") if case == "whole pickled model" else write_module(
-        tmp_path / "model", SDK_V3)
+    model = known_failure_model(tmp_path / "model", case)
     r = subprocess.run(["docker", "run", "--rm", "-v", f"{model}:/opt/ml/model:ro", image, "serve"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -774,14 +773,16 @@ def test_preflight_reason_is_the_last_traceback_not_a_trailing_warning(tmp_path,
     assert "Deprecation" not in str(e.value)
 
 
+def known_failure_model(folder, case: str):
+    """A script model that fails to load for one of script_errors' known reasons."""
+    return whole_pickle_model(folder) if case == "whole pickled model" else write_module(folder, SDK_V3)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
 def test_serve_exits_with_the_clear_reason_for_known_failures(tmp_path, case):
     """The image's `serve` as a host process: fails fast (before TorchServe starts) with one clear reason."""
-    if case == "whole pickled model":
-        model = whole_pickle_model(tmp_path / "model")
-    else:
-        model = write_module(tmp_path / "model", SDK_V3)
+    model = known_failure_model(tmp_path / "model", case)
     (port,) = free_ports(1)
     env = serve_env(model, port)
     for key in ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "SAGEMAKER_SUPPRESS_V2_WARNING"):
@@ -803,10 +804,7 @@ def test_serve_exits_with_the_clear_reason_for_known_failures(tmp_path, case):
 @pytest.mark.parametrize("case", ["whole pickled model", "SDK v3 InferenceSpec code"])
 def test_localsage_serve_exits_with_the_clear_reason_for_known_failures(tmp_path, case):
     """`localsage serve`: the worker's load failure stops the server at once with the one clear reason."""
-    if case == "whole pickled model":
-        model = whole_pickle_model(tmp_path / "model")
-    else:
-        model = write_module(tmp_path / "model", SDK_V3)
+    model = known_failure_model(tmp_path / "model", case)
     (port,) = free_ports(1)
     env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
     r = subprocess.run([sys.executable, "-m", "localsage", "serve", str(model), "--port", str(port)],

@@ -20,14 +20,11 @@ SCHEME = "models:/"
 
 def run_of(job_dir: Path) -> tuple[str, str]:
     """(tracking URI, run id) of a job's MLflow run."""
-    found = tracking.read_run_file(job_dir)
-    if not found or not found.get("run_id"):
+    stored = tracking.stored_run(job_dir)
+    if stored is None:
         raise ValueError(f"job {job_dir.name} has no MLflow run ({tracking.RUN_FILE} missing): it ran with tracking "
                          "off or its tracking store could not be reached")
-    uri = found["uri"]
-    if "***" in uri:  # written without its credentials: the same store, named by the environment now
-        uri = tracking.tracking_uri(job_dir.parent) or uri
-    return uri, found["run_id"]
+    return stored
 
 
 def register(job, jobs_dir=None, name: str | None = None) -> tuple[str, str, str]:

@@ -195,6 +195,26 @@ def read_run_file(job_dir) -> dict | None:
         return None
 
 
+def stored_run(job_dir) -> tuple[str, str] | None:
+    """(tracking URI, run id) of a job's run, from <job>/tracking.json; None when it got none. A URI written
+    without its credentials (redact) names the same store as $MLFLOW_TRACKING_URI now."""
+    found = read_run_file(job_dir)
+    if not found or not found.get("run_id"):
+        return None
+    uri = found["uri"]
+    if "***" in uri:
+        uri = os.environ.get(URI_ENV) or uri
+    return uri, found["run_id"]
+
+
+def reopen(job_dir, label: str) -> Run | None:
+    """A Run on a job's existing run (to add to it after the job), or None when it has none."""
+    stored = stored_run(job_dir)
+    if stored is None:
+        return None
+    return Run(stored[0], jobs_dir=Path(job_dir).parent, run_id=stored[1], label=label)
+
+
 # ------------------------------------------------------------------ a localsage job as a run
 
 def job_tags(record: dict) -> dict:
@@ -255,20 +275,17 @@ def finish_job(run: Run, record: dict, job_dir, wait: float = CLOSE_S) -> None:
 
 def close_orphan(job_dir, record: dict) -> None:
     """A job whose localsage was killed: its run (if it got one) ends KILLED with the record's reason."""
-    found = read_run_file(job_dir)
-    if not found or not found.get("run_id"):
-        return
-    uri = found["uri"] if "***" not in found["uri"] else (os.environ.get(URI_ENV) or found["uri"])
-    finish_job(Run(uri, jobs_dir=Path(job_dir).parent, run_id=found["run_id"], label=record.get(
-        "TrainingJobName", "tracking")), record, job_dir, wait=TIMEOUT_S * 3)
+    run = reopen(job_dir, record.get("TrainingJobName", "tracking"))
+    if run is not None:
+        finish_job(run, record, job_dir, wait=TIMEOUT_S * 3)
 
 
 def attach(job_dir, pairs) -> None:
     """Artifacts made after the job (verdicts of `localsage debug`, its report) into the job's run, if any."""
-    found = read_run_file(job_dir)
-    if not found or not found.get("run_id") or tracking_uri(Path(job_dir).parent) is None:
+    if tracking_uri(Path(job_dir).parent) is None:
         return
-    uri = found["uri"] if "***" not in found["uri"] else (os.environ.get(URI_ENV) or found["uri"])
-    run = Run(uri, jobs_dir=Path(job_dir).parent, run_id=found["run_id"], label=Path(job_dir).name)
+    run = reopen(job_dir, Path(job_dir).name)
+    if run is None:
+        return
     run.log_artifacts(pairs)
     run.close(TIMEOUT_S * 3)
