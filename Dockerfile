@@ -56,8 +56,8 @@ RUN pip install --no-deps --no-build-isolation /opt/program \
 # smdebug's hook config for programs nobody gave one (SDK v3 runs the entry script itself, never
 # `train`): /etc/localsage/debughookconfig.json, generated from contract.py, and a .pth in the venv
 # that points SMDEBUG_CONFIG_FILE_PATH at it only when the job has no config of its own (outside
-# /opt/ml/input, which both SDKs bind-mount). See src/localsage/smdebug_default.py.
-RUN python3 -m localsage.smdebug_default
+# /opt/ml/input, which both SDKs bind-mount). See src/localsage/container/smdebug_default.py.
+RUN python3 -m localsage.container.smdebug_default
 
 # SageMaker runs `docker run IMAGE train` or `docker run IMAGE serve`: no ENTRYPOINT, so the argument
 # is the program and runs as PID 1 (exec form, no shell in between: SIGTERM reaches Python).

@@ -31,10 +31,11 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from localsage import procs  # noqa: E402
-from localsage.contract import Contract  # noqa: E402
-from localsage.debugger import HYPERPARAMETERS, hook as hook_mod, sampler  # noqa: E402
-from localsage.debugger.constants import DENSE_STEPS  # noqa: E402
+from localsage.container import debug_hook as hook_mod, debug_sampler  # noqa: E402
+from localsage.container.debug_session import HYPERPARAMETERS
+from localsage.core import procs  # noqa: E402
+from localsage.core.contract import Contract  # noqa: E402
+from localsage.core.debug_names import DENSE_STEPS  # noqa: E402
 
 
 def contract(root: Path) -> Contract:
@@ -77,10 +78,10 @@ def main(argv=None):
     batches = [(torch.randn(args.batch, 3, args.size, args.size, generator=g),
                 torch.randint(0, args.classes, (args.batch,), generator=g)) for _ in range(4)]
 
-    sam = sampler.SystemSampler(tmp / "profiler")
+    sam = debug_sampler.SystemSampler(tmp / "profiler")
     sam.start()
     # step timer cost, in isolation: wrap + 3 marks per step
-    timer = sampler.StepTimer(tmp / "timer")
+    timer = debug_sampler.StepTimer(tmp / "timer")
     t0 = time.perf_counter()
     for _ in timer.wrap(range(20000), "train"):
         timer.mark("forward"); timer.mark("backward"); timer.mark("optimizer")

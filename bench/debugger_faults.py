@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from localsage import debugger  # noqa: E402
-from localsage.contract import Contract  # noqa: E402
+from localsage.container import debug_session  # noqa: E402
+from localsage.core.contract import Contract  # noqa: E402
 from localsage.debugger import rules  # noqa: E402
 
 SIZE = 32
@@ -204,7 +204,7 @@ def train(fault: Fault, data, root: Path, seed=0, hp=None):
     if fault.init is not None:
         fault.init(net)
     crit, ecrit = nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
-    dbg = debugger.attach(contract_for(root), {"rules": "all", "debug-tensor-interval": TENSOR_INTERVAL, **(hp or {})},
+    dbg = debug_session.attach(contract_for(root), {"rules": "all", "debug-tensor-interval": TENSOR_INTERVAL, **(hp or {})},
                           net, [crit, ecrit], workers=None, batch_size=fault.batch)
     if fault.opt == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=fault.lr, momentum=fault.momentum)
@@ -289,7 +289,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="bench-debugger-faults-"))
     root = Path(args.data) if args.data else None
     if root is None:
-        from localsage.data import make_demo_data
+        from localsage.container.data import make_demo_data
 
         root = make_demo_data(work / "demo", classes=6, per_class=60, size=96, seed=0)
     data = load_demo(root)

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 import serve as serve_bench  # noqa: E402 - bench/serve.py: model dirs and JPEGs
-from localsage import serving  # noqa: E402
+from localsage.host import torchserve  # noqa: E402
 from spread import spread_text  # noqa: E402 - bench/spread.py
 
 BODY_BYTES = 6 * 2**20
@@ -121,7 +121,7 @@ def main(argv=None):
     try:
         for i, (side, front) in enumerate((("front", True), ("direct", False))):
             port = args.port + 10 * i
-            servers[side] = serving.LocalServer({"ours": ours}, port=port, log_path=root / f"{side}.out",
+            servers[side] = torchserve.LocalServer({"ours": ours}, port=port, log_path=root / f"{side}.out",
                                                 front=front).start(wait_s=300)
         for server in servers.values():  # warm-up
             predicts(server.port, images, 16, args.concurrency)

@@ -8,12 +8,12 @@ Parts (`--skip steps,loop,decode,e2e`):
          fp32 NCHW at batch 64 vs channels_last with AMP (bf16; fp16 + GradScaler) at batch 64/128/256, peak GPU
          memory; `--compile` adds torch.compile. A plain SGD loop, not the runner's (CUDA only).
   loop   the denominator: the runner's own loop (`train.train_one_epoch` over `recipe.build_parts`: fused
-         AdamW, the schedule, AMP, localsage.feed) on GPU-resident batches, ROUNDS rounds interleaved across
+         AdamW, the schedule, AMP, localsage.container.feed) on GPU-resident batches, ROUNDS rounds interleaved across
          configs: the runner as it is (profiler off), with the profiler's step timer on (it syncs the
          device at each phase), and with cudnn.benchmark off (torch's default).
   decode where train images are decoded, on the same photos, batch by batch in this process: the workers'
          path (decode + crop/resize/flip, data-cache off) on one core, against decode-on=device
-         (localsage.device_decode): the workers' share (read, header, boxes) on one core and the
+         (localsage.container.device_decode): the workers' share (read, header, boxes) on one core and the
          device's decode + augment (nvJPEG on CUDA), with a device sync; into device.json.
   e2e    the numerator: `runner.train` (process backend) on generated 500x375 q90 JPEGs, data-cache decoded
          and off with the profiler on (the default: its steps.jsonl gives the dataloader's share),
@@ -47,7 +47,7 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from localsage import files  # noqa: E402  (after the path insert)
+from localsage.core import files  # noqa: E402  (after the path insert)
 from spread import spread  # noqa: E402  (bench/spread.py)
 
 CLASSES = 8
@@ -66,7 +66,7 @@ def step_bench(batch, amp, channels_last, compile_=False, steps=20, warmup=6, ar
     import torch
     import torchvision
 
-    from localsage import data
+    from localsage.container import data
 
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True  # as the runner sets it on CUDA
@@ -127,13 +127,13 @@ LOOP_CONFIGS = {"runner": {"profiler": False, "cudnn_benchmark": True},
 def loop_part(out: Path, work: Path, device, size: dict):
     import torch
 
-    from localsage import data, train
-    from localsage.debugger.sampler import STEPS, StepTimer
-    from localsage.hyperparameters import parse
+    from localsage.container import data, recipe, train
+    from localsage.container.debug_sampler import STEPS, StepTimer
+    from localsage.core.hyperparameters import parse
 
     hp = parse({"arch": size["arch"], "weights": "none", "batch-size": str(size["batch"]),
                 "image-size": str(size["size"]), "epochs": "1"})
-    ranks = train.Ranks(0, 1, 0, device, train.amp_dtype(device, hp["amp"]))
+    ranks = train.Ranks(0, 1, 0, device, recipe.amp_dtype(device, hp["amp"]))
     g = torch.Generator(device=device).manual_seed(0)
     nhwc = torch.randint(0, 256, (size["batch"], size["size"], size["size"], 3), dtype=torch.uint8, device=device,
                          generator=g)
@@ -185,7 +185,7 @@ E2E_RUNS = (("decoded", "decoded", True, "workers"), ("decode-on-device", "decod
 
 
 def _photo(args):
-    from localsage.data import make_photo_like
+    from localsage.container.data import make_photo_like
 
     path, w, h, seed = args
     make_photo_like(path, w, h, seed=seed, quality=90)
@@ -230,7 +230,7 @@ def decode_part(out: Path, work: Path, device, size: dict, photos: int, info: di
     import numpy as np
     import torch
 
-    from localsage import data, device_decode
+    from localsage.container import data, device_decode
 
     device_decode.check_device(device)  # a torchvision without nvJPEG: this part's error, not a slow fallback
     root = ensure_photos(work, photos, size)

@@ -2,12 +2,12 @@
 
 The limit: what the cores could do if they did nothing but the unavoidable per-image work, measured
 with single-threaded loops on the same generated images (500x375 q90 JPEGs, 224 px train crops):
-  decode-only   libjpeg-turbo decode (localsage.decode)                       - the cache-off work
+  decode-only   libjpeg-turbo decode (localsage.container.decode)                       - the cache-off work
   read-only     reading the decoded pixels back from the decoded-image cache  - the cache-warm work
                 (into one reused buffer, as the loader's workers do)
   resize-only   RandomResizedCrop + flip of a decoded image (TrainTransform)  - both
   limit         cores / (decode + resize) with data-cache=off, cores / (read + resize) with the cache warm
-Then our pipeline (localsage.data's train loader, workers sized to the cores, normalised per batch
+Then our pipeline (localsage.container.data's train loader, workers sized to the cores, normalised per batch
 as train.py does) runs four epochs in a subprocess and is printed as a fraction of each limit
 (cache warm: the median of epochs 2-4, epoch 1 fills the cache; data-cache=off: every epoch decodes,
 the median of all four). 2,048 images by default: a 512-image epoch is 16 batches of 32, and the
@@ -38,7 +38,7 @@ def loops(root: str) -> dict:
     """Seconds per image of each stage, one thread."""
     import torch
 
-    from localsage import data, data_cache
+    from localsage.container import data, data_cache
 
     torch.set_num_threads(1)
     paths, _, _ = data.scan_split(Path(root) / "train", "train")
@@ -62,7 +62,7 @@ def loops(root: str) -> dict:
 
 
 def pipeline(root: str, cache_mode: str) -> dict:
-    from localsage import data
+    from localsage.container import data
 
     paths, targets, _ = data.scan_split(Path(root) / "train", "train")
     os.environ["LOCALSAGE_CACHE_DIR"] = tempfile.mkdtemp(dir=root)
@@ -102,7 +102,7 @@ def main():
         return
 
     sys.path.insert(0, str(HERE))
-    from localsage import procs
+    from localsage.core import procs
     from spread import spread_text
     from train_pipeline import make_images
 

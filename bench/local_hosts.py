@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from localsage import runner
-from localsage.data import make_demo_data
+from localsage.container.data import make_demo_data
+from localsage.host import runner
 from spread import spread  # bench/spread.py
 
 

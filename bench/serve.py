@@ -43,7 +43,8 @@ import torchvision
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from localsage import export, scriptserve  # noqa: E402
+from localsage.container import export
+from localsage.host import torchserve_script  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dog-breeds" / "inference.py"
 SIDES = ("seed", "ours", "script", "script-batched")
@@ -212,7 +213,7 @@ def main(argv=None):
     print(f"model {args.arch} ({args.classes} classes) at 224 px, {len(images)} JPEGs 500x375 q90 "
           f"(~{sum(map(len, images)) // len(images) // 1024} KB), concurrency {args.concurrency}, "
           f"<= {args.requests} requests / {args.duration:.0f} s per handler, {os.cpu_count()} CPUs", flush=True)
-    server = scriptserve.ScriptServer({"ours": ours, "seed": seed, **scripts}, port=args.port,
+    server = torchserve_script.ScriptServer({"ours": ours, "seed": seed, **scripts}, port=args.port,
                                       log_path=root / "torchserve.out")
     results = {}
     try:

@@ -4,7 +4,7 @@
 
 `docker run --shm-size=SIZE IMAGE train` on a fresh demo set (300-px photo-like JPEGs), the default
 224-px crop, batch 64 and workers, resnet18 from scratch, one epoch of --steps steps. At 64m the
-loaders are fitted to /dev/shm (localsage.shm: fewer batches ahead, fewer workers); at 2g they are
+loaders are fitted to /dev/shm (localsage.container.shm: fewer batches ahead, fewer workers); at 2g they are
 not. The sizes alternate within each round (64m, 2g, 64m, 2g, ...) so a changing machine load hits
 both alike; --warmup rounds run first and are not counted. Each run
 prints the train images/s the job measured (metrics.jsonl), the workers it used and its wall time;
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import docker
 
-from localsage import contract, metrics
-from localsage.data import make_demo_data
+from localsage.container.data import make_demo_data
+from localsage.core import contract, metrics
 from spread import spread  # bench/spread.py
 
 

@@ -25,7 +25,7 @@ from spread import spread_text  # bench/spread.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from localsage.demo import FIXED  # noqa: E402  (the demo job's recipe)
+from localsage.host.demo import FIXED  # noqa: E402  (the demo job's recipe)
 
 
 def job(data: Path, jobs: Path, name: str, epochs: int, tracking: bool) -> dict:
@@ -59,7 +59,7 @@ def main():
         tmp = Path(tmp)
         data = Path(args.data) if args.data else tmp / "demo"
         if not args.data:
-            from localsage.data import make_demo_data
+            from localsage.container.data import make_demo_data
 
             make_demo_data(data, seed=0)
         job(data, tmp / "jobs", "warm-up", 1, True)  # the store's tables, the page cache, the decoded-image cache

@@ -2,7 +2,7 @@
 
 1. Input pipeline images/s on dogImages-sized JPEGs (500x375, quality 90, generated):
    seed  = ImageFolder + Resize((224,224)) + ToTensor + Normalize, PIL, num_workers=0
-   ours  = localsage.data's train path (RandomResizedCrop + flip) in uint8 workers sized to the cores:
+   ours  = localsage.container.data's train path (RandomResizedCrop + flip) in uint8 workers sized to the cores:
            libjpeg-turbo decode to tensors, torch uint8 resize, per-batch normalisation
            and the decoded-image cache (data-cache=decoded): epoch 1 decodes and fills it, epoch 2 reads it
    ours_nocache = the same with data-cache=off (every epoch decodes)
@@ -11,7 +11,7 @@ Each pipeline side makes two passes (epochs) over the images; the table shows ea
 and its best epoch (seed: both epochs cost the same; ours: epoch 2 reads the cache).
 2. Train-step images/s, same model and batch:
    naive = fp32 NCHW loop, default threads, SGD (Nesterov momentum, weight decay) in torch's default implementation
-   ours  = localsage.train's settings (channels_last, threads = cores, the same SGD fused);
+   ours  = localsage.container.train's settings (channels_last, threads = cores, the same SGD fused);
            ours_bf16 adds amp=bf16 (CPU autocast). torch.compile was measured and left out: on this CPU
            it took 61 s to compile and gave no faster step (15.2 vs 15-16 img/s median).
 Each side runs in its own subprocess (peak RSS and PSS of the process tree, workers included); the sides
@@ -147,7 +147,7 @@ def run_lockstep(kinds, common: list, steps: int) -> dict:
 
 
 def make_images(root: Path, count: int):
-    from localsage.data import make_photo_like
+    from localsage.container.data import make_photo_like
 
     for i in range(count):
         folder = root / "train" / f"{i % 4 + 1:03d}.Breed_{i % 4}"
@@ -161,7 +161,7 @@ def side_pipeline(kind: str, root: str, batch: int, epochs: int = 2) -> dict:
     """Images/s of each of `epochs` passes over the train folder (ours: epoch 1 fills the decoded cache)."""
     import torch
 
-    from localsage import data
+    from localsage.container import data
 
     if kind == "seed":
         from torchvision import datasets, transforms
@@ -198,7 +198,7 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int, lockste
     import torch
     import torchvision
 
-    from localsage import data, train
+    from localsage.container import data, recipe
 
     torch.manual_seed(0)
     net = torchvision.models.get_model(model, num_classes=133)
@@ -213,13 +213,13 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int, lockste
         torch.set_num_threads(data.default_workers())
         net = net.to(memory_format=torch.channels_last)
         norm = data.Normalize(channels_last=True)
-        amp = train.amp_dtype(torch.device("cpu"), "bf16" if kind == "ours_bf16" else "auto")
+        amp = recipe.amp_dtype(torch.device("cpu"), "bf16" if kind == "ours_bf16" else "auto")
     hp = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight-decay": 1e-4}
     if kind == "naive":  # torch's default (foreach) implementation
         opt = torch.optim.SGD(net.parameters(), lr=hp["lr"], momentum=hp["momentum"],
                               weight_decay=hp["weight-decay"], nesterov=True)
     else:  # train.py's optimizer: the same update, fused
-        opt = train.make_optimizer(net, hp)
+        opt = recipe.make_optimizer(net, hp)
     net.train()
     times = []
     if lockstep:
@@ -263,7 +263,7 @@ def main():
             print(json.dumps(side_train(kind, a.model, a.batch, a.steps, a.size, a.lockstep)))
         return
 
-    from localsage.recipe import cpu_has_bf16
+    from localsage.container.recipe import cpu_has_bf16
 
     train_kinds = ("naive", "ours", "ours_bf16") if cpu_has_bf16() else ("naive", "ours")
     if "ours_bf16" not in train_kinds and not a.skip_train:

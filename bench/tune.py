@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from localsage import tune  # noqa: E402
-from localsage.data import make_demo_data  # noqa: E402
+from localsage.container.data import make_demo_data  # noqa: E402
+from localsage.host import tune  # noqa: E402
 
 
 def study(name, data, out, args, pruner):

@@ -182,7 +182,7 @@ class Preprocessor:
 
     def to_batch(self, hwc_list, device):
         batch = torch.stack(hwc_list).to(device, non_blocking=True)  # NHWC uint8
-        # the training loader's arithmetic (localsage.normalize): -mean/std + x * (1/std) in one pass from
+        # the training loader's arithmetic (localsage.container.normalize): -mean/std + x * (1/std) in one pass from
         # uint8 into a channels_last float batch (the NHWC stack is already an NCHW view in that layout)
         batch = batch.permute(0, 3, 1, 2)
         out = torch.empty(batch.shape, dtype=torch.float32, device=batch.device, memory_format=torch.channels_last)

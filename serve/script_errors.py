@@ -1,8 +1,8 @@
 """Known failures of a user's model code, each turned into one clear reason (stdlib only).
 
 The one place for these reasons. Read by serve/script_handler.py (a TorchServe worker's load failure,
-staged beside it), serve/serve (the load-once check's stderr) and, through localsage.servefiles, by
-script training jobs (localsage.scriptmode.run: the failure file) and the host's `localsage serve`.
+staged beside it), serve/serve (the load-once check's stderr) and, through localsage.core.serve_dir, by
+script training jobs (localsage.container.scriptmode.run: the failure file) and the host's `localsage serve`.
   * "Weights only load failed": torch >= 2.6 refuses a whole pickled model in torch.load
   * a ModuleNotFoundError / ImportError of `sagemaker.serve...`: code written by SDK v3's ModelBuilder
     (InferenceSpec), while the serving environment carries SDK v2's `sagemaker` package

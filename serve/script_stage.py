@@ -1,4 +1,4 @@
-"""Staging a SageMaker script-mode model dir for TorchServe (used by serve/serve and localsage.serving).
+"""Staging a SageMaker script-mode model dir for TorchServe (used by serve/serve and localsage.host.torchserve).
 
 A SageMaker user's model dir is plain: `model.pth` (or `model.pt`) + `code/inference.py` (+ optional
 `code/requirements.txt`), no model_config.json, no MAR-INF/. `stage()` builds beside it what TorchServe

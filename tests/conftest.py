@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from localsage import runner
-from localsage.data import make_demo_data
+from localsage.container.data import make_demo_data
+from localsage.host import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("IMAGE", "localsage:latest")

@@ -15,8 +15,9 @@ import moto
 import pytest
 from botocore.stub import Stubber
 
-from localsage import cli, cloud, records, runner
-from localsage.metrics import METRIC_DEFINITIONS
+from localsage import cli
+from localsage.core.metrics import METRIC_DEFINITIONS
+from localsage.host import cloud, records, runner
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -106,7 +107,7 @@ def test_training_request_is_exact_and_needs_no_credentials():
 def test_metric_regexes_match_the_training_log_format():
     import re
 
-    from localsage.metrics import format_line
+    from localsage.core.metrics import format_line
 
     line = format_line({"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "valid_loss": 0.25, "valid_acc": 0.9,
                         "epoch_time": 3.0, "images_per_sec": 100.0})
@@ -249,7 +250,7 @@ def test_log_tail_reads_each_line_once_and_names_hosts(aws):
     put("job-a/algo-1-1700000000", now, "rank 0")
     put("job-a/algo-2-1700000000", now + 1, "rank 1")
     put("job-ab/algo-1-1700000000", now + 2, "another job")
-    from localsage.backends.sagemaker import LogTail
+    from localsage.host.backends.sagemaker import LogTail
 
     tail = LogTail(logs, "job-a", hosts=2)
     assert tail.poll() == ["[algo-1] rank 0", "[algo-2] rank 1"]
@@ -259,7 +260,7 @@ def test_log_tail_reads_each_line_once_and_names_hosts(aws):
 
 
 def test_log_tail_before_the_log_group_exists(aws):
-    from localsage.backends.sagemaker import LogTail
+    from localsage.host.backends.sagemaker import LogTail
 
     assert LogTail(aws.client("logs"), "job-x").poll() == []
 
@@ -561,7 +562,7 @@ def test_importing_the_cloud_package_is_cheap():
     import subprocess
     import sys
 
-    code = ("import sys, localsage.cloud as c; [getattr(c, name) for name in c.__all__]; "
+    code = ("import sys, localsage.host.cloud as c; [getattr(c, name) for name in c.__all__]; "
             "print(sorted(m for m in ('boto3', 'botocore', 'sagemaker', 'docker', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # every name of the package resolves, none of them imports an SDK

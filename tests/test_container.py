@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST_HP, TINY_HP
-from localsage import contract, export, metrics, records, runner
+from localsage.container import export
+from localsage.core import contract, metrics
+from localsage.host import records, runner
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -328,7 +330,7 @@ def test_course_scripts_find_the_image_default_hook_config_under_an_sdk_v3_entry
     from smdebug.trials import create_trial
 
     from localsage.cli import main
-    from localsage.debugger import hook as hook_mod
+    from localsage.container import debug_hook as hook_mod
 
     out = run_like_sdk_v3(engine, image, tmp_path, ["--hook", how])
     tensors = out / "tensors"
@@ -350,8 +352,7 @@ def test_course_scripts_find_the_image_default_hook_config_under_an_sdk_v3_entry
 def test_a_jobs_own_hook_config_wins_over_the_image_default(engine, image, tmp_path):
     """The platform's /opt/ml/input/config/debughookconfig.json (another folder, save_interval 2) is the one
     smdebug reads; LOCALSAGE_DEBUG_HOOK=off and a job's own SMDEBUG_CONFIG_FILE_PATH are left alone."""
-    from localsage import smdebug_default
-    from localsage.debugger import hook as hook_mod
+    from localsage.container import debug_hook as hook_mod, smdebug_default
 
     config = tmp_path / "config"
     config.mkdir()
@@ -377,7 +378,7 @@ def test_a_jobs_own_hook_config_wins_over_the_image_default(engine, image, tmp_p
 def test_the_image_default_leaves_the_built_in_trainer_off_with_debug_false(engine, image, small_data, tmp_path):
     """In a container where the image default is in force, `train` with debug=false saves no tensors: the
     built-in trainer decides from its hyperparameter, never from SMDEBUG_CONFIG_FILE_PATH."""
-    from localsage import smdebug_default
+    from localsage.container import smdebug_default
 
     ml = tmp_path / "ml"
     contract.make_dirs(ml)

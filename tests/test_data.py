@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from localsage import data, data_cache, export, servefiles
+from localsage.container import data, data_cache, export
+from localsage.core import serve_dir
 
 
 def _pil_reference(path, draft=None):
@@ -224,7 +225,7 @@ def test_reused_batch_slots_give_the_same_batches_and_kept_batches_stay_intact(t
 def test_a_held_slot_is_skipped_and_freed_only_by_its_receiver():
     import gc
 
-    from localsage import batch_ring
+    from localsage.container import batch_ring
 
     ring = batch_ring.Ring(workers=1, slots=2, shape=(4, 8, 8, 3))
     slot, view = ring.take(0, 3)
@@ -283,7 +284,7 @@ def test_normalize_matches_the_formula_in_the_requested_layout():
 
 FAULTS_PER_BATCH = """
 import resource, sys, torch
-from localsage import data
+from localsage.container import data
 norm = data.Normalize(channels_last=True)
 if sys.argv[1] == "fresh":
     norm._output = lambda shape: torch.empty(shape, memory_format=torch.channels_last)
@@ -422,7 +423,7 @@ def test_cache_refuses_a_folder_of_another_user_open_to_others_or_a_symlink(tmp_
     for folder, why in ((foreign, "belongs to uid"), (open_dir, "mode 755"), (link, "not a folder")):
         monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(folder))
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="localsage.data"):
+        with caplog.at_level(logging.WARNING, logger="localsage.container.data"):
             assert data.plan_cache({"train": [img]}, "decoded") is None, folder
         assert "decoded-image cache off" in caplog.text and why in caplog.text, caplog.text
     assert not list(private.iterdir()) and not list(open_dir.iterdir())
@@ -518,17 +519,17 @@ def test_preprocess_spec_builds_the_transforms_and_goes_into_model_config(tmp_pa
     config = export.model_config("resnet18", ["a", "b"], 64, 73, data.IMAGENET_MEAN, data.IMAGENET_STD)
     assert config["preprocess"] == spec
     assert {"arch", "num_classes", "image_size", "resize_size", "mean", "std", "classes"} <= set(config)
-    monkeypatch.setenv("LOCALSAGE_SERVE_DIR", str(servefiles.serve_dir()))
+    monkeypatch.setenv("LOCALSAGE_SERVE_DIR", str(serve_dir.serve_dir()))
     export.save_model(tmp_path / "model", {}, config)
     written = json.loads((tmp_path / "model" / export.CONFIG_FILE).read_text())
     assert written["preprocess"] == json.loads(json.dumps(spec))
 
 
 def test_amp_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog):
-    from localsage import recipe
+    from localsage.container import recipe
 
     monkeypatch.setattr(recipe, "cpu_has_bf16", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="localsage.train"):
+    with caplog.at_level(logging.WARNING, logger="localsage.container.train"):
         assert recipe.amp_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
     assert "no bfloat16 instructions" in caplog.text
     monkeypatch.setattr(recipe, "cpu_has_bf16", lambda: True)

@@ -24,10 +24,12 @@ import pytest
 import torch
 from torch import nn
 
-from localsage import debugger, procs, runner
-from localsage.contract import Contract
-from localsage.data import make_demo_data
-from localsage.debugger import hook as hook_mod, report, rules, sampler
+from localsage.container import debug_hook as hook_mod, debug_session
+from localsage.container.data import make_demo_data
+from localsage.core import debug_names, files, procs
+from localsage.core.contract import Contract
+from localsage.debugger import report, rules
+from localsage.host import runner
 
 SMALL_JOB_HP = {"arch": "resnet18", "weights": "none", "image-size": "32", "batch-size": "4", "workers": "0",
                 "seed": "0", "debug-train-interval": "1", "debug-tensor-interval": "2"}
@@ -67,7 +69,7 @@ def tiny_loop(root, loader, epochs=2, grad_scale=None, hp=None, workers=0, eval_
         for p in net.parameters():
             p.register_hook(lambda g, s=grad_scale: g * s)
     crit, ecrit = nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
-    dbg = debugger.attach(contract_for(root), {"debug-train-interval": 1, "debug-tensor-interval": 1, **(hp or {})},
+    dbg = debug_session.attach(contract_for(root), {"debug-train-interval": 1, "debug-tensor-interval": 1, **(hp or {})},
                           net, [crit, ecrit], workers=workers)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for _ in range(epochs):
@@ -249,7 +251,7 @@ def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
     dl = verdicts_by_rule(v)["Dataloader"]
     assert dl["triggered"] and any("waits for data" in d for d in dl["details"]), dl
     assert dl["wait_share"] > 50
-    steps = [s for s in sampler.read_jsonl(out / "profiler" / sampler.STEPS) if s["mode"] == "train"]
+    steps = [s for s in files.read_jsonl(out / "profiler" / debug_names.PROFILE_STEPS) if s["mode"] == "train"]
     assert len(steps) == 6
     assert sum(s["dataloader"] for s in steps) > 0.5 * sum(s["total"] for s in steps)
     # the report shows it: the dataloader row of the breakdown holds the largest share
@@ -259,9 +261,9 @@ def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
     shares = {k: float(s) for k, s in rows}
     assert max(shares, key=shares.get) == "dataloader", shares
     # the sampler ran alongside: per-core CPU rows and its own CPU time
-    system = sampler.read_jsonl(out / "profiler" / sampler.SYSTEM)
+    system = files.read_jsonl(out / "profiler" / debug_names.PROFILE_SYSTEM)
     assert system and len(system[0]["cpu"]) == os.cpu_count()
-    info = json.loads((out / "profiler" / sampler.JOB).read_text())
+    info = json.loads((out / "profiler" / debug_names.PROFILE_JOB).read_text())
     assert info["workers"] == workers and info["sampler_cpu_s"] >= 0 and info["first_step"] >= info["start"]
 
 
@@ -332,7 +334,7 @@ def test_no_debug_tensors_turns_the_built_in_trainers_hook_off(small_data, tmp_p
 def test_local_modes_hook_parameters_make_the_same_config(tmp_path):
     """SDK local mode writes no debughookconfig.json: the parameters arrive in LOCALSAGE_DEBUG_HOOK and
     the contract holds the config SageMaker would have written; a file, when present, wins."""
-    from localsage import contract
+    from localsage.core import contract
 
     env = {contract.DEBUG_HOOK_ENV: json.dumps({"train.save_interval": 3})}
     loaded = contract.load(tmp_path, env=env, gpus=lambda: 0)
@@ -455,7 +457,8 @@ def test_debug_and_profiler_off_write_nothing(tmp_path):
 def test_the_site_hook_points_smdebug_at_the_image_default_only_when_the_job_has_no_config(tmp_path, monkeypatch):
     """smdebug reads SMDEBUG_CONFIG_FILE_PATH before /opt/ml/input/config/debughookconfig.json: the image's
     start-up hook may set it only when nothing else configures the hook."""
-    from localsage import contract, smdebug_default
+    from localsage.container import smdebug_default
+    from localsage.core import contract
 
     known = smdebug_default.facts()
     assert known["default"] == smdebug_default.IMAGE_CONFIG and known["root"] == contract.DEFAULT_ROOT

@@ -1,4 +1,4 @@
-"""decode-on=device (localsage.device_decode): the workers read files and draw crops, the training device decodes
+"""decode-on=device (localsage.container.device_decode): the workers read files and draw crops, the training device decodes
 and augments. Checked on the CPU device (torchvision's CPU decoder) against the workers' path; the nvJPEG
 run needs a GPU."""
 from __future__ import annotations
@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY_HP
-from localsage import data, device_decode, feed, runner
-from localsage.hyperparameters import HyperparameterError
+from localsage.container import data, device_decode, feed
+from localsage.core.hyperparameters import HyperparameterError
+from localsage.host import runner
 
 
 def _orientated(base: Image.Image, path: Path, orientation: int) -> bytes:
@@ -156,7 +157,7 @@ def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_broken_one_ski
     (tmp_path / "p1.jpg").unlink()  # gone after the worker's read: the host decodes the bytes it was given
     dec = device_decode.DeviceDecoder(spec, "cpu", arr)
     skipped = set()
-    with caplog.at_level(logging.WARNING, logger="localsage.train"):
+    with caplog.at_level(logging.WARNING, logger="localsage.container.train"):
         images, got = dec(raw, labels, skipped)
         dec(raw, labels, skipped)
     assert got.tolist() == [0, 1, 3] and images.shape == (3, 3, 32, 32) and skipped == {2}
@@ -188,7 +189,7 @@ def test_a_job_decoding_on_the_device_trains_and_counts_unreadable_files(tmp_pat
 
 @pytest.mark.integration
 def test_a_file_only_the_device_decoder_finds_unreadable_fails_a_strict_job_naming_it(tmp_path, jobs_dir):
-    """The device decoder runs in the feed thread (localsage.feed.in_thread): its strict-data error still
+    """The device decoder runs in the feed thread (localsage.container.feed.in_thread): its strict-data error still
     ends the job, and the job's failure file names the file."""
     root = data.make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40)
     victim = sorted((root / "train").rglob("*.jpg"))[3]

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from conftest import TINY_HP
-from localsage import contract, distributed, export, metrics
+from localsage.container import distributed, export
+from localsage.core import contract, metrics
 
 pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
 
@@ -38,7 +39,9 @@ def test_single_host_is_a_noop(monkeypatch):
 
 
 def test_cpu_threads_are_the_hyperparameter_else_the_given_share_else_the_hosts_cores(monkeypatch):
-    from localsage import backends, procs, recipe
+    from localsage.container import recipe
+    from localsage.core import procs
+    from localsage.host import backends
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -55,8 +58,9 @@ def test_cpu_threads_are_the_hyperparameter_else_the_given_share_else_the_hosts_
 
 CUT_SHARES = """
 import os, sys
-from localsage import contract, data, procs, recipe
-from localsage.scriptmode import env as script_env
+from localsage.core import contract, procs
+from localsage.container import data, recipe
+from localsage.container.scriptmode import env as script_env
 root = sys.argv[1]
 contract.make_dirs(root)
 contract.write_config(root, {"lr": "0.1"}, [contract.COMBINED_CHANNEL])
@@ -96,8 +100,8 @@ def test_a_count_below_one_is_a_usage_error(tmp_path, capsys, argv):
 @pytest.mark.parametrize("backend", ["process", "docker"])
 def test_a_one_host_backend_refuses_more_hosts_before_any_job(tmp_path, capsys, backend):
     """--instance-count 2 on the process backend used to run one host under a record saying two."""
-    from localsage import records, runner
     from localsage.cli import main as cli_main
+    from localsage.host import records, runner
 
     jobs = tmp_path / "jobs"
     code = cli_main(["train", "--data", str(tmp_path), "--backend", backend, "--instance-count", "2",
@@ -111,7 +115,7 @@ def test_a_one_host_backend_refuses_more_hosts_before_any_job(tmp_path, capsys, 
 
 
 def test_processes_per_host_is_the_toolkit_override_else_the_gpus_else_one():
-    from localsage.hyperparameters import HyperparameterError, processes_per_host
+    from localsage.core.hyperparameters import HyperparameterError, processes_per_host
 
     key = "sagemaker_mpi_num_of_processes_per_host"
     assert processes_per_host({}, 0) == 1 and processes_per_host({}, 4) == 4
@@ -125,8 +129,8 @@ def test_processes_per_host_is_the_toolkit_override_else_the_gpus_else_one():
 def test_local_mode_hosts_share_the_cores_among_all_their_processes(tmp_path):
     """N local-mode hosts with P processes each (on CPU) split the machine's cores N x P ways; a GPU,
     one host, or the job's own thread settings leave the environment as it is."""
-    from localsage.backends import JobSpec
-    from localsage.backends.sagemaker_local import host_thread_env
+    from localsage.host.backends import JobSpec
+    from localsage.host.backends.sagemaker_local import host_thread_env
 
     def job(count, env=None, **reserved):
         return JobSpec(name="j", dir=tmp_path, channels={}, hyperparameters={"lr": "0.1", **reserved},
@@ -163,7 +167,7 @@ def run_two_hosts(tmp_path, data, hp):
         roots.append(root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
     env.update(MASTER_PORT=str(free_port()), PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "localsage.train", "--ml-root", str(r)], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "localsage.container.train", "--ml-root", str(r)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in roots]
     outs = []
     for p in procs:
@@ -196,7 +200,7 @@ def test_a_rank_with_an_unreadable_batch_keeps_step_with_the_others(tmp_path):
     """One image per step and several corrupt files: some step has nothing readable on one rank but
     not on the other. That rank takes a zero-weight step instead of skipping it, so the gradient
     all-reduces stay paired and the job finishes instead of hanging."""
-    from localsage.data import make_demo_data
+    from localsage.container.data import make_demo_data
 
     data = make_demo_data(tmp_path / "bad", classes=2, per_class=8, size=32, seed=2, corrupt=5)
     roots, outs = run_two_hosts(tmp_path / "jobs", data,
@@ -211,9 +215,9 @@ def test_one_host_runs_a_process_per_slot_from_the_toolkit_override(tmp_path, sm
     """`train --processes-per-host 2` (the built-in trainer too) sends sagemaker_mpi_num_of_processes_per_host=2,
     how the AWS toolkit sets processes per host and how a CPU machine gets more than one: the trainer
     launches two gloo ranks on one host itself, each with half the cores."""
-    from localsage import records
     from localsage.cli import main as cli_main
-    from localsage.data import default_workers
+    from localsage.container.data import default_workers
+    from localsage.host import records
 
     jobs = tmp_path / "jobs"
     hp = {**TINY_HP, "epochs": "2", "max-steps": "0", "workers": "0"}

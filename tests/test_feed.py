@@ -1,4 +1,4 @@
-"""localsage.feed: what the training step is given, on CPU and (where a GPU is present) through CUDA's side stream."""
+"""localsage.container.feed: what the training step is given, on CPU and (where a GPU is present) through CUDA's side stream."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from localsage import data, feed
+from localsage.container import data, feed
 
 
 def loader_batches(count, n=4, size=8, seed=0):
@@ -28,7 +28,7 @@ def test_batches_normalise_skip_unreadable_log_each_bad_file_once_and_stop_at_th
                         datasets={"train": SimpleNamespace(paths=[f"img{i}.jpg".encode() for i in range(4)])})
     ranks = SimpleNamespace(world=1, rank=0, device=torch.device("cpu"))
     bad = {"train": set()}
-    with caplog.at_level(logging.WARNING, logger="localsage.train"):
+    with caplog.at_level(logging.WARNING, logger="localsage.container.train"):
         got = list(feed.batches(d, "train", ranks, bad))
     assert len(got) == 3 and bad["train"] == {1, 2, 3}
     assert [r.getMessage() for r in caplog.records].count("skipped unreadable image img1.jpg") == 1
@@ -78,8 +78,10 @@ class SlowBatches(torch.utils.data.Dataset):
 def test_the_next_epochs_first_batches_are_made_while_the_epoch_before_validates(tmp_path):
     """fit starts epoch k+1's train iterator before validating epoch k: its first step finds its batch ready
     (epoch 1's first step waits for a whole batch; without the early start so would every epoch's)."""
-    from localsage import contract as contract_mod, hyperparameters, train
-    from localsage.debugger.sampler import STEPS, StepTimer
+    from localsage.container import train
+    from localsage.container.debug_sampler import StepTimer
+    from localsage.core import contract as contract_mod, hyperparameters
+    from localsage.core.debug_names import PROFILE_STEPS
 
     delay, batch = 0.4, 4
     loaders = {split: torch.utils.data.DataLoader(SlowBatches(n, d), batch_size=batch, shuffle=split == "train",
@@ -99,7 +101,7 @@ def test_the_next_epochs_first_batches_are_made_while_the_epoch_before_validates
     progress = train.Progress(bad_files={split: set() for split in loaders})
     assert train.fit(job, hp, train.Ranks(0, 1, 0, torch.device("cpu"), None), d, parts, progress, dbg) is False
     dbg.timer.close()
-    rows = [json.loads(line) for line in (tmp_path / "profiler" / STEPS).read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "profiler" / PROFILE_STEPS).read_text().splitlines()]
     firsts = [r["dataloader"] for r in rows if r["mode"] == "train" and r["step"] % 2 == 0]
     assert len(firsts) == 3 and len(progress.history) == 3
     assert firsts[0] > 0.8 * delay, firsts  # the job's first batch: nothing could start it earlier
@@ -168,7 +170,7 @@ def test_device_decoded_batches_come_from_the_feed_thread_with_the_unthreaded_pi
     decoder gives when called in line (torchvision's CPU decoder in nvJPEG's place)."""
     import threading
 
-    from localsage import device_decode
+    from localsage.container import device_decode
 
     data.make_demo_data(tmp_path / "d", classes=2, per_class=6, size=48)
     paths = sorted((tmp_path / "d" / "train").rglob("*.jpg"))

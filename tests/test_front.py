@@ -292,18 +292,18 @@ def test_sigterm_reaches_the_server_and_its_status_is_the_fronts(tmp_path):
 
 def test_the_front_waits_past_the_slowest_models_own_timeout(tmp_path):
     """TorchServe answers its own response timeout; the front must not cut a slow model off first."""
-    from localsage import serving
+    from localsage.host import torchserve
 
     slow, plain = tmp_path / "slow", tmp_path / "plain"
     for d in (slow, plain):
         d.mkdir()
     (slow / "model-config.yaml").write_text("responseTimeout: 300\n")
-    server = serving.LocalServer({"slow": slow, "plain": plain, "packed": tmp_path / "x.mar"}, port=free_port())
+    server = torchserve.LocalServer({"slow": slow, "plain": plain, "packed": tmp_path / "x.mar"}, port=free_port())
     try:
         cmd = server.command()
         assert cmd[cmd.index("--timeout") + 1] == str(2 * 300 + 30)
-        assert serving.read_properties(server.config)["inference_address"] == f"unix:{server.inference_socket}"
+        assert torchserve.read_properties(server.config)["inference_address"] == f"unix:{server.inference_socket}"
         assert cmd[cmd.index("--upstream") + 1] == str(server.inference_socket)
     finally:
         server.stop()
-    assert serving.longest_response_timeout({"plain": plain}, {"default_response_timeout": "60"}) == 60
+    assert torchserve.longest_response_timeout({"plain": plain}, {"default_response_timeout": "60"}) == 60

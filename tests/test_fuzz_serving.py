@@ -28,7 +28,7 @@ import pytest
 import requests
 from PIL import Image
 
-from localsage import serving
+from localsage.host import torchserve
 from test_serving import free_ports, model_dir, sample_jpeg, served_model_dir, test_images  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
@@ -277,7 +277,7 @@ def worker_rss(pids):
 def fuzz_server(served_model_dir, tmp_path_factory):  # noqa: F811 - the fixture imported from test_serving
     logs = tmp_path_factory.mktemp("fuzzlogs")
     port, metrics_port, grpc, grpc_management = free_ports(4)
-    ts = serving.LocalServer({"demo": served_model_dir}, port=port, metrics_port=metrics_port,
+    ts = torchserve.LocalServer({"demo": served_model_dir}, port=port, metrics_port=metrics_port,
                              grpc_ports=(grpc, grpc_management), log_path=logs / "torchserve.out")
     ts.start(wait_s=240)
     yield ts

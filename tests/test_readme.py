@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from localsage.hyperparameters import markdown_table
+from localsage.core.hyperparameters import markdown_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_HP
-from localsage import contract, hyperparameters, metrics, records, runner
-from localsage.scriptmode import code as code_mod, env as env_mod, run as run_mod
+from localsage.container.scriptmode import code as code_mod, env as env_mod, run as run_mod
+from localsage.core import contract, hyperparameters, metrics
+from localsage.host import records, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "dog-breeds"
@@ -469,7 +470,7 @@ def test_example_on_the_docker_backend_and_a_failing_script(image, small_data, t
 @pytest.mark.docker
 def test_the_sdks_pytorch_estimator_trains_the_example(image, small_data, tmp_path):
     """sagemaker.pytorch.PyTorch(entry_point=..., image_uri=our image) in local mode, as a user writes it."""
-    from localsage.backends import sagemaker_local
+    from localsage.host.backends import sagemaker_local
 
     with sagemaker_local.local_aws_env():
         from sagemaker.pytorch import PyTorch

@@ -30,7 +30,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from localsage import scriptserve
+from localsage.host import torchserve_script
 from test_serving import free_ports  # one helper for free loopback ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,7 +175,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mar(models, tmp_path_factory):
-    return scriptserve.package_script(models["dogs"], tmp_path_factory.mktemp("store"), name="dogs-mar")
+    return torchserve_script.package_script(models["dogs"], tmp_path_factory.mktemp("store"), name="dogs-mar")
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def server(models, mar, tmp_path_factory):
     logs = tmp_path_factory.mktemp("script-logs")
     port, metrics, grpc, grpc2 = free_ports(4)
     # the faulty module gets a real batch window, so that good and bad requests share a batch
-    ts = scriptserve.ScriptServer({**models, "dogs-mar": mar}, port=port, metrics_port=metrics,
+    ts = torchserve_script.ScriptServer({**models, "dogs-mar": mar}, port=port, metrics_port=metrics,
                               grpc_ports=(grpc, grpc2), log_path=logs / "torchserve.out",
                               batching={"faulty": {"batchSize": 8, "maxBatchDelay": 400}})
     try:
@@ -601,7 +601,7 @@ def test_sagemaker_sdk_pytorch_model_local_deploy(image, models, jpeg, tmp_path)
     from sagemaker.pytorch import PyTorchModel
     from sagemaker.serializers import IdentitySerializer
 
-    from localsage.backends import sagemaker_local
+    from localsage.host.backends import sagemaker_local
 
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -653,7 +653,7 @@ def _tiny_wheel(folder: Path) -> Path:
 
 
 def test_requirements_install_from_find_links_into_a_private_folder(tmp_path):
-    stage = scriptserve.script_stage()
+    stage = torchserve_script.script_stage()
     model = write_module(tmp_path / "model", "import tinydep\n")
     (model / "code" / "requirements.txt").write_text("# offline wheelhouse\ntinydep==0.1\n")
     wheels = _tiny_wheel(tmp_path / "wheels").parent
@@ -695,7 +695,7 @@ def whole_pickle_model(path: Path) -> Path:
 
 
 def script_errors():
-    from localsage.servefiles import serve_module
+    from localsage.core.serve_dir import serve_module
 
     return serve_module("script_errors.py")
 

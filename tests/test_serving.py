@@ -33,8 +33,9 @@ import pytest
 import requests
 from PIL import Image
 
-from localsage import export, serving
 from localsage.cli import serve as cli_serve
+from localsage.container import export
+from localsage.host import torchserve
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "serve" / "handler.py"
@@ -102,14 +103,14 @@ def classes(served_model_dir):
 
 @pytest.fixture(scope="session")
 def mar(served_model_dir, tmp_path_factory):
-    return serving.package(served_model_dir, tmp_path_factory.mktemp("store"), name="demo-mar")
+    return torchserve.package(served_model_dir, tmp_path_factory.mktemp("store"), name="demo-mar")
 
 
 @pytest.fixture(scope="session")
 def server(served_model_dir, mar, tmp_path_factory):
     logs = tmp_path_factory.mktemp("tslogs")
     port, metrics_port, grpc, grpc_management = free_ports(4)
-    ts = serving.LocalServer(
+    ts = torchserve.LocalServer(
         {"demo": served_model_dir, "demo-mar": mar}, port=port,
         metrics_port=metrics_port, grpc_ports=(grpc, grpc_management),
         env={"LOCALSAGE_SERVE_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES)},
@@ -163,12 +164,12 @@ def test_side_ports_are_free_distinct_and_avoid_taken_ones():
     than 8080) ports the kernel picks, never the server's own port or a taken one (TorchServe exits on a
     taken gRPC port before it serves anything)."""
     port, free_next = free_ports(2)
-    metrics, grpc = serving.side_ports(port, metrics=free_next)
+    metrics, grpc = torchserve.side_ports(port, metrics=free_next)
     assert metrics == free_next and len({port, metrics, *grpc}) == 4
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         busy = taken.getsockname()[1]
-        metrics, grpc = serving.side_ports(busy - 2)
+        metrics, grpc = torchserve.side_ports(busy - 2)
         assert busy not in (metrics, *grpc) and len({busy - 2, metrics, *grpc}) == 4
         for p in (metrics, *grpc):  # all free now
             with socket.socket() as s:
@@ -234,7 +235,7 @@ def test_preprocessing_matches_training_eval_transform(served_model_dir, test_im
     """The handler's pixels are exactly the training eval transform's (resize, crop, normalise)."""
     import torch
 
-    from localsage import data
+    from localsage.container import data
 
     handler = load_handler_module()
     clf = handler.Classifier(str(served_model_dir))
@@ -704,11 +705,11 @@ def _listening_ports(root_pid):
 
 @pytest.mark.integration
 def test_local_config_is_loopback_only_and_model_api_off(server):
-    props = serving.read_properties(ROOT / "serve" / "config.properties")
+    props = torchserve.read_properties(ROOT / "serve" / "config.properties")
     for key in ("inference_address", "metrics_address"):
         assert props[key].startswith("http://127.0.0.1:"), (key, props[key])
     assert props["management_address"].startswith("http://127.0.0.1:")  # plain TorchServe; LocalServer: a socket
-    assert props["allowed_urls"] == serving.DENY_ALL_URLS
+    assert props["allowed_urls"] == torchserve.DENY_ALL_URLS
     assert props["enable_model_api"] == "false"
     assert int(props["max_request_size"]) >= 6_500_000
     assert props["metrics_mode"] == "prometheus"
@@ -721,12 +722,12 @@ def test_shipped_config_has_no_fixed_folder_and_management_stays_off_the_network
     """serve/config.properties names no fixed path (a folder in /tmp that may not exist, or that another user
     could make first); management is on loopback for plain TorchServe, and LocalServer moves it to a unix socket
     in its own 0700 folder."""
-    props = serving.read_properties(SHIPPED_CONFIG)
+    props = torchserve.read_properties(SHIPPED_CONFIG)
     assert not [k for k, v in props.items() if "unix:" in v or "/tmp" in v], props
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", props["management_address"]), props["management_address"]
-    server = serving.LocalServer({}, port=free_ports(1)[0])
+    server = torchserve.LocalServer({}, port=free_ports(1)[0])
     try:
-        written = serving.read_properties(server.config)
+        written = torchserve.read_properties(server.config)
         assert written["management_address"] == f"unix:{server.management_socket}"
         assert server.management_socket.parent == server.workdir and (server.workdir.stat().st_mode & 0o077) == 0
     finally:
@@ -745,12 +746,12 @@ def test_serve_config_as_shipped_starts_plain_torchserve(tmp_path):
     assert re.sub(r"\d+", "N", moved) == re.sub(r"\d+", "N", text)  # nothing but numbers changed
     config = tmp_path / "config.properties"
     config.write_text(moved)
-    props = serving.read_properties(config)
+    props = torchserve.read_properties(config)
     (tmp_path / "store").mkdir()
     env = {**os.environ, "TMPDIR": str(tmp_path), "LOG_LOCATION": str(tmp_path / "logs"),
            "METRICS_LOCATION": str(tmp_path / "logs")}
     log = open(tmp_path / "ts.out", "wb")
-    proc = subprocess.Popen([serving._bin("torchserve"), "--foreground", "--ncs", "--ts-config", str(config),
+    proc = subprocess.Popen([torchserve._bin("torchserve"), "--foreground", "--ncs", "--ts-config", str(config),
                              "--model-store", str(tmp_path / "store")], cwd=tmp_path, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -781,7 +782,7 @@ def test_local_management_api_is_private_and_fetches_no_url(server, served_model
     a workflow or a model from a URL is refused; scaling workers is not reachable over HTTP."""
     import stat
 
-    props = serving.read_properties(server.config)
+    props = torchserve.read_properties(server.config)
     assert props["management_address"] == f"unix:{server.management_socket}"
     mode = server.workdir.stat()
     assert stat.S_IMODE(mode.st_mode) == 0o700 and mode.st_uid == os.getuid()
@@ -1010,7 +1011,7 @@ def test_sagemaker_sdk_local_mode_deploy(image, trained_job, sample_jpeg, classe
     from sagemaker.predictor import Predictor
     from sagemaker.serializers import IdentitySerializer
 
-    from localsage.backends import sagemaker_local
+    from localsage.host.backends import sagemaker_local
 
     tarball = Path(trained_job["JobDir"]) / "model.tar.gz"
     with tarfile.open(tarball) as tar:

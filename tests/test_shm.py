@@ -1,4 +1,4 @@
-"""localsage.shm: the loaders fitted to /dev/shm (made-up free space), and the reason a job gives when it runs out."""
+"""localsage.container.shm: the loaders fitted to /dev/shm (made-up free space), and the reason a job gives when it runs out."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from localsage import shm
+from localsage.container import shm
 
 MiB = 2**20
 BATCH = shm.batch_bytes(64, 224)  # the defaults: batch-size 64, image-size 224 (9.2 MiB)
@@ -116,7 +116,7 @@ def test_other_errors_are_not_blamed_on_dev_shm():
 
 
 def test_the_trainers_failure_reason_for_a_shm_error_is_the_shm_reason():
-    from localsage import train
+    from localsage.container import train
 
     try:
         raise RuntimeError(TORCH_FALLOCATE)
@@ -128,14 +128,15 @@ def test_the_trainers_failure_reason_for_a_shm_error_is_the_shm_reason():
 def test_load_data_fits_the_loaders_to_a_small_dev_shm_and_logs_it_once(tmp_path, monkeypatch, caplog):
     import torch
 
-    from localsage import data, feed, hyperparameters, train
+    from localsage.container import data, feed, train
+    from localsage.core import hyperparameters
 
     root = data.make_demo_data(tmp_path / "d", classes=2, per_class=6, size=32)
     indexed, folders = data.load_splits({s: root / s for s in ("train", "valid", "test")})
     hp = hyperparameters.parse({"workers": "2", "data-cache": "off"})  # batch 64 at 224 px: the defaults
     ranks = train.Ranks(0, 1, 0, torch.device("cpu"), None)
     monkeypatch.setattr(shm, "space", lambda processes=1, reserved=0: room(64))
-    with caplog.at_level(logging.WARNING, logger="localsage.train"):
+    with caplog.at_level(logging.WARNING, logger="localsage.container.train"):
         d = feed.load_data(indexed, folders, hp, ranks)
     assert d.workers == 1
     train_loader = d.loaders["train"]
@@ -146,7 +147,7 @@ def test_load_data_fits_the_loaders_to_a_small_dev_shm_and_logs_it_once(tmp_path
                                                                        shm.batch_bytes(64, 224)).describe()) == 1
     caplog.clear()
     monkeypatch.setattr(shm, "space", lambda processes=1, reserved=0: room(2048))
-    with caplog.at_level(logging.WARNING, logger="localsage.train"):
+    with caplog.at_level(logging.WARNING, logger="localsage.container.train"):
         d = feed.load_data(indexed, folders, hp, ranks)
     assert d.workers == 2 and d.loaders["train"].prefetch_factor == data.PREFETCH
     assert d.datasets["train"].ring.slots == data.PREFETCH + 2
@@ -156,7 +157,8 @@ def test_load_data_fits_the_loaders_to_a_small_dev_shm_and_logs_it_once(tmp_path
 def test_a_decoded_image_cache_on_dev_shm_is_set_aside_from_the_loaders_budget(tmp_path, monkeypatch):
     import torch
 
-    from localsage import data, feed, hyperparameters, train
+    from localsage.container import data, feed, train
+    from localsage.core import hyperparameters
 
     if not shm.on_shm(shm.SHM):
         pytest.skip("no /dev/shm here")

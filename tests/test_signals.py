@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from conftest import TINY_HP
-from localsage import files, procs, records, runner
-from localsage.backends import docker as docker_backend
+from localsage.core import files, procs
+from localsage.host import records, runner
+from localsage.host.backends import docker as docker_backend
 
 pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
 
@@ -255,11 +256,11 @@ def test_sigterm_to_serve_stops_torchserve(tiny_job):
 
 
 def test_sigkill_to_serve_takes_the_jvm_and_workers_down(tiny_job):
-    """No code of the CLI runs after SIGKILL: the server's guard (localsage.groupguard, parent-death
+    """No code of the CLI runs after SIGKILL: the server's guard (localsage.core.groupguard, parent-death
     signal) takes TorchServe's launcher, JVM and workers down and removes the private temp folder."""
     proc, port, tree = serving(tiny_job)
     assert any("model_service_worker" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
-    guard = next(p for p in tree if "localsage.groupguard" in " ".join(p.cmdline()))
+    guard = next(p for p in tree if "localsage.core.groupguard" in " ".join(p.cmdline()))
     workdir = guard.cmdline()[guard.cmdline().index("--cleanup") + 1]
     assert os.path.isdir(workdir)
     proc.kill()
@@ -276,8 +277,8 @@ def test_groupguard_stops_the_whole_group_when_its_owner_is_killed(tmp_path):
     folder.mkdir()
     owner = subprocess.Popen([sys.executable, "-c", f"""
 import signal, subprocess, sys, time
-from localsage import procs
-subprocess.Popen([sys.executable, "-m", "localsage.groupguard", "--cleanup", {str(folder)!r}, "--grace", "2", "--",
+from localsage.core import procs
+subprocess.Popen([sys.executable, "-m", "localsage.core.groupguard", "--cleanup", {str(folder)!r}, "--grace", "2", "--",
                   "sh", "-c", "sleep 300 & exec sleep 301"], start_new_session=True,
                  preexec_fn=procs.die_with_parent(signal.SIGTERM))
 time.sleep(300)
@@ -345,7 +346,7 @@ def test_onecycle_resumes_after_a_mid_epoch_sigterm(tmp_path, demo_data):
           "workers": "0", "threads": "1"}
     root = make_ml_root(tmp_path / "ml", demo_data, hp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    cmd = [sys.executable, "-m", "localsage.train", "--ml-root", str(root)]
+    cmd = [sys.executable, "-m", "localsage.container.train", "--ml-root", str(root)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:  # a quarter of the first epoch done: stop in the middle of it
@@ -388,7 +389,7 @@ def test_a_planted_pickle_in_the_checkpoint_does_not_run(tmp_path, small_data):
 
 
 def test_own_checkpoint_is_weights_only(tmp_path):
-    from localsage import checkpoint, train
+    from localsage.container import checkpoint, train
 
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(net.parameters())

@@ -9,15 +9,18 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "src" / "localsage"
 
-# Container side: runs inside the training image / TorchServe worker; never imports host-side code.
-CONTAINER_SIDE = ("localsage.train", "localsage.data", "localsage.model", "localsage.debugger.hook",
-                  "localsage.distributed", "localsage.scriptmode", "localsage.entry", "localsage.recipe",
-                  "localsage.checkpoint", "localsage.decode", "localsage.data_cache", "localsage.feed",
-                  "localsage.normalize", "localsage.device_decode")
-HOST_SIDE = ("localsage.runner", "localsage.records", "localsage.scriptjob", "localsage.scriptserve",
-             "localsage.backends", "localsage.tune", "localsage.serving", "localsage.cloud",
-             "localsage.demo", "localsage.cli", "localsage.tracking", "localsage.registry")
-
+# The packages and what each may import (besides itself): foundations import nothing else of localsage; the
+# debugger's rules and report read tensor and profile files (both sides run them); container code runs inside
+# the training image and never imports host code; the front doors (cli, api) import everything below them.
+LAYERS = {
+    "localsage.core": (),
+    "localsage.debugger": ("localsage.core",),
+    "localsage.container": ("localsage.core", "localsage.debugger"),
+    "localsage.host": ("localsage.core", "localsage.debugger", "localsage.container"),
+    "localsage.api": ("localsage.core", "localsage.debugger", "localsage.container", "localsage.host"),
+    "localsage.cli": ("localsage.core", "localsage.debugger", "localsage.container", "localsage.host",
+                      "localsage.api"),
+}
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PKG.parent).with_suffix("").parts
@@ -93,8 +96,8 @@ def under(name: str, prefixes) -> bool:
 
 def test_the_import_graph_is_seen():
     g = graph()
-    assert "localsage.runner" in g["localsage.cli.jobs"]  # lazy imports count
-    assert "localsage.contract" in g["localsage.runner"]
+    assert "localsage.host.runner" in g["localsage.cli.jobs"]  # lazy imports count
+    assert "localsage.core.contract" in g["localsage.host.runner"]
 
 
 def test_no_import_cycles():
@@ -102,18 +105,27 @@ def test_no_import_cycles():
     assert cycle is None, " -> ".join(cycle)
 
 
+def layer_of(name: str):
+    return next((layer for layer in LAYERS if under(name, (layer,))), None)
+
+
+def test_every_module_lives_in_a_layer():
+    loose = [name for name in modules() if layer_of(name) is None and name not in ("localsage", "localsage.__main__")]
+    assert not loose, f"modules outside core/, debugger/, container/, host/, api/, cli/: {loose}"
+
+
 def test_imports_go_one_way():
     g = graph()
     bad = [(a, b) for a, deps in g.items() for b in deps
-           if (not under(a, ("localsage.cli", "localsage.__main__")) and under(b, ("localsage.cli",)))
-           or (under(a, CONTAINER_SIDE) and under(b, HOST_SIDE))]
+           if (layer := layer_of(a)) and layer_of(b) != layer and layer_of(b) not in LAYERS[layer]]
     assert not bad, bad
 
 
 def test_library_modules_have_no_argparse():
     offenders = [name for name, path in modules().items()
                  if not under(name, ("localsage.cli",)) and "argparse" in path.read_text()
-                 and name not in ("localsage.train", "localsage.scriptmode", "localsage.entry")]
+                 and name not in ("localsage.container.train", "localsage.container.scriptmode",
+                                  "localsage.container.entry")]
     assert not offenders, offenders
 
 

@@ -19,8 +19,9 @@ from urllib.parse import quote
 import pytest
 
 from conftest import TINY_HP
-from localsage import procs, records, runner, tracking, tune
 from localsage.cli import main as cli_main
+from localsage.core import procs
+from localsage.host import records, runner, tracking, tune
 
 pytestmark = pytest.mark.integration
 JOB_HP = {**TINY_HP, "epochs": "2"}

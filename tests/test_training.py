@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from conftest import FAST_HP, TINY_HP
-from localsage import export, hyperparameters, metrics, model, runner
 from localsage.cli import main as cli_main
+from localsage.container import export, model
+from localsage.core import hyperparameters, metrics
+from localsage.host import runner
 
 
 def tar_names(path):
@@ -123,7 +125,7 @@ def make_ml_root(root: Path, data: Path, hps: dict, separate_channels=True):
 def run_entry(root: Path, env_extra=None, timeout=300):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "localsage.train", "--ml-root", str(root)], env=env,
+    return subprocess.run([sys.executable, "-m", "localsage.container.train", "--ml-root", str(root)], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -203,7 +205,7 @@ def test_mismatched_classes(tmp_path, small_data, jobs_dir):
 
 @pytest.mark.integration
 def test_corrupt_images_skipped_and_counted_or_strict(tmp_path, jobs_dir):
-    from localsage.data import make_demo_data
+    from localsage.container.data import make_demo_data
 
     data = make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40, corrupt=4)
     hp = {k: v for k, v in TINY_HP.items() if k != "max-steps"}
@@ -296,7 +298,7 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path, small_data):
     root = make_ml_root(tmp_path / "ml", small_data, hp)
     metrics_file = root / "output/data/metrics.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    proc = subprocess.Popen([sys.executable, "-m", "localsage.train", "--ml-root", str(root)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "localsage.container.train", "--ml-root", str(root)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert wait_for(lambda: metrics_file.exists() and metrics_file.read_text().strip(), 240), "no epoch finished"
     proc.send_signal(signal.SIGTERM)
@@ -329,7 +331,7 @@ def test_runner_stop_records_stopped(small_data, jobs_dir):
 KILL_DURING_SAVE = r"""
 import sys, torch
 from pathlib import Path
-from localsage.export import atomic_write_bytes
+from localsage.container.export import atomic_write_bytes
 path = Path(sys.argv[1])
 big = {"w": torch.randn(4_000_000)}
 print("ready", flush=True)
@@ -353,11 +355,11 @@ def test_checkpoint_never_half_written(tmp_path):
 
 
 def test_optimizers_are_fused():
-    from localsage import train
+    from localsage.container import recipe
 
     net = torch.nn.Linear(4, 2)
     for name in ("adamw", "sgd"):
         hp = {"optimizer": name, "lr": 0.01, "momentum": 0.9, "weight-decay": 1e-4}
-        opt = train.make_optimizer(net, hp)
+        opt = recipe.make_optimizer(net, hp)
         assert opt.defaults["fused"] is True, name
         assert type(opt).__name__ == {"adamw": "AdamW", "sgd": "SGD"}[name]

@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from conftest import FAST_HP, TINY_HP
-from localsage import cloud, metrics, procs, records, tune
 from localsage.cli import main as cli_main
+from localsage.core import metrics, procs
+from localsage.host import cloud, records, tune
 
 TINY_FIXED = {k: v for k, v in TINY_HP.items() if k not in ("lr", "batch-size")}
 
@@ -528,7 +529,7 @@ def test_missing_weights_or_bad_data_stop_the_study_before_any_trial(tmp_path, s
 
 def _processes_of(job_dir: Path) -> list:
     """PIDs of live processes whose environment points into the job folder."""
-    from localsage import contract
+    from localsage.core import contract
 
     mark = f"{contract.ROOT_ENV}={Path(job_dir).resolve()}".encode()
     found = []

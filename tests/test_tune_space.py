@@ -11,8 +11,8 @@ import psutil
 import pytest
 import yaml
 
-from localsage import records, tune
 from localsage.cli import build_parser, main as cli_main, tune as cli_tune
+from localsage.host import records, tune
 
 TEST_LOSS = "test_loss=Test set: Average loss: ([0-9.]+)"
 # the script of the command: it defines --learning-rate only, so the seed space's --lr is unrecognized

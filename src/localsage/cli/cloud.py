@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from localsage.cli.common import at_least_one, cloud_guard, pairs, parse_hp, print_table
+
 # cheap to import (standard library only): the parser needs its constants
-from ..cloud.constants import (
+from localsage.host.cloud.constants import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN,
     DEFAULT_REPOSITORY,
@@ -18,7 +20,6 @@ from ..cloud.constants import (
     SERVING_DEFAULTS,
     SERVING_ENV_VARS,
 )
-from .common import at_least_one, cloud_guard, pairs, parse_hp, print_table
 
 
 def add_train_arguments(p) -> None:
@@ -44,7 +45,7 @@ def add_predict_arguments(p) -> None:
 
 
 def training_options(args):
-    from .. import cloud
+    from localsage.host import cloud
 
     return cloud.TrainingOptions(output_path=args.output_path or cloud.default_output_path(args.data), role=args.role,
                                  image=args.image, instance_type=args.instance_type, region=args.region,
@@ -61,7 +62,8 @@ def training_options(args):
 
 @cloud_guard
 def train_on_sagemaker(args) -> int:
-    from .. import cloud, hyperparameters, records, runner
+    from localsage.core import hyperparameters
+    from localsage.host import cloud, records, runner
 
     hps = parse_hp(args.hp, args.hp_file)
     opts = training_options(args)
@@ -99,7 +101,7 @@ def train_on_sagemaker(args) -> int:
 
 def deploy_options(args, name):
     """DeployOptions and the local model.tar.gz to upload first (None when it is on S3 or repacked)."""
-    from .. import cloud, records
+    from localsage.host import cloud, records
 
     record = None if args.model.startswith("s3://") else records.describe(args.model, args.jobs_dir)
     data, local = cloud.model_data(args.model, record, args.output_path)
@@ -119,7 +121,7 @@ def deploy_options(args, name):
 
 
 def cmd_deploy(args) -> int:
-    from .. import cloud
+    from localsage.host import cloud
 
     name = cloud.endpoint_name(args.model, args.endpoint_name)
     if args.dry_run:
@@ -143,7 +145,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .. import cloud
+    from localsage.host import cloud
 
     for ref in cloud.push(args.image, args.repository, args.tag or ["latest"], args.region):
         print(f"pushed {ref}")
@@ -151,7 +153,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_upload_data(args) -> int:
-    from .. import cloud
+    from localsage.host import cloud
 
     count = cloud.upload_data(args.dir, args.s3_uri, args.region)
     print(f"{count} files in {args.s3_uri.rstrip('/')}/ ; "
@@ -160,7 +162,7 @@ def cmd_upload_data(args) -> int:
 
 
 def cmd_endpoint(args) -> int:
-    from .. import cloud
+    from localsage.host import cloud
 
     if args.action == "list":
         rows = cloud.list_endpoints(args.region)

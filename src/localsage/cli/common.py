@@ -71,7 +71,7 @@ def guard(func, *errors):
 
 def cloud_guard(func):
     def run(args):
-        from ..cloud import CloudError
+        from localsage.host.cloud import CloudError
 
         return guard(func, CloudError)(args)
     return run

@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def _job(args) -> Path:
-    from .. import records
-    from ..debugger import results
+    from localsage.debugger import results
+    from localsage.host import records
 
     given = Path(args.job)
     where = given if given.is_file() else records.locate(args.job, args.jobs_dir)
@@ -22,8 +22,8 @@ def _job(args) -> Path:
 
 
 def cmd_debug(args):
-    from .. import tracking
-    from ..debugger import rules
+    from localsage.debugger import rules
+    from localsage.host import tracking
 
     folder = _job(args)
     verdicts = rules.run_rules(folder, overrides=args.rule or [], only=args.only or None)
@@ -35,8 +35,8 @@ def cmd_debug(args):
 
 
 def cmd_report(args):
-    from .. import tracking
-    from ..debugger import report
+    from localsage.debugger import report
+    from localsage.host import tracking
 
     folder = _job(args)
     path = report.build(folder)

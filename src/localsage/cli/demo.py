@@ -1,19 +1,19 @@
 """`localsage demo`: the whole loop on generated data."""
 from __future__ import annotations
 
-from ..backends import BACKENDS
-from .common import at_least_one
-from .track import add_tracking_flag
+from localsage.cli.common import at_least_one
+from localsage.cli.track import add_tracking_flag
+from localsage.host.backends import BACKENDS
 
 
 def cmd_demo(args):
-    from .. import demo
+    from localsage.host import demo
 
     return demo.run(args.data, args.jobs_dir, args.backend, args.image, args.trials, args.parallel)
 
 
 def add_parser(subparsers):
-    from ..demo import TRIALS
+    from localsage.host.demo import TRIALS
 
     p = subparsers.add_parser("demo",
                               help="the whole loop on generated data: tune, train, rules, report, serve, predict")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 
-from ..backends import BACKENDS
-from .common import at_least_one, fmt, pairs, parse_hp, print_table
+from localsage.cli.common import at_least_one, fmt, pairs, parse_hp, print_table
+from localsage.host.backends import BACKENDS
 
 
 def cmd_demo_data(args):
-    from ..data import make_demo_data
+    from localsage.container.data import make_demo_data
 
     root = make_demo_data(args.dir, classes=args.classes, per_class=args.per_class, size=args.size,
                           seed=args.seed, corrupt=args.corrupt, imbalance=args.imbalance)
@@ -20,7 +20,7 @@ CLOUD_MAX_RUN = 4 * 3600  # --max-run's default for --backend sagemaker; local j
 
 def script_options(args) -> dict:
     """runner.train keywords of a script job (--entry-point and friends); {} for the built-in trainer."""
-    from ..metrics import definition
+    from localsage.core.metrics import definition
 
     try:
         definitions = [definition(d) for d in args.metric_definition or []]
@@ -49,16 +49,16 @@ def train_data(args):
 
 
 def cmd_train(args):
-    from .. import backends
+    from localsage.host import backends
 
     if backends.traits(args.backend).remote:  # the cloud's own flags and request
-        from .cloud import train_on_sagemaker
+        from localsage.cli.cloud import train_on_sagemaker
 
         if args.max_run is None:
             args.max_run = CLOUD_MAX_RUN
         return train_on_sagemaker(args)
-    from .. import runner
-    from ..hyperparameters import decode_value
+    from localsage.core.hyperparameters import decode_value
+    from localsage.host import runner
 
     opts = script_options(args)
     hps = parse_hp(args.hp, args.hp_file)
@@ -70,7 +70,7 @@ def cmd_train(args):
 
 
 def cmd_jobs(args):
-    from .. import records
+    from localsage.host import records
 
     if args.action == "describe":
         if not args.name:
@@ -92,20 +92,20 @@ def cmd_jobs(args):
 
 
 def cmd_metric_definitions(args):
-    from ..metrics import METRIC_DEFINITIONS
+    from localsage.core.metrics import METRIC_DEFINITIONS
 
     print(json.dumps(METRIC_DEFINITIONS, indent=2))
 
 
 def cmd_hyperparameters(args):
-    from ..hyperparameters import markdown_table
+    from localsage.core.hyperparameters import markdown_table
 
     print(markdown_table())
 
 
 def add_parser(sub) -> None:
-    from .cloud import add_train_arguments
-    from .track import add_tracking_flag
+    from localsage.cli.cloud import add_train_arguments
+    from localsage.cli.track import add_tracking_flag
 
     p = sub.add_parser("demo-data", help="write a small learnable ImageFolder set (train/valid/test)")
     p.add_argument("dir")

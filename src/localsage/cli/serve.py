@@ -1,9 +1,9 @@
 """`localsage predict | package | serve`."""
 from __future__ import annotations
 
-from ..servefiles import serving_defaults
-from .cloud import add_predict_arguments
-from .common import pairs, print_table
+from localsage.cli.cloud import add_predict_arguments
+from localsage.cli.common import pairs, print_table
+from localsage.core.serve_dir import serving_defaults
 
 
 def prediction_rows(results) -> list:
@@ -21,26 +21,26 @@ def prediction_rows(results) -> list:
 def cmd_predict(args):
     topk = {} if args.topk is None else {"topk": args.topk}
     if args.endpoint_name:  # a SageMaker endpoint
-        from .. import cloud
+        from localsage.host import cloud
 
         results = cloud.predict_endpoint(args.endpoint_name, args.images, region=args.region, **topk)
     else:
-        from .. import serving
+        from localsage.host import torchserve
 
-        results = serving.predict(args.endpoint, args.images, model=args.model, timeout=args.timeout, **topk)
+        results = torchserve.predict(args.endpoint, args.images, model=args.model, timeout=args.timeout, **topk)
     print_table(prediction_rows(results), ("IMAGE", "LABEL", "PROBABILITY", "NEXT"))
     return 0 if all(status == 200 for _, status, _ in results) else 1
 
 
 def _script_model(args):
     """(model dir, unpacked temp dir or None) when args name a script model (a user's inference.py), else None."""
-    from .. import scriptserve
+    from localsage.host import torchserve_script
 
     try:
-        model_dir, unpacked = scriptserve.resolve_model(args.job, args.jobs_dir)
+        model_dir, unpacked = torchserve_script.resolve_model(args.job, args.jobs_dir)
     except FileNotFoundError:
         return None  # the built-in path reports it
-    if args.entry_point or args.source_dir or scriptserve.is_script_model(model_dir):
+    if args.entry_point or args.source_dir or torchserve_script.is_script_model(model_dir):
         return model_dir, model_dir if unpacked else None
     if unpacked:  # a model.tar.gz of a built-in model: serve the unpacked dir
         return model_dir, model_dir
@@ -55,15 +55,15 @@ def _remove(path):
 
 
 def cmd_package(args):
-    from .. import scriptserve, serving
+    from localsage.host import torchserve, torchserve_script
 
     script = _script_model(args)
     if script is None:
-        print(serving.package(args.job, args.export_path, args.name, args.jobs_dir))
+        print(torchserve.package(args.job, args.export_path, args.name, args.jobs_dir))
         return 0
     try:
-        name = args.name or serving._model_name(args.job).split(".tar")[0]
-        print(scriptserve.package_script(script[0], args.export_path, name, args.entry_point, args.source_dir))
+        name = args.name or torchserve._model_name(args.job).split(".tar")[0]
+        print(torchserve_script.package_script(script[0], args.export_path, name, args.entry_point, args.source_dir))
     finally:
         _remove(script[1])
     return 0
@@ -71,7 +71,7 @@ def cmd_package(args):
 
 def cmd_serve(args):
     env = pairs(args.env, "--env")  # refused before anything starts
-    from .. import registry, scriptserve, serving
+    from localsage.host import registry, torchserve, torchserve_script
 
     if registry.is_model_uri(args.job):  # models:/NAME/VERSION or models:/NAME@alias: fetched, then as a folder
         model_dir, fetched = registry.fetch(args.job, args.jobs_dir)
@@ -83,12 +83,12 @@ def cmd_serve(args):
             _remove(fetched)
     script = _script_model(args)
     if script is None:
-        return serving.serve_job(args.job, args.jobs_dir, args.port, args.name, env=env)
+        return torchserve.serve_job(args.job, args.jobs_dir, args.port, args.name, env=env)
     model_dir, unpacked = script
     try:
-        if not scriptserve.is_script_model(model_dir) and not (args.entry_point or args.source_dir):
-            return serving.serve_job(model_dir, args.jobs_dir, args.port, args.name or "model", env=env)
-        return scriptserve.serve_script(model_dir, args.port, args.name or "model", args.entry_point, args.source_dir,
+        if not torchserve_script.is_script_model(model_dir) and not (args.entry_point or args.source_dir):
+            return torchserve.serve_job(model_dir, args.jobs_dir, args.port, args.name or "model", env=env)
+        return torchserve_script.serve_script(model_dir, args.port, args.name or "model", args.entry_point, args.source_dir,
                                         env=env)
     finally:
         _remove(unpacked)

@@ -13,7 +13,8 @@ def ui_command(store: str, artifacts: str, port: int) -> list:
 
 
 def cmd_ui(args):
-    from .. import procs, records, tracking
+    from localsage.core import procs
+    from localsage.host import records, tracking
 
     jobs = records.jobs_root(args.jobs_dir)
     uri = os.environ.get(tracking.URI_ENV)
@@ -25,7 +26,7 @@ def cmd_ui(args):
     url = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI over {tracking.redact(store)}: {url} (loopback only; Ctrl-C stops)", flush=True)
     # the guard takes MLflow's server and its workers down with this process, even when it is SIGKILLed
-    guard = [sys.executable, "-m", "localsage.groupguard", "--"]
+    guard = [sys.executable, "-m", "localsage.core.groupguard", "--"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes: a viewer
     proc = subprocess.Popen(guard + ui_command(store, str(jobs / tracking.ARTIFACTS), args.port), env=env,
                             start_new_session=True, preexec_fn=procs.die_with_parent(signal.SIGTERM))
@@ -41,7 +42,7 @@ def cmd_ui(args):
 
 
 def cmd_register(args):
-    from .. import registry
+    from localsage.host import registry
 
     name, version, uri = registry.register(args.job, args.jobs_dir, args.name)
     print(f"registered {args.job} as {name} version {version} in {uri}")

@@ -5,10 +5,19 @@ import json
 import signal
 import sys
 
-from ..backends import BACKENDS
-from ..tune import DEFAULT_SPACE, OBJECTIVE_TYPES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV, describe_space, parse_space
-from .common import print_table
-from .track import add_tracking_flag
+from localsage.cli.common import print_table
+from localsage.cli.track import add_tracking_flag
+from localsage.host.backends import BACKENDS
+from localsage.host.tune import (
+    DEFAULT_SPACE,
+    OBJECTIVE_TYPES,
+    PRUNERS,
+    SAMPLERS,
+    SETTINGS,
+    STORAGE_ENV,
+    describe_space,
+    parse_space,
+)
 
 EXIT_SIGNALLED = {"SIGTERM": 128 + signal.SIGTERM, "Ctrl-C": 128 + signal.SIGINT}
 
@@ -60,7 +69,7 @@ def add_parser(subparsers):
 
 def tuning(args):
     """The validated tuning setup the command line (and its --config, or the stored study) describes."""
-    from .. import tune
+    from localsage.host import tune
 
     if args.resume:
         raw = tune.stored_config(args.study or SETTINGS["study"], args.storage, args.jobs_dir)
@@ -79,7 +88,7 @@ def tuning(args):
 
 
 def cmd_tune(args):
-    from .. import backends, cloud, tune
+    from localsage.host import backends, cloud, tune
 
     t = tuning(args)
     if t.space_note:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rules as rules_mod, sampler
-from .constants import LOSS_NAME
+from localsage.core import debug_names, files
+from localsage.core.debug_names import LOSS_NAME
+from localsage.debugger import rules as rules_mod
 
 log = logging.getLogger("localsage.debugger")
 
@@ -127,7 +128,7 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
     page = Page(report_dir)
     record = _read_json(job_dir / "job.json", {}) or {}
     summary = _read_json(paths.summary_file, {}) or {}
-    pjob = _read_json(paths.profiler_dir / sampler.JOB, {}) or {}
+    pjob = _read_json(paths.profiler_dir / debug_names.PROFILE_JOB, {}) or {}
     name = record.get("TrainingJobName") or job_dir.name
     page.h(1, f"Debugger and profiler report: {name}")
 
@@ -169,7 +170,7 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
         page.p("No smdebug tensors (debug=false, or the job saved none).", "muted")
 
     # ---- accuracy per epoch
-    metrics = [r for r in sampler.read_jsonl(paths.metrics_file) if "epoch" in r]
+    metrics = [r for r in files.read_jsonl(paths.metrics_file) if "epoch" in r]
     page.h(2, "Accuracy and loss per epoch", id="accuracy")
     if metrics:
         fig, ax = plt.subplots(figsize=(8, 3.2))

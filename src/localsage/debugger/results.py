@@ -23,7 +23,7 @@ import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .. import files
+from localsage.core import files
 
 OUTPUT = "output"
 OUTPUT_TARBALL = "output.tar.gz"

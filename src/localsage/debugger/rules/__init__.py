@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..constants import ACTIVATION_RULES, ALL_RULES, DEBUGGER_RULES, PROFILER_RULES  # noqa: F401
-from .reading import ordered, reading, table  # noqa: F401
+from localsage.core.debug_names import ACTIVATION_RULES, ALL_RULES, DEBUGGER_RULES, PROFILER_RULES  # noqa: F401
+from localsage.debugger.rules.reading import ordered, reading, table  # noqa: F401
 
 _LAZY = {
     "run_rules": "verdicts", "evaluate": "verdicts", "parse_overrides": "verdicts", "read_verdicts": "verdicts",

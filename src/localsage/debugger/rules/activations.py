@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 
-from ..constants import LABELS_NAME, LOGITS_NAME
-from .base import LocalRule, fmt, loss_names, mode_losses, mode_of, modes, names
-from .tensors import NO_GRADIENTS
+from localsage.core.debug_names import LABELS_NAME, LOGITS_NAME
+from localsage.debugger.rules.base import LocalRule, fmt, loss_names, mode_losses, mode_of, modes, names
+from localsage.debugger.rules.tensors import NO_GRADIENTS
 
 NO_RELU = ("no ReLU activations saved ({rx}): the built-in trainer saves them with rules=all or when `rules` "
            "names DeadRelu/PoorWeightInitialization; a script's hook needs collection relu_activations")

@@ -18,7 +18,7 @@ from smdebug.exceptions import RuleEvaluationConditionMet
 from smdebug.rules.rule import Rule
 from smdebug.rules.rule_invoker import invoke_rule
 
-from ..constants import LOSS_NAME
+from localsage.core.debug_names import LOSS_NAME
 
 __all__ = ["LocalRule", "EmptyTrial", "Rule", "RuleEvaluationConditionMet", "invoke_rule", "modes", "mean",
            "mode_of", "scalar", "loss_names", "names", "mode_losses", "MAX_TRIGGER_STEPS", "fmt"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .base import LocalRule, fmt, loss_names, mean, mode_losses, mode_of, modes, scalar
+from localsage.debugger.rules.base import LocalRule, fmt, loss_names, mean, mode_losses, mode_of, modes, scalar
 
 MIN_LOSS_POINTS = 5
 MIN_PASSES = 3

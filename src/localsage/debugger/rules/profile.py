@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import sampler
+from localsage.core import debug_names, files
 
 
 class Profile:
@@ -15,9 +15,9 @@ class Profile:
 
     def __init__(self, profiler_dir):
         d = Path(profiler_dir)
-        self.system = sampler.read_jsonl(d / sampler.SYSTEM)
-        self.steps = sampler.read_jsonl(d / sampler.STEPS)
-        self.job = json.loads((d / sampler.JOB).read_text()) if (d / sampler.JOB).exists() else {}
+        self.system = files.read_jsonl(d / debug_names.PROFILE_SYSTEM)
+        self.steps = files.read_jsonl(d / debug_names.PROFILE_STEPS)
+        self.job = json.loads((d / debug_names.PROFILE_JOB).read_text()) if (d / debug_names.PROFILE_JOB).exists() else {}
         self.gpus = max((len(r.get("gpu") or []) for r in self.system), default=0)
 
     def gpu(self, key, i):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EmptyTrial, LocalRule, RuleEvaluationConditionMet
-from .profile import Profile, step_outliers, system_stats
+from localsage.debugger.rules.base import EmptyTrial, LocalRule, RuleEvaluationConditionMet
+from localsage.debugger.rules.profile import Profile, step_outliers, system_stats
 
 
 class ProfilerRule(LocalRule):

@@ -3,7 +3,7 @@ one-line reading of the job, and the text table the CLI prints. Works on verdict
 (fresh or read from output/rules), imports neither numpy nor smdebug."""
 from __future__ import annotations
 
-from ..constants import ALL_RULES
+from localsage.core.debug_names import ALL_RULES
 
 # The cause before its symptoms: a diverged job also shows a flat/rising loss, mispredicted classes
 # and huge weight updates; a zero init also gives vanishing gradients and a flat loss. A verdict

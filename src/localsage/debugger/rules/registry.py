@@ -1,10 +1,10 @@
 """Rule name -> class, stated once (the names alone, cheap to import, are in ..constants)."""
 from __future__ import annotations
 
-from ..constants import ALL_RULES
-from .activations import ClassImbalance, DeadRelu, PoorWeightInitialization
-from .losses import LossDiverging, LossNotDecreasing, Overfit, Overtraining
-from .profiler import (
+from localsage.core.debug_names import ALL_RULES
+from localsage.debugger.rules.activations import ClassImbalance, DeadRelu, PoorWeightInitialization
+from localsage.debugger.rules.losses import LossDiverging, LossNotDecreasing, Overfit, Overtraining
+from localsage.debugger.rules.profiler import (
     BatchSize,
     CPUBottleneck,
     Dataloader,
@@ -15,7 +15,7 @@ from .profiler import (
     OverallSystemUsage,
     StepOutlier,
 )
-from .tensors import AllZero, ExplodingTensor, VanishingGradient, WeightUpdateRatio
+from localsage.debugger.rules.tensors import AllZero, ExplodingTensor, VanishingGradient, WeightUpdateRatio
 
 REGISTRY = {cls.__name__: cls for cls in (
     LossNotDecreasing, LossDiverging, Overfit, Overtraining, VanishingGradient, ExplodingTensor,

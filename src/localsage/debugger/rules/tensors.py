@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import LocalRule, mode_of, modes, names
+from localsage.debugger.rules.base import LocalRule, mode_of, modes, names
 
 NO_GRADIENTS = ("no gradient tensors saved (collection `gradients`): include it in the hook's collections "
                 "(built-in trainer: saved every debug-tensor-interval TRAIN steps)")

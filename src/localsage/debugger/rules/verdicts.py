@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...contract import Contract
-from ..constants import ALL_RULES, DEBUGGER_RULES
-from .base import MAX_TRIGGER_STEPS, EmptyTrial, RuleEvaluationConditionMet, invoke_rule
-from .profile import Profile
-from .registry import rule_class
+from localsage.core.contract import Contract
+from localsage.core.debug_names import ALL_RULES, DEBUGGER_RULES
+from localsage.debugger.rules.base import MAX_TRIGGER_STEPS, EmptyTrial, RuleEvaluationConditionMet, invoke_rule
+from localsage.debugger.rules.profile import Profile
+from localsage.debugger.rules.registry import rule_class
 
 
 def _convert(text, default):
