@@ -17,6 +17,7 @@ from pathlib import Path
 
 from localsage.container.data import make_demo_data
 from localsage.host import runner
+from localsage.host.jobplan import JobPlan
 from spread import spread  # bench/spread.py
 
 
@@ -34,8 +35,8 @@ def main():
     for r in range(args.rounds):
         for backend in ("process", "docker"):
             t0 = time.time()
-            rec = runner.train(data, hp, backend=backend, image=args.image if backend == "docker" else None,
-                               jobs_dir=work / "jobs", name=f"{backend}-{r}", echo=False)
+            rec = runner.train(data, JobPlan(hyperparameters=hp, image=args.image if backend == "docker" else None),
+                               backend=backend, jobs_dir=work / "jobs", name=f"{backend}-{r}", echo=False)
             wall = time.time() - t0
             summary = rec.get("Summary") or {}
             train_s = summary.get("train_time", float("nan"))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from localsage.container.data import make_demo_data
 from localsage.host import runner
+from localsage.host.jobplan import JobPlan
 from spread import spread  # bench/spread.py
 
 
@@ -39,8 +40,9 @@ def main():
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
         for side in order:
             t0 = time.time()
-            rec = runner.train(data, hp, backend="sagemaker-local", image=args.image, instance_count=2,
-                               env=sides[side], jobs_dir=work / "jobs", name=f"{side}-{r}", echo=False)
+            rec = runner.train(data, JobPlan(hyperparameters=hp, image=args.image, env=sides[side]),
+                               backend="sagemaker-local", instance_count=2, jobs_dir=work / "jobs",
+                               name=f"{side}-{r}", echo=False)
             summary = rec.get("Summary") or {}
             rows.append({"side": side, "round": r, "status": rec["TrainingJobStatus"],
                          "wall_s": round(time.time() - t0, 1),

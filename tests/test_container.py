@@ -19,6 +19,7 @@ from conftest import FAST_HP, TINY_HP
 from localsage.container import export
 from localsage.core import contract, metrics
 from localsage.host import records, runner
+from localsage.host.jobplan import JobPlan
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -112,8 +113,8 @@ def test_built_in_trainer_completes_at_224_px_on_dockers_default_64m_dev_shm(eng
 # ------------------------------------------------------------------ docker backend
 
 def test_docker_backend_completes_with_artifacts(engine, image, small_data, tmp_path):
-    record = runner.train(small_data, TINY_HP, backend="docker", image=image, jobs_dir=tmp_path, echo=False,
-                          name="docker-ok")
+    record = runner.train(small_data, JobPlan(hyperparameters=TINY_HP, image=image), backend="docker",
+                          jobs_dir=tmp_path, echo=False, name="docker-ok")
     job_dir = Path(record["JobDir"])
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     assert record["AlgorithmSpecification"]["TrainingImage"] == image
@@ -125,8 +126,8 @@ def test_docker_backend_completes_with_artifacts(engine, image, small_data, tmp_
 
 
 def test_docker_backend_bad_hyperparameter_fails_with_reason(engine, image, small_data, tmp_path):
-    record = runner.train(small_data, {**TINY_HP, "lr": "-1"}, backend="docker", image=image, jobs_dir=tmp_path,
-                          echo=False, name="docker-bad-hp")
+    record = runner.train(small_data, JobPlan(hyperparameters={**TINY_HP, "lr": "-1"}, image=image), backend="docker",
+                          jobs_dir=tmp_path, echo=False, name="docker-bad-hp")
     assert record["TrainingJobStatus"] == "Failed"
     assert record["ExitCode"] == 1
     assert "lr" in record["FailureReason"] and "HyperparameterError" in record["FailureReason"]
@@ -140,8 +141,8 @@ def test_docker_backend_stop_sends_sigterm_and_removes_the_container(engine, ima
         seen.append(job_containers(engine, "docker-stop"))  # still running while it reports
         return values["epoch"] >= 1
 
-    record = runner.train(small_data, {**TINY_HP, "epochs": "50"}, backend="docker", image=image,
-                          jobs_dir=tmp_path, echo=False, name="docker-stop", on_metrics=on_metrics)
+    record = runner.train(small_data, JobPlan(hyperparameters={**TINY_HP, "epochs": "50"}, image=image),
+                          backend="docker", jobs_dir=tmp_path, echo=False, name="docker-stop", on_metrics=on_metrics)
     assert record["TrainingJobStatus"] == "Stopped"
     assert record["EpochsCompleted"] < 50
     assert record["ExitCode"] == 143, "train should exit on SIGTERM (143), not be killed (137)"
@@ -150,8 +151,8 @@ def test_docker_backend_stop_sends_sigterm_and_removes_the_container(engine, ima
 
 
 def test_docker_backend_missing_image_fails_clearly(engine, small_data, tmp_path):
-    record = runner.train(small_data, TINY_HP, backend="docker", image="localsage-no-such-image:0", jobs_dir=tmp_path,
-                          echo=False, name="docker-no-image")
+    record = runner.train(small_data, JobPlan(hyperparameters=TINY_HP, image="localsage-no-such-image:0"),
+                          backend="docker", jobs_dir=tmp_path, echo=False, name="docker-no-image")
     assert record["TrainingJobStatus"] == "Failed"
     assert "localsage-no-such-image" in record["FailureReason"]
 
@@ -188,9 +189,10 @@ AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", 
 
 def test_sagemaker_local_one_instance(engine, image, small_data, tmp_path):
     before = {k: os.environ.get(k) for k in AWS_VARS}
-    record = runner.train(small_data, {**TINY_HP, "debug": "true"}, backend="sagemaker-local", image=image,
-                          jobs_dir=tmp_path, echo=False, name="sm-local-1",
-                          debugger_hook_config={"train.save_interval": "1"})
+    record = runner.train(small_data,
+                          JobPlan(hyperparameters={**TINY_HP, "debug": "true"}, image=image,
+                                  debugger_hook_config={"train.save_interval": "1"}),
+                          backend="sagemaker-local", jobs_dir=tmp_path, echo=False, name="sm-local-1")
     job_dir = Path(record["JobDir"])
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     assert MODEL_FILES <= tar_names(job_dir / "model.tar.gz")
@@ -204,8 +206,8 @@ def test_sagemaker_local_one_instance(engine, image, small_data, tmp_path):
 
 
 def test_sagemaker_local_failure_reason_reaches_the_record(engine, image, small_data, tmp_path):
-    record = runner.train(small_data, {**TINY_HP, "arch": "nope"}, backend="sagemaker-local", image=image,
-                          jobs_dir=tmp_path, echo=False, name="sm-local-bad")
+    record = runner.train(small_data, JobPlan(hyperparameters={**TINY_HP, "arch": "nope"}, image=image),
+                          backend="sagemaker-local", jobs_dir=tmp_path, echo=False, name="sm-local-bad")
     assert record["TrainingJobStatus"] == "Failed"
     assert "arch" in record["FailureReason"]
 
@@ -213,8 +215,8 @@ def test_sagemaker_local_failure_reason_reaches_the_record(engine, image, small_
 def test_sagemaker_local_two_instances_train_data_parallel(engine, image, demo_data, tmp_path):
     # 16 per rank x 2 ranks = the single-process recipe's global batch of 32
     hp = {**FAST_HP, "batch-size": "16"}
-    record = runner.train(demo_data, hp, backend="sagemaker-local", image=image, jobs_dir=tmp_path, echo=False,
-                          name="sm-local-2", instance_count=2)
+    record = runner.train(demo_data, JobPlan(hyperparameters=hp, image=image), backend="sagemaker-local",
+                          jobs_dir=tmp_path, echo=False, name="sm-local-2", instance_count=2)
     job_dir = Path(record["JobDir"])
     log = (job_dir / records.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
@@ -236,9 +238,11 @@ def test_sagemaker_local_two_instances_train_data_parallel(engine, image, demo_d
 def test_sagemaker_local_two_hosts_of_two_processes_share_the_cores_four_ways(engine, image, small_data, tmp_path):
     """--processes-per-host 2 on 2 local-mode hosts: 4 gloo ranks across the two containers, each with a
     quarter of this machine's cores (never fewer than one thread), and one model from the leader."""
-    record = runner.train(small_data, {**TINY_HP, "max-steps": "0", "workers": "0"}, backend="sagemaker-local",
-                          image=image, jobs_dir=tmp_path, echo=False, name="sm-local-2x2", instance_count=2,
-                          processes_per_host=2)
+    record = runner.train(small_data,
+                          JobPlan(hyperparameters={**TINY_HP, "max-steps": "0", "workers": "0"}, image=image,
+                                  processes_per_host=2),
+                          backend="sagemaker-local", jobs_dir=tmp_path, echo=False, name="sm-local-2x2",
+                          instance_count=2)
     job_dir = Path(record["JobDir"])
     log = (job_dir / records.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
@@ -254,8 +258,9 @@ def test_sagemaker_local_two_hosts_of_two_processes_share_the_cores_four_ways(en
 
 
 def test_sagemaker_local_stop_records_stopped(engine, image, small_data, tmp_path):
-    record = runner.train(small_data, {**TINY_HP, "epochs": "50"}, backend="sagemaker-local", image=image,
-                          jobs_dir=tmp_path, echo=False, name="sm-local-stop", on_metrics=lambda m: m["epoch"] >= 1)
+    record = runner.train(small_data, JobPlan(hyperparameters={**TINY_HP, "epochs": "50"}, image=image),
+                          backend="sagemaker-local", jobs_dir=tmp_path, echo=False, name="sm-local-stop",
+                          on_metrics=lambda m: m["epoch"] >= 1)
     assert record["TrainingJobStatus"] == "Stopped"
     assert record["ExitCode"] == 143, "train should exit on SIGTERM (143), not be killed (137)"
     assert record["EpochsCompleted"] < 50

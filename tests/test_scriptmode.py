@@ -21,6 +21,7 @@ from conftest import TINY_HP
 from localsage.container.scriptmode import code as code_mod, env as env_mod, run as run_mod
 from localsage.core import contract, hyperparameters, metrics
 from localsage.host import records, runner
+from localsage.host.jobplan import JobPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "dog-breeds"
@@ -255,9 +256,10 @@ def test_a_whole_pickled_model_leads_the_failure_message(tmp_path):
 @pytest.mark.integration
 def test_probe_on_the_process_backend(probe_source, small_data, tmp_path):
     src, wheels = probe_source
-    record = runner.train(small_data, PROBE_HP, jobs_dir=tmp_path, echo=False, name="probe-process",
-                          entry_point="probe.py", source_dir=src, env=pip_env(wheels),
-                          metric_definitions=[metrics.definition(r"loss=probe: loss=([0-9.]+)")])
+    record = runner.train(small_data,
+                          JobPlan.for_script("probe.py", source_dir=src, hyperparameters=PROBE_HP, env=pip_env(wheels),
+                                             metric_definitions=[metrics.definition(r"loss=probe: loss=([0-9.]+)")]),
+                          jobs_dir=tmp_path, echo=False, name="probe-process")
     job_dir = Path(record["JobDir"])
     check_probe(record, job_dir, str(job_dir / "model"), str(job_dir / "input/data/training"), in_container=False)
     hps = json.loads((job_dir / "input/config/hyperparameters.json").read_text())
@@ -273,8 +275,9 @@ def test_a_failed_requirements_install_names_the_file(probe_source, small_data, 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "probe.py").write_text(PROBE)
     (tmp_path / "src" / "requirements.txt").write_text("no-such-package-xyz==9\n")
-    record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="bad-reqs",
-                          entry_point="probe.py", source_dir=tmp_path / "src", env=pip_env(wheels))
+    record = runner.train(small_data,
+                          JobPlan.for_script("probe.py", source_dir=tmp_path / "src", env=pip_env(wheels)),
+                          jobs_dir=tmp_path / "jobs", echo=False, name="bad-reqs")
     assert record["TrainingJobStatus"] == "Failed"
     assert "requirements.txt" in record["FailureReason"] and "no-such-package-xyz" in record["FailureReason"]
 
@@ -286,8 +289,8 @@ def test_a_failed_requirements_install_names_the_file(probe_source, small_data, 
 ])
 def test_a_failing_script_is_failed_with_the_reason(small_data, tmp_path, body, expected):
     (tmp_path / "fail.py").write_text(body)
-    record = runner.train(small_data, {"epochs": 1}, jobs_dir=tmp_path / "jobs", echo=False, name="fail",
-                          entry_point=str(tmp_path / "fail.py"))
+    record = runner.train(small_data, JobPlan.for_script(str(tmp_path / "fail.py"), hyperparameters={"epochs": 1}),
+                          jobs_dir=tmp_path / "jobs", echo=False, name="fail")
     assert record["TrainingJobStatus"] == "Failed" and record["ExitCode"] == 1
     reason = record["FailureReason"]
     assert reason.startswith("ExecuteUserScriptError:") and 'Command "' in reason and "fail.py --epochs 1" in reason
@@ -301,13 +304,14 @@ def test_a_job_that_torch_loads_a_whole_pickled_model(small_data, tmp_path, monk
     """The failure file (and so FailureReason) carries the clear reason; the job's --env switch loads it."""
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
     (tmp_path / "whole.py").write_text(WHOLE_PICKLE)
-    record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="whole-pickle",
-                          entry_point=str(tmp_path / "whole.py"))
+    record = runner.train(small_data, JobPlan.for_script(str(tmp_path / "whole.py")), jobs_dir=tmp_path / "jobs",
+                          echo=False, name="whole-pickle")
     assert record["TrainingJobStatus"] == "Failed"
     assert_weights_only_reason((Path(record["JobDir"]) / "output" / "failure").read_text())
     assert_weights_only_reason(record["FailureReason"])
-    record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="whole-pickle-trusted",
-                          entry_point=str(tmp_path / "whole.py"), env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    record = runner.train(small_data,
+                          JobPlan.for_script(str(tmp_path / "whole.py"), env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}),
+                          jobs_dir=tmp_path / "jobs", echo=False, name="whole-pickle-trusted")
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
 
 
@@ -333,9 +337,11 @@ for i in range(600):
 @pytest.mark.integration
 def test_sigterm_mid_script_stops_the_process_group(small_data, tmp_path):
     (tmp_path / "slow.py").write_text(SLOW)
-    record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="stop-me",
-                          entry_point=str(tmp_path / "slow.py"), on_metrics=lambda p: p["ordinal"] >= 3,
-                          metric_definitions=[{"Name": "step", "Regex": r"step (\d+)"}])
+    record = runner.train(small_data,
+                          JobPlan.for_script(str(tmp_path / "slow.py"),
+                                             metric_definitions=[{"Name": "step", "Regex": r"step (\d+)"}]),
+                          jobs_dir=tmp_path / "jobs", echo=False, name="stop-me",
+                          on_metrics=lambda p: p["ordinal"] >= 3)
     assert record["TrainingJobStatus"] == "Stopped" and record["ExitCode"] == 143
     pid = int((Path(record["JobDir"]) / "output/data/child.pid").read_text())
     deadline = time.time() + 10
@@ -348,8 +354,8 @@ def test_sigterm_mid_script_stops_the_process_group(small_data, tmp_path):
 @pytest.mark.integration
 def test_max_run_stops_a_local_job(small_data, tmp_path):
     (tmp_path / "slow.py").write_text(SLOW)
-    record = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="too-long",
-                          entry_point=str(tmp_path / "slow.py"), max_run=2)
+    record = runner.train(small_data, JobPlan.for_script(str(tmp_path / "slow.py"), max_run=2),
+                          jobs_dir=tmp_path / "jobs", echo=False, name="too-long")
     assert record["TrainingJobStatus"] == "Stopped" and record["SecondaryStatus"] == "MaxRuntimeExceeded"
 
 
@@ -366,11 +372,11 @@ sys.exit(0 if runs >= 2 else 1)
 @pytest.mark.integration
 def test_checkpoints_survive_a_restart_with_the_same_name(small_data, tmp_path):
     (tmp_path / "ckpt.py").write_text(CHECKPOINTING)
-    first = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="again",
-                         entry_point=str(tmp_path / "ckpt.py"))
+    first = runner.train(small_data, JobPlan.for_script(str(tmp_path / "ckpt.py")), jobs_dir=tmp_path / "jobs",
+                         echo=False, name="again")
     assert first["TrainingJobStatus"] == "Failed"
-    second = runner.train(small_data, {}, jobs_dir=tmp_path / "jobs", echo=False, name="again",
-                          entry_point=str(tmp_path / "ckpt.py"))
+    second = runner.train(small_data, JobPlan.for_script(str(tmp_path / "ckpt.py")), jobs_dir=tmp_path / "jobs",
+                          echo=False, name="again")
     assert second["TrainingJobStatus"] == "Completed"
     assert "run 2" in (Path(second["JobDir"]) / records.LOG).read_text()
 
@@ -378,8 +384,9 @@ def test_checkpoints_survive_a_restart_with_the_same_name(small_data, tmp_path):
 @pytest.mark.integration
 def test_shell_entry_point(small_data, tmp_path):
     (tmp_path / "run.sh").write_text('echo "args: $@"; echo "model: $SM_MODEL_DIR"\n')
-    record = runner.train(small_data, {"epochs": 2}, jobs_dir=tmp_path / "jobs", echo=False, name="sh",
-                          entry_point=str(tmp_path / "run.sh"), debug=False)
+    record = runner.train(small_data,
+                          JobPlan.for_script(str(tmp_path / "run.sh"), hyperparameters={"epochs": 2}, debug=False),
+                          jobs_dir=tmp_path / "jobs", echo=False, name="sh")
     assert not contract.debughookconfig_file(record["JobDir"]).exists()  # --no-debug-tensors
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     log = (Path(record["JobDir"]) / records.LOG).read_text()
@@ -389,9 +396,10 @@ def test_shell_entry_point(small_data, tmp_path):
 @pytest.fixture(scope="session")
 def example_job(small_data, tmp_path_factory):
     """The example script trained once on the process backend (shared by the tests below)."""
-    return runner.train(small_data, EXAMPLE_HP, jobs_dir=tmp_path_factory.mktemp("example-jobs"), echo=False,
-                        name="example", entry_point="train.py", source_dir=EXAMPLE,
-                        metric_definitions=[TEST_LOSS, VALID_LOSS])
+    return runner.train(small_data,
+                        JobPlan.for_script("train.py", source_dir=EXAMPLE, hyperparameters=EXAMPLE_HP,
+                                           metric_definitions=[TEST_LOSS, VALID_LOSS]),
+                        jobs_dir=tmp_path_factory.mktemp("example-jobs"), echo=False, name="example")
 
 
 @pytest.mark.integration
@@ -421,9 +429,11 @@ def test_the_scripts_smdebug_tensors_exist(example_job):
 
 @pytest.mark.integration
 def test_two_processes_train_data_parallel_with_torch_distributed(small_data, tmp_path):
-    record = runner.train(small_data, EXAMPLE_HP, jobs_dir=tmp_path, echo=False, name="ddp",
-                          entry_point="train.py", source_dir=EXAMPLE, distribution="torch_distributed",
-                          processes_per_host=2, metric_definitions=[TEST_LOSS])
+    record = runner.train(small_data,
+                          JobPlan.for_script("train.py", source_dir=EXAMPLE, distribution="torch_distributed",
+                                             hyperparameters=EXAMPLE_HP, metric_definitions=[TEST_LOSS],
+                                             processes_per_host=2),
+                          jobs_dir=tmp_path, echo=False, name="ddp")
     log = (Path(record["JobDir"]) / records.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     assert "rank 0/2" in log and "rank 1/2" in log, log[-3000:]
@@ -443,26 +453,29 @@ def test_probe_on_the_docker_backend(image, probe_source, small_data, tmp_path):
 
     shutil.copytree(src, work)
     shutil.copytree(wheels, work / "wheels")
-    record = runner.train(small_data, PROBE_HP, backend="docker", image=image, jobs_dir=tmp_path / "jobs",
-                          echo=False, name="probe-docker", entry_point="probe.py", source_dir=work, env=env,
-                          metric_definitions=[metrics.definition(r"loss=probe: loss=([0-9.]+)")])
+    record = runner.train(small_data,
+                          JobPlan.for_script("probe.py", source_dir=work, hyperparameters=PROBE_HP, image=image,
+                                             env=env,
+                                             metric_definitions=[metrics.definition(r"loss=probe: loss=([0-9.]+)")]),
+                          backend="docker", jobs_dir=tmp_path / "jobs", echo=False, name="probe-docker")
     check_probe(record, Path(record["JobDir"]), "/opt/ml/model", "/opt/ml/input/data/training", in_container=True)
 
 
 @pytest.mark.integration
 @pytest.mark.docker
 def test_example_on_the_docker_backend_and_a_failing_script(image, small_data, tmp_path):
-    record = runner.train(small_data, EXAMPLE_HP, backend="docker", image=image, jobs_dir=tmp_path, echo=False,
-                          name="example-docker", entry_point="train.py", source_dir=EXAMPLE,
-                          metric_definitions=[TEST_LOSS])
+    record = runner.train(small_data,
+                          JobPlan.for_script("train.py", source_dir=EXAMPLE, hyperparameters=EXAMPLE_HP, image=image,
+                                             metric_definitions=[TEST_LOSS]),
+                          backend="docker", jobs_dir=tmp_path, echo=False, name="example-docker")
     job_dir = Path(record["JobDir"])
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     assert "model.pth" in tar_names(job_dir / "model.tar.gz")
     assert list((job_dir / "output" / "tensors" / "index").rglob("*.json")), "no smdebug tensors from the script"
     assert [m["MetricName"] for m in record["FinalMetricDataList"]] == ["test_loss"]
     (tmp_path / "fail.py").write_text("raise RuntimeError('docker boom')\n")
-    failed = runner.train(small_data, {}, backend="docker", image=image, jobs_dir=tmp_path, echo=False,
-                          name="fail-docker", entry_point=str(tmp_path / "fail.py"))
+    failed = runner.train(small_data, JobPlan.for_script(str(tmp_path / "fail.py"), image=image), backend="docker",
+                          jobs_dir=tmp_path, echo=False, name="fail-docker")
     assert failed["TrainingJobStatus"] == "Failed" and "RuntimeError: docker boom" in failed["FailureReason"]
 
 
@@ -503,9 +516,11 @@ def test_the_sdks_pytorch_estimator_trains_the_example(image, small_data, tmp_pa
 @pytest.mark.integration
 @pytest.mark.docker
 def test_two_instances_torch_distributed_in_sdk_local_mode(image, small_data, tmp_path):
-    record = runner.train(small_data, EXAMPLE_HP, backend="sagemaker-local", image=image, jobs_dir=tmp_path,
-                          echo=False, name="sm-script-2", instance_count=2, entry_point="train.py",
-                          source_dir=EXAMPLE, distribution="torch_distributed")
+    record = runner.train(small_data,
+                          JobPlan.for_script("train.py", source_dir=EXAMPLE, distribution="torch_distributed",
+                                             hyperparameters=EXAMPLE_HP, image=image),
+                          backend="sagemaker-local", jobs_dir=tmp_path, echo=False, name="sm-script-2",
+                          instance_count=2)
     log = (Path(record["JobDir"]) / records.LOG).read_text()
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason") or log[-3000:]
     assert "rank 0/2" in log and "rank 1/2" in log, log[-3000:]

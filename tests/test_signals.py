@@ -20,7 +20,7 @@ import torch
 
 from conftest import TINY_HP
 from localsage.core import files, procs
-from localsage.host import records, runner
+from localsage.host import jobplan, records, runner
 from localsage.host.backends import docker as docker_backend
 
 pytestmark = pytest.mark.integration  # every test here runs jobs, servers or containers
@@ -390,13 +390,13 @@ def test_a_planted_pickle_in_the_checkpoint_does_not_run(tmp_path, small_data):
 
 def test_own_checkpoint_is_weights_only(tmp_path):
     from localsage.container import checkpoint, train
+    from localsage.container.recipe import Parts
 
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(net.parameters())
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
     random.random()
-    state = checkpoint.state(3, train.Parts(net, net, None, None, opt, sched,
-                                            torch.amp.GradScaler("cuda", enabled=False)),
+    state = checkpoint.state(3, Parts(net, net, None, None, opt, sched, torch.amp.GradScaler("cuda", enabled=False)),
                              train.Progress(bad_files={"train": {1, 2}}))
     checkpoint.save(tmp_path / "last.pth", state)
     import numpy as np
@@ -467,7 +467,7 @@ def test_job_folder_is_created_exclusively(small_data, tmp_path):
 
     def prepare():
         try:
-            results.append(runner.prepare("same-name", runner.channels_for(small_data), {}, jobs))
+            results.append(runner.prepare("same-name", jobplan.channels_for(small_data), {}, jobs))
         except FileExistsError as exc:
             results.append(exc)
 

@@ -21,7 +21,10 @@ import pytest
 from conftest import TINY_HP
 from localsage.cli import main as cli_main
 from localsage.core import procs
-from localsage.host import records, runner, tracking, tune
+from localsage.host import records, runner, tracking
+from localsage.host.jobplan import JobPlan
+from localsage.host.tune.settings import build
+from localsage.host.tune.workers import run as run_study
 
 pytestmark = pytest.mark.integration
 JOB_HP = {**TINY_HP, "epochs": "2"}
@@ -135,9 +138,10 @@ for epoch in range(1, args.epochs + 1):
 def test_a_script_jobs_own_mlflow_log_metric_lands_in_the_jobs_run(tracked, small_data, tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text(SCRIPT)
-    record = runner.train(small_data, {"epochs": 2}, name="script-tracked", jobs_dir=tmp_path / "jobs", echo=False,
-                          entry_point="train.py", source_dir=tmp_path / "src",
-                          metric_definitions=[{"Name": "val_loss", "Regex": "val_loss=([0-9.]+)"}])
+    record = runner.train(small_data,
+                          JobPlan.for_script("train.py", source_dir=tmp_path / "src", hyperparameters={"epochs": 2},
+                                             metric_definitions=[{"Name": "val_loss", "Regex": "val_loss=([0-9.]+)"}]),
+                          name="script-tracked", jobs_dir=tmp_path / "jobs", echo=False)
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
     run_id = run_of(record["JobDir"])
     assert [m.value for m in tracked.get_metric_history(run_id, "script_own")] == [10.0, 20.0]
@@ -152,8 +156,8 @@ def test_a_study_is_a_parent_run_its_pruned_trial_marked_and_its_best_tagged(tra
               "space": {"lr": {"type": "float", "min": 1e-3, "max": 10.0, "scale": "log"}},
               "enqueue": [{"lr": 0.003}, {"lr": 0.002}, {"lr": 0.004}, {"lr": 8.0}],  # the last one diverges
               "trials": 4, "prune_startup_trials": 1, "prune_warmup_steps": 0, "pruner": "median"}
-    t = tune.build(config, {"data": str(small_data), "study": "tracked-study"}, jobs_dir=jobs)
-    tune.run(t, echo=False)
+    t = build(config, {"data": str(small_data), "study": "tracked-study"}, jobs_dir=jobs)
+    run_study(t, echo=False)
     parents = tracked.search_runs(tracked.get_experiment_by_name("localsage").experiment_id,
                                   "tags.`localsage.kind` = 'study' and tags.`localsage.study` = 'tracked-study'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -249,7 +253,7 @@ def test_localsage_ui_shows_the_studys_runs_and_a_metric_chart(small_data, tmp_p
     jobs = tmp_path / "jobs"
     config = {"fixed": {**FIXED, "epochs": 2}, "trials": 2,
               "space": {"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}}}
-    tune.run(tune.build(config, {"data": str(small_data), "study": "ui-study"}, jobs_dir=jobs), echo=False)
+    run_study(build(config, {"data": str(small_data), "study": "ui-study"}, jobs_dir=jobs), echo=False)
     port = procs.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "localsage", "ui", "--jobs-dir", str(jobs), "--port", str(port)],
                             start_new_session=True, stdout=open(tmp_path / "ui.log", "wb"), stderr=subprocess.STDOUT)

@@ -20,6 +20,7 @@ from localsage.cli import main as cli_main
 from localsage.container import export, model
 from localsage.core import hyperparameters, metrics
 from localsage.host import runner
+from localsage.host.jobplan import JobPlan
 
 
 def tar_names(path):
@@ -250,8 +251,10 @@ def test_pretrained_weights_offline_fail_before_training(tmp_path, small_data, j
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(NO_NETWORK)  # imported by the job's interpreter at start
     path = os.pathsep.join(p for p in (str(blocker), os.environ.get("PYTHONPATH")) if p)
-    record = runner.train(small_data, {**TINY_HP, "weights": "DEFAULT"}, jobs_dir=jobs_dir, echo=False,
-                          env={"TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONPATH": path})
+    record = runner.train(small_data,
+                          JobPlan(hyperparameters={**TINY_HP, "weights": "DEFAULT"},
+                                  env={"TORCH_HOME": str(tmp_path / "torch-home"), "PYTHONPATH": path}),
+                          jobs_dir=jobs_dir, echo=False)
     assert record["TrainingJobStatus"] == "Failed"
     reason = record["FailureReason"]
     assert "TORCH_HOME" in reason and "weights=none" in reason
@@ -332,6 +335,7 @@ KILL_DURING_SAVE = r"""
 import sys, torch
 from pathlib import Path
 from localsage.container.export import atomic_write_bytes
+from localsage.host.jobplan import JobPlan
 path = Path(sys.argv[1])
 big = {"w": torch.randn(4_000_000)}
 print("ready", flush=True)

@@ -62,29 +62,21 @@ def training_options(args):
 
 @cloud_guard
 def train_on_sagemaker(args) -> int:
-    from localsage.core import hyperparameters
     from localsage.host import cloud, records, runner
+    from localsage.host.jobplan import JobPlan
 
     hps = parse_hp(args.hp, args.hp_file)
     opts = training_options(args)
     if getattr(args, "inference_entry_point", None):
         raise cloud.CloudError("--inference-entry-point copies a local job's inference script into its model; "
                                "for SageMaker give it to `localsage deploy --entry-point` (it repacks the model)")
-    per_host = getattr(args, "processes_per_host", None)
-    if per_host is not None:  # >= 1: the option's argparse type
-        hps[hyperparameters.PROCESSES_PER_HOST_KEY] = per_host
-    if not opts.entry_point:  # the built-in trainer: bad values fail here, not after an instance was billed
-        hps = hyperparameters.to_strings(hps)
-        if not opts.debug_tensors:  # SageMaker's switch and the trainer's own agree
-            try:
-                hps = hyperparameters.without_tensors(hps)
-            except ValueError as exc:
-                raise cloud.CloudError(str(exc)) from None
-        typed = hyperparameters.parse(hps)
-        if opts.hook_parameters and not typed["debug"]:
-            raise cloud.CloudError("--debugger-hook-config sets the tensors hook that debug=false turns off")
-        if not typed["debug"]:  # no DebuggerHookConfig for a hook the trainer will not set up
-            opts = dataclasses.replace(opts, debug_tensors=False)
+    try:  # the built-in trainer: bad values fail here, not after an instance was billed
+        plan = plan_for_cloud(args, hps, opts)
+    except ValueError as exc:
+        raise cloud.CloudError(str(exc)) from None
+    hps = plan.hyperparameters
+    if not plan.tensors_on:  # no DebuggerHookConfig for a hook the trainer will not set up
+        opts = dataclasses.replace(opts, debug_tensors=False)
     cloud.check_options(opts)
     env = pairs(getattr(args, "env", None), "--env")
     name = cloud.check_job_name(args.name or records.job_name())
@@ -94,9 +86,28 @@ def train_on_sagemaker(args) -> int:
     cloud.aws_session(opts.region)
     cloud.require_role(opts.role)
     cloud.confirm(cloud.training_summary(args.data, opts, args.instance_count), args.yes)
-    record = runner.train(args.data, hps, backend="sagemaker", name=name, jobs_dir=args.jobs_dir, env=env,
-                          image=opts.image, instance_count=args.instance_count, backend_options=opts.to_dict())
+    # the sagemaker backend sends the request's hyperparameters as they are (cloud.training_requests)
+    plan = JobPlan(hyperparameters=hps, env=env, image=opts.image)
+    record = runner.train(args.data, plan, backend="sagemaker", name=name, jobs_dir=args.jobs_dir,
+                          instance_count=args.instance_count, backend_options=opts.to_dict())
     return 0 if record["TrainingJobStatus"] == "Completed" else 1
+
+
+def plan_for_cloud(args, hps: dict, opts):
+    """The job plan's checks for SageMaker (bad values fail before an instance is billed): the built-in
+    trainer's hyperparameters as strings; a script's own values, which cloud.training_requests encodes
+    (cloud.check_options checks its hook settings). Both carry the toolkit's processes-per-host key."""
+    from localsage.core import hyperparameters
+    from localsage.host.jobplan import JobPlan
+
+    per_host = getattr(args, "processes_per_host", None)
+    checks = {"debug": opts.debug_tensors, "debugger_hook_config": opts.hook_parameters}
+    if opts.entry_point:
+        plan = JobPlan.for_script(opts.entry_point, source_dir=opts.source_dir, hyperparameters=hps)  # checks: its own
+        if per_host is not None:
+            plan = plan.but(hyperparameters={**plan.hyperparameters, hyperparameters.PROCESSES_PER_HOST_KEY: per_host})
+        return plan
+    return JobPlan(hyperparameters=hps, processes_per_host=per_host, **checks).check()
 
 
 def deploy_options(args, name):

@@ -18,25 +18,28 @@ def cmd_demo_data(args):
 CLOUD_MAX_RUN = 4 * 3600  # --max-run's default for --backend sagemaker; local jobs have none unless given
 
 
-def script_options(args) -> dict:
-    """runner.train keywords of a script job (--entry-point and friends); {} for the built-in trainer."""
+def job_plan(args, hps: dict):
+    """The job plan of `localsage train` on a local backend: the built-in trainer, or --entry-point's script."""
+    from localsage.core.hyperparameters import decode_value
     from localsage.core.metrics import definition
+    from localsage.host.jobplan import JobPlan
 
     try:
         definitions = [definition(d) for d in args.metric_definition or []]
     except ValueError as exc:
         raise SystemExit(f"--metric-definition: {exc}") from None
-    opts = {"metric_definitions": definitions or None, "env": pairs(args.env, "--env") or None,
-            "max_run": args.max_run, "debug": getattr(args, "debug_tensors", True)}
-    opts["processes_per_host"] = args.processes_per_host  # the built-in trainer honours it too
-    # and SageMaker's debughookconfig.json (it wins over the debug-* hyperparameters, as in the cloud)
-    opts["debugger_hook_config"] = pairs(args.debugger_hook_config, "--debugger-hook-config") or None
-    if args.entry_point:
-        opts.update(entry_point=args.entry_point, source_dir=args.source_dir, distribution=args.distribution,
-                    inference_entry_point=args.inference_entry_point)
-    elif args.source_dir or args.distribution or args.inference_entry_point:
+    # SageMaker's debughookconfig.json: it wins over the debug-* hyperparameters, as in the cloud
+    common = {"metric_definitions": definitions or None, "env": pairs(args.env, "--env") or {},
+              "max_run": args.max_run, "debug": getattr(args, "debug_tensors", True), "image": args.image,
+              "processes_per_host": args.processes_per_host,  # the built-in trainer honours it too
+              "debugger_hook_config": pairs(args.debugger_hook_config, "--debugger-hook-config") or None}
+    if args.entry_point:  # the script's own values: `--hp epochs=5` is 5, as hyperparameters={"epochs": 5}
+        return JobPlan.for_script(args.entry_point, source_dir=args.source_dir, distribution=args.distribution,
+                                  inference_entry_point=args.inference_entry_point,
+                                  hyperparameters={k: decode_value(v) for k, v in hps.items()}, **common)
+    if args.source_dir or args.distribution or args.inference_entry_point:
         raise SystemExit("--source-dir, --distribution and --inference-entry-point need --entry-point")
-    return opts
+    return JobPlan(hyperparameters=hps, **common)
 
 
 def train_data(args):
@@ -57,15 +60,11 @@ def cmd_train(args):
         if args.max_run is None:
             args.max_run = CLOUD_MAX_RUN
         return train_on_sagemaker(args)
-    from localsage.core.hyperparameters import decode_value
     from localsage.host import runner
 
-    opts = script_options(args)
-    hps = parse_hp(args.hp, args.hp_file)
-    if args.entry_point:  # the script's own values: `--hp epochs=5` is 5, as hyperparameters={"epochs": 5}
-        hps = {k: decode_value(v) for k, v in hps.items()}
-    record = runner.train(train_data(args), hps, backend=args.backend, name=args.name,
-                          jobs_dir=args.jobs_dir, image=args.image, instance_count=args.instance_count, **opts)
+    plan = job_plan(args, parse_hp(args.hp, args.hp_file))
+    record = runner.train(train_data(args), plan, backend=args.backend, name=args.name, jobs_dir=args.jobs_dir,
+                          instance_count=args.instance_count)
     return 0 if record["TrainingJobStatus"] == "Completed" else 1
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from localsage.core import procs
 from localsage.host import records, runner, tracking
+from localsage.host.jobplan import JobPlan
 
 # The demo recipe: resnet18 from scratch at 64 px reaches >= 0.9 on the demo set in a few epochs.
 FIXED = {"arch": "resnet18", "weights": "none", "image-size": 64, "epochs": 6, "workers": 1, "seed": 0}
@@ -43,14 +44,18 @@ def final_job(data_dir: Path, hp: dict, jobs_dir: Path, backend: str, image=None
         import shutil
 
         shutil.rmtree(job_dir)
-    return runner.train(data_dir, hp, backend=backend, name=FINAL_JOB, jobs_dir=jobs_dir, image=image)
+    return runner.train(data_dir, JobPlan(hyperparameters=hp, image=image), backend=backend, name=FINAL_JOB,
+                        jobs_dir=jobs_dir)
 
 
 def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, trials=TRIALS, parallel=1,
         samples=6) -> int:
     from localsage.container.data import class_name
-    from localsage.debugger import report as report_mod, rules as rules_mod
-    from localsage.host import torchserve, tune
+    from localsage.debugger import report as report_mod
+    from localsage.debugger.rules.verdicts import run_rules
+    from localsage.host import torchserve
+    from localsage.host.tune.settings import build as build_tuning
+    from localsage.host.tune.workers import run as run_study
 
     t0 = time.time()
     data_dir, jobs_dir = Path(data_dir), Path(jobs_dir)
@@ -60,17 +65,17 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
     if (data_dir / "train").is_dir():
         print("reusing the existing demo data")
     else:
-        from localsage.container.data import make_demo_data
+        from localsage.container.demo_images import make_demo_data
 
         make_demo_data(data_dir)
         print(f"wrote {sum(1 for _ in data_dir.rglob('*.jpg'))} images")
 
     stage(2, f"tuning study 'demo': {trials} trials, pruning on ({backend} backend)")
-    t = tune.build({"space": SPACE, "fixed": {**FIXED, "epochs": TRIAL_EPOCHS}},
-                   {"data": str(data_dir), "study": "demo", "trials": trials, "parallel": parallel,
-                    "backend": backend, "image": image, "pruner": "median", "prune_startup_trials": 1,
-                    "prune_warmup_steps": 2}, jobs_dir=jobs_dir)
-    result = tune.run(t, resume=(t.study_dir).exists(), echo=False)
+    t = build_tuning({"space": SPACE, "fixed": {**FIXED, "epochs": TRIAL_EPOCHS}},
+                     {"data": str(data_dir), "study": "demo", "trials": trials, "parallel": parallel,
+                      "backend": backend, "image": image, "pruner": "median", "prune_startup_trials": 1,
+                      "prune_warmup_steps": 2}, jobs_dir=jobs_dir)
+    result = run_study(t, resume=(t.study_dir).exists(), echo=False)
     if "best_params" not in result:
         print("no trial completed; see the trials table above", file=sys.stderr)
         return 1
@@ -88,7 +93,7 @@ def run(data_dir="data/demo", jobs_dir="jobs", backend="process", image=None, tr
           f"-> {job_dir}")
 
     stage(4, "debugger and profiler rules, HTML report")
-    verdicts = rules_mod.run_rules(job_dir)
+    verdicts = run_rules(job_dir)
     fired = [v["rule"] for v in verdicts if v.get("triggered")]
     print(f"{len(verdicts)} rules evaluated; fired: {', '.join(fired) or 'none'}")
     report = report_mod.build(job_dir)

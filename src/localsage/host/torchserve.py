@@ -25,7 +25,7 @@ from localsage.core.serve_dir import HANDLER_FILE, handler_files, serve_dir, ser
 
 
 def _jobs_dir(jobs_dir):
-    from localsage.host.runner import jobs_root
+    from localsage.host.records import jobs_root
 
     return jobs_root(jobs_dir)
 

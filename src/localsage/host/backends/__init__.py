@@ -71,6 +71,9 @@ class JobSpec:
     # script jobs: {"entry_point", "source_dir" (the job's code/), "hyperparameters" (the script's own,
     # not encoded), "distribution", "processes_per_host"}; None for the built-in trainer
     script: dict | None = None
+    # SageMaker's ContainerEntrypoint/ContainerArguments (SDK v3 script jobs): run instead of the image's `train`
+    entrypoint: list | None = None
+    arguments: list | None = None
 
 
 def get(name: str):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from localsage.core import hyperparameters
-from localsage.host import backends, runner
+from localsage.host import backends, jobplan
 from localsage.host.tune.settings import Tuning
 from localsage.host.tune.space import TuneError
 
@@ -17,7 +17,7 @@ SPLITS = ("train", "valid", "test")
 def check(t: Tuning) -> None:
     if not t.data:
         raise TuneError("--data is required for a new study")
-    if not runner.is_remote(t.data):
+    if not jobplan.is_remote(t.data):
         _check_folder(t)
     if not t.script:
         _check_weights(t)
@@ -32,11 +32,12 @@ def _check_folder(t: Tuning) -> None:
     if t.script:  # the script decides its own layout
         return
     from localsage.container import data as data_mod
+    from localsage.container.decode import decode
 
     try:
         indexed, _ = data_mod.load_splits({s: data / s for s in SPLITS if s != "test" or (data / s).is_dir()})
         for split, (paths, _, _) in indexed.items():
-            data_mod.decode(paths[0].decode())  # the first image of each split decodes
+            decode(paths[0].decode())  # the first image of each split decodes
     except data_mod.DataError as exc:
         raise TuneError(f"every trial would fail on the data: {exc}") from None
     except Exception as exc:

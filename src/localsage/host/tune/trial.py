@@ -14,6 +14,7 @@ from pathlib import Path
 
 from localsage.core import hyperparameters, procs
 from localsage.host import backends, records, runner
+from localsage.host.jobplan import JobPlan
 
 # what Python's standard option parser prints when a script is passed options it does not define
 UNRECOGNIZED = re.compile(r"error: unrecognized arguments: ([^\n\"]*)")
@@ -87,10 +88,9 @@ def run_job(study, trial, params: dict, slot: int) -> str:
     trial.set_user_attr("job_name", name)
     trial.set_user_attr("job_dir", str(job_dir))
     pruned, values = [], []
-    script = {}
     if t.script:
-        script = {"entry_point": t.entry_point, "source_dir": t.source_dir,
-                  "metric_definitions": t.metric_definitions}
+        plan = JobPlan.for_script(t.entry_point, source_dir=t.source_dir, hyperparameters=hp,
+                                  metric_definitions=t.metric_definitions, image=t.image, env=env, max_run=t.max_run)
 
         def on_metrics(point):
             if point.get("name") != t.objective:
@@ -102,6 +102,7 @@ def run_job(study, trial, params: dict, slot: int) -> str:
                 return True
             return False
     else:
+        plan = JobPlan(hyperparameters=hp, image=t.image, env=env, max_run=t.max_run)
         final_epoch = last_epoch(hp)
 
         def on_metrics(epoch_values):
@@ -121,10 +122,9 @@ def run_job(study, trial, params: dict, slot: int) -> str:
     try:
         if study.halt.is_set():
             stop.set()
-        record = runner.train(t.data, hp, backend=t.backend, name=name, jobs_dir=t.jobs_dir, image=t.image,
-                              on_metrics=on_metrics, env=env, stop=stop, echo=study.echo, max_run=t.max_run,
-                              tags={"tune-study": t.study, "tune-trial": str(trial.number)},
-                              tracking_parent=study.runs.parent_id() if study.runs is not None else None, **script)
+        record = runner.train(t.data, plan, backend=t.backend, name=name, jobs_dir=t.jobs_dir, on_metrics=on_metrics,
+                              stop=stop, echo=study.echo, tags={"tune-study": t.study, "tune-trial": str(trial.number)},
+                              tracking_parent=study.runs.parent_id() if study.runs is not None else None)
     finally:
         study.running.discard(stop)
     final = {m["MetricName"]: m["Value"] for m in record.get("FinalMetricDataList", [])}
