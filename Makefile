@@ -58,6 +58,13 @@ demo: install ## the whole loop on generated data: tune, train best, rules + rep
 ui: install ## MLflow's UI over the jobs' runs (JOBS/mlflow.db) on 127.0.0.1:5000 (Ctrl-C stops)
 	$(BIN)/localsage ui --jobs-dir $(JOBS)
 
+API_PORT ?= 8790
+API_ROOT ?= localsage-api
+API_BACKEND ?= docker
+.PHONY: api
+api: install ## the SageMaker API on 127.0.0.1:API_PORT (folder API_ROOT, API_BACKEND docker|process); prints the lines to export
+	$(BIN)/localsage api --port $(API_PORT) --root $(API_ROOT) --backend $(API_BACKEND) $(if $(IMAGE),--image $(IMAGE))
+
 bench: install ## run the benchmarks in bench/
 	$(BIN)/python bench/train_pipeline.py
 
