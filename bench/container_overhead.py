@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from localsage.container.data import make_demo_data
+from localsage.container.demo_images import make_demo_data
 from localsage.host import runner
 from localsage.host.jobplan import JobPlan
 from spread import spread  # bench/spread.py

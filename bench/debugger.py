@@ -31,11 +31,10 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from localsage.container import debug_hook as hook_mod, debug_sampler  # noqa: E402
-from localsage.container.debug_session import HYPERPARAMETERS
-from localsage.core import procs  # noqa: E402
-from localsage.core.contract import Contract  # noqa: E402
-from localsage.core.debug_names import DENSE_STEPS  # noqa: E402
+from localsage.container import debug_hook as hook_mod, debug_sampler  # noqa: E402 - after the sys.path insert
+from localsage.core import procs  # noqa: E402 - after the sys.path insert
+from localsage.core.contract import Contract  # noqa: E402 - after the sys.path insert
+from localsage.core.debug_names import DENSE_STEPS, HYPERPARAMETERS  # noqa: E402 - after the sys.path insert
 
 
 def contract(root: Path) -> Contract:

@@ -3,7 +3,7 @@ fire, a healthy run must get no debugger-rule issue (profiler rules may speak ab
 
 Each fault is an in-process test model trained 2-3 epochs (overfitting: 20) on the demo set at
 32 px through the product's debugger API (`debugger.attach`: the hook, the step timer, the system
-sampler), then judged with `rules.run_rules` (every rule; the job saves what rules=all needs, with
+sampler), then judged with `run_rules` (every rule; the job saves what rules=all needs, with
 weights/gradients/activations every TENSOR_INTERVAL steps). Nothing is planted through product
 hyperparameters: the fault is the model, its initialisation, the optimizer settings or the data.
 
@@ -27,9 +27,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from localsage.container import debug_session  # noqa: E402
-from localsage.core.contract import Contract  # noqa: E402
-from localsage.debugger import rules  # noqa: E402
+from localsage.container import debug_session  # noqa: E402 - after the sys.path insert
+from localsage.core.contract import Contract  # noqa: E402 - after the sys.path insert
+from localsage.debugger.rules.reading import ordered, reading  # noqa: E402 - after the sys.path insert
+from localsage.debugger.rules.registry import DEBUGGER_RULES  # noqa: E402 - after the sys.path insert
+from localsage.debugger.rules.verdicts import run_rules  # noqa: E402 - after the sys.path insert
 
 SIZE = 32
 TENSOR_INTERVAL = 4  # weights/biases/gradients/ReLU activations every 4 TRAIN steps (the default 500 is for long jobs)
@@ -204,8 +206,8 @@ def train(fault: Fault, data, root: Path, seed=0, hp=None):
     if fault.init is not None:
         fault.init(net)
     crit, ecrit = nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
-    dbg = debug_session.attach(contract_for(root), {"rules": "all", "debug-tensor-interval": TENSOR_INTERVAL, **(hp or {})},
-                          net, [crit, ecrit], workers=None, batch_size=fault.batch)
+    hp = {"rules": "all", "debug-tensor-interval": TENSOR_INTERVAL, **(hp or {})}
+    dbg = debug_session.attach(contract_for(root), hp, net, [crit, ecrit], workers=None, batch_size=fault.batch)
     if fault.opt == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=fault.lr, momentum=fault.momentum)
     else:
@@ -237,22 +239,22 @@ def train(fault: Fault, data, root: Path, seed=0, hp=None):
 
 def judge(fault: Fault, verdicts) -> dict:
     by = {v["rule"]: v for v in verdicts}
-    fired = [v["rule"] for v in rules.ordered(verdicts) if v["triggered"]]
-    fired_debugger = [r for r in fired if r in rules.DEBUGGER_RULES]
+    fired = [v["rule"] for v in ordered(verdicts) if v["triggered"]]
+    fired_debugger = [r for r in fired if r in DEBUGGER_RULES]
     if fault.must_fire or fault.any_of:
         ok = all(by[r]["triggered"] for r in fault.must_fire) and (
             not fault.any_of or any(by[r]["triggered"] for r in fault.any_of))
     else:
         ok = not fired_debugger
-    reading = rules.reading(verdicts)
-    named = not fault.reading or any(reading.startswith(r) for r in fault.reading)
+    line = reading(verdicts)
+    named = not fault.reading or any(line.startswith(r) for r in fault.reading)
     return {"fault": fault.name, "how": fault.how, "must_fire": list(fault.must_fire) + (
                 [" or ".join(fault.any_of)] if fault.any_of else []),
             "ok": ok and named, "reading_names_cause": named, "fired": fired,
             "false_alarms": fired_debugger if not (fault.must_fire or fault.any_of) else [],
             "verdicts": {r: {"status": by[r]["status"], "evidence": by[r].get("evidence"),
                              "action": by[r].get("action")} for r in (*fault.must_fire, *fault.any_of)},
-            "reading": reading, "by_rule": by}
+            "reading": line, "by_rule": by}
 
 
 def run(fault_name, data, workdir: Path, seed=0) -> dict:
@@ -260,7 +262,7 @@ def run(fault_name, data, workdir: Path, seed=0) -> dict:
     t0 = time.perf_counter()
     out = train(fault, data, workdir / f"{fault_name}-{seed}", seed=seed)
     t1 = time.perf_counter()
-    verdicts = rules.run_rules(out)
+    verdicts = run_rules(out)
     t2 = time.perf_counter()
     return {**judge(fault, verdicts), "seed": seed, "train_s": round(t1 - t0, 2), "rules_s": round(t2 - t1, 2)}
 
@@ -289,7 +291,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="bench-debugger-faults-"))
     root = Path(args.data) if args.data else None
     if root is None:
-        from localsage.container.data import make_demo_data
+        from localsage.container.demo_images import make_demo_data
 
         root = make_demo_data(work / "demo", classes=6, per_class=60, size=96, seed=0)
     data = load_demo(root)

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 import serve as serve_bench  # noqa: E402 - bench/serve.py: model dirs and JPEGs
-from localsage.host import torchserve  # noqa: E402
+from localsage.host import torchserve  # noqa: E402 - after the sys.path insert
 from spread import spread_text  # noqa: E402 - bench/spread.py
 
 BODY_BYTES = 6 * 2**20

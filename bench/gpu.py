@@ -66,7 +66,7 @@ def step_bench(batch, amp, channels_last, compile_=False, steps=20, warmup=6, ar
     import torch
     import torchvision
 
-    from localsage.container import data
+    from localsage.container.normalize import Normalize
 
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True  # as the runner sets it on CUDA
@@ -75,7 +75,7 @@ def step_bench(batch, amp, channels_last, compile_=False, steps=20, warmup=6, ar
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if compile_ else net
-    norm = data.Normalize(channels_last=channels_last).to(dev)
+    norm = Normalize(channels_last=channels_last).to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
@@ -127,13 +127,16 @@ LOOP_CONFIGS = {"runner": {"profiler": False, "cudnn_benchmark": True},
 def loop_part(out: Path, work: Path, device, size: dict):
     import torch
 
-    from localsage.container import data, recipe, train
+    from localsage.container import recipe, train
     from localsage.container.debug_sampler import STEPS, StepTimer
+    from localsage.container.feed import Data
+    from localsage.container.normalize import Normalize
+    from localsage.container.recipe import Ranks, build_model, build_parts
     from localsage.core.hyperparameters import parse
 
     hp = parse({"arch": size["arch"], "weights": "none", "batch-size": str(size["batch"]),
                 "image-size": str(size["size"]), "epochs": "1"})
-    ranks = train.Ranks(0, 1, 0, device, recipe.amp_dtype(device, hp["amp"]))
+    ranks = Ranks(0, 1, 0, device, recipe.amp_dtype(device, hp["amp"]))
     g = torch.Generator(device=device).manual_seed(0)
     nhwc = torch.randint(0, 256, (size["batch"], size["size"], size["size"], 3), dtype=torch.uint8, device=device,
                          generator=g)
@@ -145,10 +148,10 @@ def loop_part(out: Path, work: Path, device, size: dict):
     runs = {}
     for name, cfg in LOOP_CONFIGS.items():
         torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
-        model = train.build_model(hp, ranks, CLASSES)
-        parts = train.build_parts(hp, ranks, model, (size["rounds"] + 1) * len(resident))
-        d = train.Data({"train": None}, {"train": resident}, None, [], size["size"], size["size"], 0,
-                       data.Normalize(channels_last=hp["channels-last"]).to(device))
+        model = build_model(hp, ranks, CLASSES)
+        parts = build_parts(hp, ranks, model, (size["rounds"] + 1) * len(resident))
+        d = Data({"train": None}, {"train": resident}, None, [], size["size"], size["size"], 0,
+                 Normalize(channels_last=hp["channels-last"]).to(device))
         timer_dir = work / "loop-profiler" / name
         shutil.rmtree(timer_dir, ignore_errors=True)  # the timer appends
         dbg = SimpleNamespace(mode=lambda _: None, timer=StepTimer(timer_dir, sync=sync, enabled=cfg["profiler"]))
@@ -185,7 +188,7 @@ E2E_RUNS = (("decoded", "decoded", True, "workers"), ("decode-on-device", "decod
 
 
 def _photo(args):
-    from localsage.container.data import make_photo_like
+    from localsage.container.demo_images import make_photo_like
 
     path, w, h, seed = args
     make_photo_like(path, w, h, seed=seed, quality=90)
@@ -288,7 +291,7 @@ def e2e_part(out: Path, work: Path, device, size: dict, photos: int, epochs: int
               "image-size": str(size["size"]), "lr": "0.001", "debug": "false", "data-cache": cache,
               "profiler": str(profiler).lower(), "decode-on": decode_on}
         # the runner's process backend, called from Python (the CLI's debugger commands need smdebug)
-        code = ("import sys, json; from localsage import runner; "
+        code = ("import sys, json; from localsage.host import runner; "
                 "r = runner.train(sys.argv[1], json.loads(sys.argv[2]), "
                 "name=sys.argv[3], jobs_dir=sys.argv[4], echo=True); "
                 "print(r['TrainingJobStatus'], r.get('FailureReason'))")

@@ -39,12 +39,14 @@ def loops(root: str) -> dict:
     import torch
 
     from localsage.container import data, data_cache
+    from localsage.container.data_cache import ReadBuffer, cached_decode
+    from localsage.container.decode import decode
 
     torch.set_num_threads(1)
     paths, _, _ = data.scan_split(Path(root) / "train", "train")
     files = [p.decode() for p in paths]
     cache = data_cache.private_dir(Path(tempfile.mkdtemp(dir=root)))
-    images = [data.cached_decode(f, 224, cache) for f in files]  # fills the cache, warms the page cache
+    images = [cached_decode(f, 224, cache) for f in files]  # fills the cache, warms the page cache
     tf = data.train_transform(224)
     out = torch.empty((224, 224, 3), dtype=torch.uint8)
     random.seed(0)
@@ -55,21 +57,23 @@ def loops(root: str) -> dict:
             fn(item)
         return (time.perf_counter() - t0) / len(items)
 
-    buf = data.ReadBuffer()  # as the loader's workers read entries
-    return {"decode": per_image(lambda f: data.decode(f, 224), files),
-            "read": per_image(lambda f: data.cached_decode(f, 224, cache, buf), files),
+    buf = ReadBuffer()  # as the loader's workers read entries
+    return {"decode": per_image(lambda f: decode(f, 224), files),
+            "read": per_image(lambda f: cached_decode(f, 224, cache, buf), files),
             "resize": per_image(lambda img: tf.write(img, out), images)}
 
 
 def pipeline(root: str, cache_mode: str) -> dict:
     from localsage.container import data
+    from localsage.container.data_cache import plan_cache
+    from localsage.container.normalize import Normalize
 
     paths, targets, _ = data.scan_split(Path(root) / "train", "train")
     os.environ["LOCALSAGE_CACHE_DIR"] = tempfile.mkdtemp(dir=root)
-    cache = data.plan_cache({"train": paths}, cache_mode)
+    cache = plan_cache({"train": paths}, cache_mode)
     ds = data.ImageDataset(paths, targets, data.train_transform(224), draft_size=224, cache=cache)
     loader = data.make_loader(ds, 32, True, data.default_workers())
-    norm = data.Normalize(channels_last=True)
+    norm = Normalize(channels_last=True)
     rates = []
     for _ in range(4):
         n, t0 = 0, time.perf_counter()

@@ -44,7 +44,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from localsage.container import export
-from localsage.host import torchserve_script  # noqa: E402
+from localsage.host import torchserve_script  # noqa: E402 - after the sys.path insert
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dog-breeds" / "inference.py"
 SIDES = ("seed", "ours", "script", "script-batched")

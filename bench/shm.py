@@ -21,7 +21,7 @@ from pathlib import Path
 
 import docker
 
-from localsage.container.data import make_demo_data
+from localsage.container.demo_images import make_demo_data
 from localsage.core import contract, metrics
 from spread import spread  # bench/spread.py
 

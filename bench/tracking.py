@@ -59,7 +59,7 @@ def main():
         tmp = Path(tmp)
         data = Path(args.data) if args.data else tmp / "demo"
         if not args.data:
-            from localsage.container.data import make_demo_data
+            from localsage.container.demo_images import make_demo_data
 
             make_demo_data(data, seed=0)
         job(data, tmp / "jobs", "warm-up", 1, True)  # the store's tables, the page cache, the decoded-image cache

@@ -147,7 +147,7 @@ def run_lockstep(kinds, common: list, steps: int) -> dict:
 
 
 def make_images(root: Path, count: int):
-    from localsage.container.data import make_photo_like
+    from localsage.container.demo_images import make_photo_like
 
     for i in range(count):
         folder = root / "train" / f"{i % 4 + 1:03d}.Breed_{i % 4}"
@@ -162,27 +162,29 @@ def side_pipeline(kind: str, root: str, batch: int, epochs: int = 2) -> dict:
     import torch
 
     from localsage.container import data
+    from localsage.container.data_cache import plan_cache
+    from localsage.container.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
     if kind == "seed":
         from torchvision import datasets, transforms
 
         tf = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
-                                 transforms.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
+                                 transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         loader = torch.utils.data.DataLoader(datasets.ImageFolder(Path(root) / "train", tf), batch_size=batch,
                                              shuffle=True, num_workers=0)
-        unpack = lambda b: b[0]  # noqa: E731
+        unpack = lambda b: b[0]  # noqa: E731 - one of two one-line variants
     else:
         paths, targets, _ = data.scan_split(Path(root) / "train", "train")
         os.environ["LOCALSAGE_CACHE_DIR"] = tempfile.mkdtemp(dir=root)
-        cache = data.plan_cache({"train": paths}, "off" if kind == "ours_nocache" else "decoded")
+        cache = plan_cache({"train": paths}, "off" if kind == "ours_nocache" else "decoded")
         if kind == "ours_eval":  # the valid/test path (resize 256, center crop 224)
             ds = data.ImageDataset(paths, targets, data.eval_transform(224), draft_size=data.default_resize(224),
                                    cache=cache)
         else:  # what train.py builds for the train split (augment=true)
             ds = data.ImageDataset(paths, targets, data.train_transform(224), draft_size=224, cache=cache)
         loader = data.make_loader(ds, batch, True, data.default_workers())
-        norm = data.Normalize(channels_last=True)
-        unpack = lambda b: norm(b[0])  # noqa: E731
+        norm = Normalize(channels_last=True)
+        unpack = lambda b: norm(b[0])  # noqa: E731 - one of two one-line variants
     rates = []
     for _ in range(epochs):
         n = 0
@@ -199,6 +201,7 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int, lockste
     import torchvision
 
     from localsage.container import data, recipe
+    from localsage.container.normalize import Normalize
 
     torch.manual_seed(0)
     net = torchvision.models.get_model(model, num_classes=133)
@@ -207,12 +210,12 @@ def side_train(kind: str, model: str, batch: int, steps: int, size: int, lockste
     if kind != "naive":  # what localsage's loader hands over: an NHWC uint8 batch (NCHW view, channels_last)
         x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     if kind == "naive":
-        norm = data.Normalize()
+        norm = Normalize()
         amp = None
     else:
         torch.set_num_threads(data.default_workers())
         net = net.to(memory_format=torch.channels_last)
-        norm = data.Normalize(channels_last=True)
+        norm = Normalize(channels_last=True)
         amp = recipe.amp_dtype(torch.device("cpu"), "bf16" if kind == "ours_bf16" else "auto")
     hp = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight-decay": 1e-4}
     if kind == "naive":  # torch's default (foreach) implementation

@@ -17,25 +17,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from localsage.container.data import make_demo_data  # noqa: E402
-from localsage.host import tune  # noqa: E402
+from localsage.container.demo_images import make_demo_data  # noqa: E402 - after the sys.path insert
+from localsage.host.tune.settings import OBJECTIVES, build
+from localsage.host.tune.space import DEFAULT_SPACE
+from localsage.host.tune.study import make_storage
+from localsage.host.tune.workers import run as run_study
 
 
 def study(name, data, out, args, pruner):
     config = {
-        "space": tune.DEFAULT_SPACE,  # the space: lr log [1e-3, 1e-1], batch-size {32, 64, 128, 256}
+        "space": DEFAULT_SPACE,  # the space: lr log [1e-3, 1e-1], batch-size {32, 64, 128, 256}
         "fixed": {"arch": "resnet18", "weights": "none", "image-size": args.image_size, "epochs": args.epochs,
                   "workers": 0, "seed": 0, "debug": False, "profiler": False},
         "trials": args.trials, "parallel": args.parallel, "seed": args.seed, "sampler": "tpe", "pruner": pruner,
         "objective": args.objective, "prune_startup_trials": args.startup, "prune_warmup_steps": 0,
     }
-    t = tune.build(config, {"data": str(data), "study": name}, jobs_dir=out / "jobs")
+    t = build(config, {"data": str(data), "study": name}, jobs_dir=out / "jobs")
     t0 = time.time()
-    result = tune.run(t, echo=False, log=lambda line: print(f"[{name}] {line}", flush=True))
+    result = run_study(t, echo=False, log=lambda line: print(f"[{name}] {line}", flush=True))
     wall = time.time() - t0
     import optuna
 
-    trials = optuna.load_study(study_name=name, storage=tune.make_storage(t)).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=name, storage=make_storage(t)).get_trials(deepcopy=False)
     epochs = sum(int(tr.user_attrs.get("epochs_run") or 0) for tr in trials)
     accs = [tr.user_attrs.get("valid_acc") for tr in trials if tr.state.name == "COMPLETE"]
     return {"pruner": pruner, "trials": len(trials), "states": result["trials"], "epochs": epochs,
@@ -52,7 +55,7 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--startup", type=int, default=2, help="median pruner: completed trials before pruning starts")
-    p.add_argument("--objective", default="valid_loss", choices=tuple(tune.OBJECTIVES))
+    p.add_argument("--objective", default="valid_loss", choices=tuple(OBJECTIVES))
     p.add_argument("--pruners", default="median,successive-halving", help="pruners compared with no pruning")
     p.add_argument("--out", default="bench-artifacts/tune")
     args = p.parse_args(argv)

@@ -32,14 +32,10 @@ import time
 import torch
 import torchvision
 
-from handler_defaults import (
-    HANDLER as DEFAULTS,  # noqa: F401 - re-exported for callers and tests
-    SERVER,
-)
+from handler_defaults import SERVER
 from handler_errors import RequestError, load_settings
-from handler_images import Budget, Preprocessor, open_image, preprocess_spec  # noqa: F401 - re-exported
+from handler_images import Budget, Preprocessor, preprocess_spec
 from handler_requests import parse_request
-from handler_urls import _host_allowed, validate_url  # noqa: F401 - re-exported for tests
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +149,7 @@ class Classifier:
         for crop in flat:
             try:
                 out.append(self.predict([crop])[0])
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - this crop's own error, answered on its own
                 out.append(e)
         return out
 
@@ -254,6 +250,6 @@ def handle(data, context):
         for idx in range(len(data)):
             try:
                 out.append(respond(context, idx, RequestError(500, "InternalError", "the handler failed")))
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the last resort: a plain 500 for this request
                 out.append({"code": 500, "type": "InternalError", "message": "the handler failed"})
         return out

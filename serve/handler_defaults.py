@@ -33,5 +33,5 @@ HANDLER = {
 }
 
 # Preprocessing of models exported before model_config.json had a "preprocess" key: what localsage
-# training did then (data.decode + data.eval_transform): bilinear, antialiased, EXIF not applied.
+# training did then (decode.decode + data.eval_transform): bilinear, antialiased, EXIF not applied.
 LEGACY_PREPROCESS = {"interpolation": "bilinear", "antialias": True, "exif_transpose": False}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from handler_defaults import HANDLER as _LIMITS  # beside this file, staged with it
-from handler_errors import RequestError  # noqa: F401 - one error type for both handlers ({code, type, message})
+from handler_errors import RequestError  # one error type for both handlers ({code, type, message})
 
 JSON = "application/json"
 CSV = "text/csv"

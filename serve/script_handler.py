@@ -39,7 +39,7 @@ import torch
 
 import script_defaults as defaults
 import script_errors  # known load failures -> one clear reason (staged beside this file)
-from script_defaults import RequestError
+from handler_errors import RequestError
 
 log = logging.getLogger(__name__)
 

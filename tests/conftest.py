@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from localsage.container.data import make_demo_data
+from localsage.container.demo_images import make_demo_data
 from localsage.host import runner
 
 ROOT = Path(__file__).resolve().parent.parent

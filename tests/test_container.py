@@ -336,12 +336,13 @@ def test_course_scripts_find_the_image_default_hook_config_under_an_sdk_v3_entry
 
     from localsage.cli import main
     from localsage.container import debug_hook as hook_mod
+    from localsage.core.debug_names import LOSS_NAME
 
     out = run_like_sdk_v3(engine, image, tmp_path, ["--hook", how])
     tensors = out / "tensors"
     assert 0 in hook_mod.written_steps(tensors), sorted(p.name for p in out.iterdir())
     names = set(create_trial(str(tensors)).tensor_names())
-    assert hook_mod.LOSS_NAME in names and any(n.endswith("weight") for n in names), names
+    assert LOSS_NAME in names and any(n.endswith("weight") for n in names), names
     if how == "json":  # the SDK's local_container_root: compressed_artifacts/output.tar.gz of /opt/ml/output
         root = tmp_path / "v3-root"
         (root / "compressed_artifacts").mkdir(parents=True)

@@ -18,6 +18,10 @@ import torch
 from PIL import Image, ImageOps
 
 from localsage.container import data, data_cache, export
+from localsage.container.data_cache import cached_decode, plan_cache
+from localsage.container.decode import decode
+from localsage.container.demo_images import make_demo_data, make_photo_like
+from localsage.container.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from localsage.core import serve_dir
 
 
@@ -30,30 +34,30 @@ def _pil_reference(path, draft=None):
 
 
 def _photo(path, width=64, height=48, seed=0):
-    data.make_photo_like(path, width, height, seed=seed)
+    make_photo_like(path, width, height, seed=seed)
     return path
 
 
 # ------------------------------------------------------------------ decoding
 
 def test_decode_matches_pil_for_jpeg_gray_cmyk_png_and_draft(tmp_path):
-    data.make_photo_like(tmp_path / "photo.jpg", 500, 375, seed=3)
+    make_photo_like(tmp_path / "photo.jpg", 500, 375, seed=3)
     img = Image.open(tmp_path / "photo.jpg")
     img.convert("L").save(tmp_path / "gray.jpg", quality=90)
     img.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
     img.convert("RGBA").save(tmp_path / "rgba.png")
     img.resize((1000, 750)).save(tmp_path / "big.jpg", quality=90)
     for name in ("photo.jpg", "gray.jpg", "cmyk.jpg", "rgba.png"):
-        ours = data.decode(str(tmp_path / name), draft_size=224)
+        ours = decode(str(tmp_path / name), draft_size=224)
         assert ours.dtype == torch.uint8 and ours.shape == (3, 375, 500), name
         assert ours.permute(1, 2, 0).is_contiguous(), name  # the decoder's HWC memory, seen as CHW
         assert torch.equal(ours, _pil_reference(tmp_path / name)), name
     # >= 2x the target: DCT-scaled decode, the same pixels as PIL's draft (the serving handler's call)
-    big = data.decode(str(tmp_path / "big.jpg"), draft_size=224)
+    big = decode(str(tmp_path / "big.jpg"), draft_size=224)
     assert big.shape == (3, 375, 500) and torch.equal(big, _pil_reference(tmp_path / "big.jpg", 224))
     (tmp_path / "trunc.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes()[:3000])
     with pytest.raises(Exception):
-        data.decode(str(tmp_path / "trunc.jpg"))
+        decode(str(tmp_path / "trunc.jpg"))
 
 
 def _with_orientation(src: Image.Image, path, orientation, size=None):
@@ -68,7 +72,7 @@ def test_exif_orientation_is_applied_as_pil_exif_transpose_does(tmp_path):
     for orientation in range(1, 9):
         for size, draft in ((None, None), ((640, 480), 100)):  # libjpeg-turbo path; PIL draft path
             path = _with_orientation(base, tmp_path / f"o{orientation}-{draft}.jpg", orientation, size)
-            ours = data.decode(str(path), draft)
+            ours = decode(str(path), draft)
             ref = _pil_reference(path, draft)
             assert ours.shape == ref.shape and torch.equal(ours, ref), (orientation, draft)
             assert ours.permute(1, 2, 0).is_contiguous()
@@ -76,8 +80,8 @@ def test_exif_orientation_is_applied_as_pil_exif_transpose_does(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 8
     base.save(tmp_path / "o8.png", exif=exif.tobytes())
-    assert torch.equal(data.decode(str(tmp_path / "o8.png")), _pil_reference(tmp_path / "o8.png"))
-    assert data.decode(str(tmp_path / "o8.png")).shape == (3, 64, 48)
+    assert torch.equal(decode(str(tmp_path / "o8.png")), _pil_reference(tmp_path / "o8.png"))
+    assert decode(str(tmp_path / "o8.png")).shape == (3, 64, 48)
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -96,14 +100,14 @@ def test_training_sees_an_exif_rotated_jpeg_as_the_pre_rotated_image(tmp_path, m
     out = {}
     for split in ("sideways", "upright"):
         paths, targets, _ = data.scan_split(tmp_path / split, split)
-        cache = data.plan_cache({split: paths}, "decoded") if cached else None
+        cache = plan_cache({split: paths}, "decoded") if cached else None
         for name, tf in (("train", data.train_transform(32)), ("eval", data.eval_transform(32, 40))):
             ds = data.ImageDataset(paths, targets, tf, draft_size=32, cache=cache)
             for epoch in range(2):  # with the cache: a cold, then a warm read
                 random.seed(epoch)
                 images, labels, bad = data.collate(ds.__getitems__([0]))
                 out.setdefault((name, epoch), []).append(images)
-    assert torch.equal(data.decode(str(tmp_path / "sideways" / "001.Cls" / "a.jpg")),
+    assert torch.equal(decode(str(tmp_path / "sideways" / "001.Cls" / "a.jpg")),
                        torch.from_numpy(np.asarray(upright).copy()).permute(2, 0, 1))
     for key, (sideways, upright_batch) in out.items():
         assert sideways.shape == (1, 3, 32, 32)
@@ -115,7 +119,7 @@ def test_training_sees_an_exif_rotated_jpeg_as_the_pre_rotated_image(tmp_path, m
 def test_train_transform_is_torchvisions_random_resized_crop_and_flip(tmp_path):
     from torchvision.transforms import v2
 
-    img = data.decode(str(_photo(tmp_path / "p.jpg", 120, 90, seed=1)))
+    img = decode(str(_photo(tmp_path / "p.jpg", 120, 90, seed=1)))
     tf = data.train_transform(40)
     flips = 0
     for k in range(40):
@@ -140,13 +144,13 @@ def test_eval_transform_is_torchvisions_resize_and_center_crop(tmp_path):
     from torchvision.transforms import v2
 
     for w, h in ((120, 90), (90, 120), (50, 50)):
-        img = data.decode(str(_photo(tmp_path / f"p{w}.jpg", w, h, seed=2)))
+        img = decode(str(_photo(tmp_path / f"p{w}.jpg", w, h, seed=2)))
         ref = v2.Compose([v2.Resize(37, antialias=True), v2.CenterCrop(32)])(img.contiguous())
         assert torch.equal(data.eval_transform(32, 37)(img), ref), (w, h)
 
 
 def test_batched_fetch_matches_per_image_items_and_reports_bad_files(tmp_path):
-    root = data.make_demo_data(tmp_path / "d", classes=2, per_class=5, size=40, corrupt=2)
+    root = make_demo_data(tmp_path / "d", classes=2, per_class=5, size=40, corrupt=2)
     paths, targets, _ = data.scan_split(root / "train", "train")
     for tf in (data.eval_transform(24), data.train_transform(24)):
         ds = data.ImageDataset(paths, targets, tf, draft_size=24)
@@ -178,13 +182,13 @@ def test_reused_batch_slots_give_the_same_batches_and_kept_batches_stay_intact(t
     """The train loader's workers hand over shared-memory slots (batch_ring) without a copy: every batch,
     streamed or kept for two epochs, equals what one segment a batch gives with the same seed, bad
     files included; a streamed batch is the slot itself, a kept one is never written over."""
-    root = data.make_demo_data(tmp_path / "d", classes=2, per_class=14, size=40, corrupt=2)
+    root = make_demo_data(tmp_path / "d", classes=2, per_class=14, size=40, corrupt=2)
     paths, targets, _ = data.scan_split(root / "train", "train")
     monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(tmp_path / "cache"))
 
     def loader(reuse):
         ds = data.ImageDataset(paths, targets, data.train_transform(24), draft_size=24,
-                               cache=data.plan_cache({"train": paths}, "decoded"))
+                               cache=plan_cache({"train": paths}, "decoded"))
         out = data.make_loader(ds, 2, True, 2, reuse_batches=reuse, seed=5)
         assert (ds.ring is not None) == reuse
         return out, ds.ring
@@ -253,10 +257,10 @@ def test_a_held_slot_is_skipped_and_freed_only_by_its_receiver():
 def test_cache_reads_into_a_reused_buffer_match_fresh_reads(tmp_path):
     cache = data_cache.private_dir(tmp_path / "cache")
     files = [str(_photo(tmp_path / f"{i}.jpg", 40 + 8 * i, 30, seed=i)) for i in range(3)]
-    fresh = [data.cached_decode(f, None, cache).clone() for f in files]  # fills the cache
+    fresh = [cached_decode(f, None, cache).clone() for f in files]  # fills the cache
     buf, views = data_cache.ReadBuffer(), []
     for f, ref in zip(files + files[::-1], fresh + fresh[::-1]):  # sizes grow, shrink, grow again
-        got = data.cached_decode(f, None, cache, buf)
+        got = cached_decode(f, None, cache, buf)
         assert torch.equal(got, ref)  # a view of the buffer, after the entry's header
         assert got.data_ptr() == torch.frombuffer(buf.buf, dtype=torch.uint8).data_ptr() + data_cache.HEADER
         views.append(got)  # a live view never stops the buffer from growing
@@ -264,15 +268,15 @@ def test_cache_reads_into_a_reused_buffer_match_fresh_reads(tmp_path):
 
 def test_normalize_matches_the_formula_in_the_requested_layout():
     threads = torch.get_num_threads()
-    mean = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     nchw = torch.randint(0, 256, (4, 3, 20, 24), dtype=torch.uint8)
     nhwc = nchw.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # what the loader hands over
     reference = (nchw.float() - mean) / std
     one_pass = torch.addcmul(-mean / std, nchw, 1 / std)  # the serving handler's arithmetic
     for x in (nchw, nhwc):
         for channels_last in (False, True):
-            norm = data.Normalize(channels_last=channels_last)
+            norm = Normalize(channels_last=channels_last)
             norm.BLOCK = 24 * 3 * 7  # several blocks, the last one partial
             out = norm(x)
             assert out.dtype == torch.float32 and out.shape == x.shape
@@ -284,8 +288,8 @@ def test_normalize_matches_the_formula_in_the_requested_layout():
 
 FAULTS_PER_BATCH = """
 import resource, sys, torch
-from localsage.container import data
-norm = data.Normalize(channels_last=True)
+from localsage.container.normalize import Normalize
+norm = Normalize(channels_last=True)
 if sys.argv[1] == "fresh":
     norm._output = lambda shape: torch.empty(shape, memory_format=torch.channels_last)
 x = torch.randint(0, 256, (32, 224, 224, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
@@ -300,7 +304,7 @@ print(sum(faults[2:]) / 10)
 
 
 def test_normalize_reuses_an_output_buffer_only_once_nothing_holds_it():
-    norm = data.Normalize(channels_last=True)
+    norm = Normalize(channels_last=True)
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     first = norm(x)
     kept = first.clone()
@@ -340,11 +344,11 @@ def _entry(cache, path, draft):
 
 
 def test_decoded_cache_is_transparent_shared_and_invalidated(tmp_path, monkeypatch):
-    root = data.make_demo_data(tmp_path / "d", classes=2, per_class=6, size=48, corrupt=2)
+    root = make_demo_data(tmp_path / "d", classes=2, per_class=6, size=48, corrupt=2)
     monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(tmp_path / "cache"))
     paths, targets, _ = data.scan_split(root / "train", "train")
-    assert data.plan_cache({"train": paths}, "off") is None
-    cache = data.plan_cache({"train": paths}, "decoded")
+    assert plan_cache({"train": paths}, "off") is None
+    cache = plan_cache({"train": paths}, "decoded")
     assert cache == tmp_path / "cache"
     tf = data.eval_transform(32)
     plain = data.ImageDataset(paths, targets, tf, draft_size=37)
@@ -381,11 +385,11 @@ def test_decoded_cache_is_transparent_shared_and_invalidated(tmp_path, monkeypat
     assert entry.stat().st_size == len(raw)
     # too little disk, or more than the memory that would keep it in the page cache: off
     monkeypatch.setattr(data_cache, "memory_available", lambda: 1000)
-    assert data.plan_cache({"train": paths}, "decoded") is None
+    assert plan_cache({"train": paths}, "decoded") is None
     monkeypatch.undo()
     monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(data_cache, "cache_estimate", lambda p: 1 << 60)
-    assert data.plan_cache({"train": paths}, "decoded") is None
+    assert plan_cache({"train": paths}, "decoded") is None
 
 
 def test_cache_folder_is_private_to_the_user_and_entries_are_0600(tmp_path, monkeypatch):
@@ -395,10 +399,10 @@ def test_cache_folder_is_private_to_the_user_and_entries_are_0600(tmp_path, monk
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     img = _photo(tmp_path / "p.jpg")
-    cache = data.plan_cache({"train": [str(img)]}, "decoded")
+    cache = plan_cache({"train": [str(img)]}, "decoded")
     assert cache == tmp_path / f"localsage-cache-{os.getuid()}"
     assert stat.S_IMODE(os.lstat(cache).st_mode) == 0o700
-    data.cached_decode(str(img), None, cache)
+    cached_decode(str(img), None, cache)
     entry = _entry(cache, str(img), None)
     assert stat.S_IMODE(entry.stat().st_mode) == 0o600
     assert stat.S_IMODE(entry.parent.stat().st_mode) & 0o077 == 0
@@ -424,7 +428,7 @@ def test_cache_refuses_a_folder_of_another_user_open_to_others_or_a_symlink(tmp_
         monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(folder))
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="localsage.container.data"):
-            assert data.plan_cache({"train": [img]}, "decoded") is None, folder
+            assert plan_cache({"train": [img]}, "decoded") is None, folder
         assert "decoded-image cache off" in caplog.text and why in caplog.text, caplog.text
     assert not list(private.iterdir()) and not list(open_dir.iterdir())
 
@@ -440,8 +444,8 @@ def test_cache_writes_never_follow_a_planted_symlink(tmp_path):
     for pid in range(os.getpid() - 50, os.getpid() + 50):
         (entry.parent / f"{entry.name}.{pid}.tmp").symlink_to(victim)
     entry.symlink_to(victim)
-    got = data.cached_decode(img, None, cache)  # the entry is a symlink: a miss, never followed
-    assert torch.equal(got, data.decode(img)) and victim.read_bytes() == b"precious"
+    got = cached_decode(img, None, cache)  # the entry is a symlink: a miss, never followed
+    assert torch.equal(got, decode(img)) and victim.read_bytes() == b"precious"
     assert entry.is_file() and not entry.is_symlink()  # replaced by a real entry
     # a symlink to a well-formed entry with other pixels is not read either
     other = tmp_path / "other.hwc"
@@ -450,7 +454,7 @@ def test_cache_writes_never_follow_a_planted_symlink(tmp_path):
     other.write_bytes(bytes(raw))
     entry.unlink()
     entry.symlink_to(other)
-    assert torch.equal(data.cached_decode(img, None, cache), data.decode(img))
+    assert torch.equal(cached_decode(img, None, cache), decode(img))
 
 
 @pytest.mark.parametrize("kind", ["directory", "fifo", "unreadable", "truncated", "foreign-format", "empty"])
@@ -476,10 +480,10 @@ def test_any_broken_cache_entry_is_a_miss_never_an_unreadable_image(tmp_path, mo
 
         monkeypatch.setattr(data_cache.os, "open", refuse)
     elif kind == "truncated":
-        data.cached_decode(img, None, cache)
+        cached_decode(img, None, cache)
         entry.write_bytes(entry.read_bytes()[:-10])
     elif kind == "foreign-format":
-        data.cached_decode(img, None, cache)
+        cached_decode(img, None, cache)
         entry.write_bytes(b"XXXX" + entry.read_bytes()[4:])
     else:
         entry.write_bytes(b"")
@@ -487,24 +491,24 @@ def test_any_broken_cache_entry_is_a_miss_never_an_unreadable_image(tmp_path, mo
     ds = data.ImageDataset(paths, targets, None, cache=cache)
     item, _ = ds[0]
     assert item is not None, kind  # never counted as an unreadable image
-    assert torch.equal(item[0], data.decode(img)), kind
+    assert torch.equal(item[0], decode(img)), kind
 
 
 def _decode_many(args):
     paths, cache = args
-    return [data.cached_decode(p, None, cache).sum().item() for p in paths]
+    return [cached_decode(p, None, cache).sum().item() for p in paths]
 
 
 def test_concurrent_jobs_share_the_cache_safely(tmp_path):
     cache = data_cache.private_dir(tmp_path / "cache")
     paths = [str(_photo(tmp_path / f"p{i}.jpg", seed=i)) for i in range(12)]
-    expected = [data.decode(p).sum().item() for p in paths]
+    expected = [decode(p).sum().item() for p in paths]
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(3) as pool:
         results = pool.map(_decode_many, [(paths, cache)] * 3)
     assert all(r == expected for r in results)
     assert len(list(cache.rglob("*.hwc"))) == len(paths) and not list(cache.rglob("*.tmp"))
-    assert [data.cached_decode(p, None, cache).sum().item() for p in paths] == expected
+    assert [cached_decode(p, None, cache).sum().item() for p in paths] == expected
 
 
 # ------------------------------------------------------------------ the preprocessing spec
@@ -513,10 +517,10 @@ def test_preprocess_spec_builds_the_transforms_and_goes_into_model_config(tmp_pa
     spec = data.preprocess_spec(64, 0)
     assert spec["resize"] == data.default_resize(64) == 73 and spec["crop"] == 64
     assert spec["interpolation"] == "bilinear" and spec["antialias"] is True and spec["exif_transpose"] is True
-    assert spec["mean"] == list(data.IMAGENET_MEAN) and spec["std"] == list(data.IMAGENET_STD)
+    assert spec["mean"] == list(IMAGENET_MEAN) and spec["std"] == list(IMAGENET_STD)
     assert data.eval_transform(64).spec == spec and data.train_transform(64).spec == spec
     assert data.preprocess_spec(64, 80)["resize"] == 80
-    config = export.model_config("resnet18", ["a", "b"], 64, 73, data.IMAGENET_MEAN, data.IMAGENET_STD)
+    config = export.model_config("resnet18", ["a", "b"], 64, 73, IMAGENET_MEAN, IMAGENET_STD)
     assert config["preprocess"] == spec
     assert {"arch", "num_classes", "image_size", "resize_size", "mean", "std", "classes"} <= set(config)
     monkeypatch.setenv("LOCALSAGE_SERVE_DIR", str(serve_dir.serve_dir()))

@@ -25,10 +25,14 @@ import torch
 from torch import nn
 
 from localsage.container import debug_hook as hook_mod, debug_session
-from localsage.container.data import make_demo_data
-from localsage.core import debug_names, files, procs
+from localsage.container.demo_images import make_demo_data
+from localsage.core import debug_names, files, hyperparameters, procs
 from localsage.core.contract import Contract
-from localsage.debugger import report, rules
+from localsage.debugger import report
+from localsage.debugger.rules.base import LocalRule
+from localsage.debugger.rules.reading import reading
+from localsage.debugger.rules.registry import ACTIVATION_RULES, ALL_RULES, DEBUGGER_RULES, RULES, enabled_rules
+from localsage.debugger.rules.verdicts import parse_overrides, run_rules
 from localsage.host import runner
 
 SMALL_JOB_HP = {"arch": "resnet18", "weights": "none", "image-size": "32", "batch-size": "4", "workers": "0",
@@ -69,8 +73,8 @@ def tiny_loop(root, loader, epochs=2, grad_scale=None, hp=None, workers=0, eval_
         for p in net.parameters():
             p.register_hook(lambda g, s=grad_scale: g * s)
     crit, ecrit = nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
-    dbg = debug_session.attach(contract_for(root), {"debug-train-interval": 1, "debug-tensor-interval": 1, **(hp or {})},
-                          net, [crit, ecrit], workers=workers)
+    hp = {"debug-train-interval": 1, "debug-tensor-interval": 1, **(hp or {})}
+    dbg = debug_session.attach(contract_for(root), hp, net, [crit, ecrit], workers=workers)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for _ in range(epochs):
         dbg.mode("train")
@@ -114,14 +118,14 @@ def test_healthy_run_raises_no_false_alarms_and_keeps_tensors(trained_job):
     job_dir = Path(trained_job["JobDir"])
     tensors = job_dir / "output" / "tensors"
     assert hook_mod.written_steps(tensors), "debug is on by default: tensors must exist"
-    verdicts = verdicts_by_rule(rules.run_rules(job_dir))
+    verdicts = verdicts_by_rule(run_rules(job_dir))
     for name in ("LossNotDecreasing", "LossDiverging", "ExplodingTensor", "VanishingGradient", "Overfit"):
         v = verdicts[name]
         assert v["datapoints"] > 0, f"{name} saw no data: {v}"
-    fired = {n: verdicts[n]["evidence"] for n in rules.DEBUGGER_RULES if verdicts[n]["triggered"]}
+    fired = {n: verdicts[n]["evidence"] for n in DEBUGGER_RULES if verdicts[n]["triggered"]}
     assert not fired, f"debugger rules fired on a healthy run: {fired}"
-    assert rules.reading(list(verdicts.values())).startswith("No training issue found")
-    for name in rules.ALL_RULES:  # every verdict is on disk with the documented fields
+    assert reading(list(verdicts.values())).startswith("No training issue found")
+    for name in ALL_RULES:  # every verdict is on disk with the documented fields
         saved = json.loads((job_dir / "output" / "rules" / f"{name}.json").read_text())
         assert {"rule", "triggered", "datapoints", "violations", "parameters", "recommendation"} <= set(saved)
     with tarfile.open(job_dir / "output.tar.gz") as tar:  # as on SageMaker: tensors are uploaded apart
@@ -142,24 +146,24 @@ def test_far_too_high_learning_rate_is_called_a_divergence(demo_data, jobs_dir):
     metrics = [json.loads(l) for l in (job_dir / "output" / "data" / "metrics.jsonl").read_text().splitlines()
                if l.strip()]
     assert all(math.isfinite(r["train_loss"]) for r in metrics if "train_loss" in r), metrics
-    verdicts = rules.run_rules(job_dir)
+    verdicts = run_rules(job_dir)
     v = verdicts_by_rule(verdicts)
     assert v["LossDiverging"]["triggered"], v["LossDiverging"]
     assert v["LossNotDecreasing"]["triggered"] and v["LossNotDecreasing"]["datapoints"] >= 3, v["LossNotDecreasing"]
-    reading = rules.reading(verdicts)
-    assert reading.startswith("Diverged (LossDiverging) at step "), reading
-    assert "lower the learning rate" in reading
+    line = reading(verdicts)
+    assert line.startswith("Diverged (LossDiverging) at step "), line
+    assert "lower the learning rate" in line
 
 
 @pytest.mark.integration
 def test_tiny_data_many_epochs_overfits(tmp_path, jobs_dir):
     data = make_demo_data(tmp_path / "tiny", classes=2, per_class=8, size=40, seed=3)
     job_dir = job(data, jobs_dir, "dbg-overfit", augment="false", epochs="20", lr="0.01", **{"batch-size": "16"})
-    v = verdicts_by_rule(rules.run_rules(job_dir, only=["Overfit", "ClassImbalance"]))
+    v = verdicts_by_rule(run_rules(job_dir, only=["Overfit", "ClassImbalance"]))
     assert v["Overfit"]["triggered"], v["Overfit"]
     assert v["Overfit"]["datapoints"] == 20  # one per evaluation pass
     # the same data with a threshold no loss gap reaches: the override is honoured, nothing fires
-    loose = rules.run_rules(job_dir, overrides=["Overfit:ratio_threshold=1e12"], only=["Overfit"], write=False)[0]
+    loose = run_rules(job_dir, overrides=["Overfit:ratio_threshold=1e12"], only=["Overfit"], write=False)[0]
     assert not loose["triggered"] and loose["parameters"]["ratio_threshold"] == 1e12
     # balanced data: ClassImbalance must not report a count imbalance
     assert not any("samples, class" in d for d in v["ClassImbalance"]["details"]), v["ClassImbalance"]
@@ -177,7 +181,7 @@ def test_imbalanced_data_fires_class_imbalance(tmp_path, jobs_dir):
         "ClassImbalance.json", "Dataloader.json"]
     with tarfile.open(job_dir / "output.tar.gz") as tar:
         assert "rules/ClassImbalance.json" in tar.getnames()
-    v = verdicts_by_rule(rules.run_rules(job_dir, only=["ClassImbalance"]))["ClassImbalance"]
+    v = verdicts_by_rule(run_rules(job_dir, only=["ClassImbalance"]))["ClassImbalance"]
     assert v["triggered"], v
     counts = v["counts"]
     assert counts[0] > 10 * counts[1], counts
@@ -205,7 +209,7 @@ def test_report_renders_in_headless_chromium(trained_job, artifacts_dir, tmp_pat
     assert re.search(r'<img id="plot-loss"[^>]*src="data:image/png;base64,', dom.stdout), "loss plot missing"
     table = re.search(r'<table id="rules-table">(.*?)</table>', dom.stdout, re.S)
     assert table, "rules table missing"
-    for name in rules.ALL_RULES:
+    for name in ALL_RULES:
         assert f"<td>{name}</td>" in table.group(1)
     for m in re.finditer(r'src="data:image/png;base64,([^"]+)"', dom.stdout):  # every image decodes
         from PIL import Image
@@ -224,8 +228,8 @@ def test_vanishing_gradients_fire_and_normal_gradients_do_not(tmp_path):
     data = random_batches()
     fine = tiny_loop(tmp_path / "fine", data)
     vanished = tiny_loop(tmp_path / "vanished", data, grad_scale=1e-12)
-    ok = rules.run_rules(fine, only=["VanishingGradient"])[0]
-    bad = rules.run_rules(vanished, only=["VanishingGradient"])[0]
+    ok = run_rules(fine, only=["VanishingGradient"])[0]
+    bad = run_rules(vanished, only=["VanishingGradient"])[0]
     assert ok["datapoints"] > 0 and not ok["triggered"], ok
     assert bad["triggered"] and bad["violations"] >= 10, bad
 
@@ -247,7 +251,7 @@ def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
     workers = procs.cores()  # a sane worker count: only the waiting can make Dataloader fire
     loader = torch.utils.data.DataLoader(SlowDataset(), batch_size=4, num_workers=workers)
     out = tiny_loop(tmp_path / "slow", loader, epochs=1, workers=workers, hp={"debug-tensor-interval": 1000})
-    v = rules.run_rules(out, only=["Dataloader", "StepOutlier", "OverallSystemUsage"])
+    v = run_rules(out, only=["Dataloader", "StepOutlier", "OverallSystemUsage"])
     dl = verdicts_by_rule(v)["Dataloader"]
     assert dl["triggered"] and any("waits for data" in d for d in dl["details"]), dl
     assert dl["wait_share"] > 50
@@ -269,7 +273,7 @@ def test_sleeping_dataloader_dominates_the_step_breakdown(tmp_path):
 
 def test_a_healthy_loop_does_not_fire_dataloader(tmp_path):
     out = tiny_loop(tmp_path / "fast", random_batches(), epochs=1, workers=procs.cores())
-    v = rules.run_rules(out, only=["Dataloader"])[0]
+    v = run_rules(out, only=["Dataloader"])[0]
     assert not v["triggered"], v
 
 
@@ -306,7 +310,7 @@ def test_built_in_trainer_takes_sagemakers_hook_config_from_the_cli(small_data, 
     assert cfg["HookParameters"] == {"train.save_interval": "3", "save_all": "true"}
     assert cfg["LocalPath"] == str(job_dir / "output" / "tensors")
     trial = create_trial(str(job_dir / "output" / "tensors"))
-    steps = trial.tensor(hook_mod.LOSS_NAME).steps(mode=modes.TRAIN)
+    steps = trial.tensor(debug_names.LOSS_NAME).steps(mode=modes.TRAIN)
     assert len(steps) >= 2 and all(s % 3 == 0 for s in steps), steps
     assert "conv1_output_0" in trial.tensor_names()  # save_all: every module's output, which ours never saves
     # the hook the config sets up cannot be turned off by the hyperparameter at the same time
@@ -419,17 +423,37 @@ def test_tensors_written_by_a_debug_loop(tmp_path):
 
     trial = create_trial(str(out / "tensors"))
     names = set(trial.tensor_names())
-    assert {hook_mod.LOSS_NAME, hook_mod.LABELS_NAME, hook_mod.LOGITS_NAME} <= names
+    assert {debug_names.LOSS_NAME, debug_names.LABELS_NAME, debug_names.LOGITS_NAME} <= names
     assert any(n.startswith("gradient/") for n in names) and any(n.endswith("weight") for n in names)
 
 
 def test_rule_overrides_are_typed_and_checked():
-    assert rules.parse_overrides(["Overfit:ratio_threshold=0.2,patience=3", "ExplodingTensor:only_nan=true"]) == {
+    assert parse_overrides(["Overfit:ratio_threshold=0.2,patience=3", "ExplodingTensor:only_nan=true"]) == {
         "Overfit": {"ratio_threshold": 0.2, "patience": 3}, "ExplodingTensor": {"only_nan": True}}
     with pytest.raises(ValueError, match="bad parameter"):
-        rules.parse_overrides(["Overfit:nope=1"])
+        parse_overrides(["Overfit:nope=1"])
     with pytest.raises(ValueError, match="unknown rule"):
-        rules.parse_overrides(["Nope:x=1"])
+        parse_overrides(["Nope:x=1"])
+
+
+def test_a_rule_is_declared_by_its_class():
+    """Name, kind, label and place in the reading are the class's; the name lists derive from RULES. core cannot
+    import the rules, so the `rules` hyperparameter's help names the rules rules=default leaves off by hand."""
+    assert all(issubclass(cls, LocalRule) for cls in RULES) and len(ALL_RULES) == len(RULES)
+    debugger = [cls for cls in RULES if cls.KIND == "debugger"]
+    assert all(cls.LABEL for cls in debugger), [cls.__name__ for cls in debugger if not cls.LABEL]
+    orders = [cls.ORDER for cls in debugger]
+    assert len(set(orders)) == len(orders) and max(orders) < LocalRule.ORDER, "one place each, before the rest"
+    help_text = hyperparameters.SPEC["rules"].help
+    assert {name for name in ALL_RULES if name in help_text} == set(ACTIVATION_RULES), help_text
+
+
+def test_rules_default_leaves_the_activation_rules_off_and_names_are_checked():
+    assert enabled_rules({}) == [name for name in ALL_RULES if name not in ("PoorWeightInitialization", "DeadRelu")]
+    assert enabled_rules({"rules": "all"}) == list(ALL_RULES) and enabled_rules({"rules": "none"}) == []
+    assert enabled_rules({"rules": " Overfit, DeadRelu "}) == ["Overfit", "DeadRelu"]
+    with pytest.raises(ValueError, match="unknown rule"):
+        enabled_rules({"rules": "Overfit,Nope"})
 
 
 def test_debug_and_report_commands(tmp_path, capsys):
@@ -448,7 +472,7 @@ def test_debug_and_report_commands(tmp_path, capsys):
 def test_debug_and_profiler_off_write_nothing(tmp_path):
     out = tiny_loop(tmp_path / "off", random_batches(n=2), epochs=1, hp={"debug": False, "profiler": False})
     assert not (out / "tensors").exists() and not (out / "profiler").exists()
-    v = verdicts_by_rule(rules.run_rules(out, only=["VanishingGradient", "Dataloader"]))
+    v = verdicts_by_rule(run_rules(out, only=["VanishingGradient", "Dataloader"]))
     assert v["VanishingGradient"]["status"] == "NoData" and v["Dataloader"]["status"] == "NoData"
 
 

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import debugger_faults as faults  # noqa: E402
-from localsage.debugger import rules  # noqa: E402
+import debugger_faults as faults  # noqa: E402 - bench/debugger_faults.py, after the sys.path insert
+from localsage.debugger.rules.reading import reading, table  # noqa: E402 - after the sys.path insert
+from localsage.debugger.rules.registry import REGISTRY  # noqa: E402 - after the sys.path insert
+from localsage.debugger.rules.verdicts import run_rules  # noqa: E402 - after the sys.path insert
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +43,12 @@ def test_planted_fault_fires_its_rule(name, demo32, tmp_path):
     for rule in (*fault.must_fire, *fault.any_of):
         if by[rule]["triggered"]:  # evidence names the step; the recommendation is the rule's own
             assert by[rule]["evidence"] and by[rule]["trigger_steps"], by[rule]
-            assert by[rule]["recommendation"] == rules.REGISTRY[rule].RECOMMENDATION
+            assert by[rule]["recommendation"] == REGISTRY[rule].RECOMMENDATION
     assert r["reading_names_cause"], (fault.reading, r["reading"])
-    table = rules.table(list(by.values()))
-    fired_rows = [line.split()[0] for line in table.splitlines()[3:] if "IssuesFound" in line.split()[1:2]]
-    assert fired_rows == r["fired"], table  # fired rules first, in the reading's order
-    assert table.startswith("Reading: " + r["reading"])
+    shown = table(list(by.values()))
+    fired_rows = [line.split()[0] for line in shown.splitlines()[3:] if "IssuesFound" in line.split()[1:2]]
+    assert fired_rows == r["fired"], shown  # fired rules first, in the reading's order
+    assert shown.startswith("Reading: " + r["reading"])
     if name == "divergence-adamw":  # the cause, its step and values, and what to do: not the symptoms
         assert r["reading"].startswith("Diverged (LossDiverging) at step 1: TRAIN loss "), r["reading"]
         assert "lower the learning rate" in r["reading"] and "(step 0) ->" in by["LossDiverging"]["evidence"]
@@ -69,7 +71,7 @@ def test_short_job_scales_and_says_why_it_has_no_data(demo32, tmp_path):
     short = faults.Fault("short", "3 steps", (), epochs=1, batch=32,
                          data=lambda x, y: faults.per_class(x, y, {}, default=16))  # 96 images: 3 steps
     out = faults.train(short, demo32, tmp_path / "short", hp={"debug-train-interval": 1})
-    by = {v["rule"]: v for v in rules.run_rules(out)}
+    by = {v["rule"]: v for v in run_rules(out)}
     lnd = by["LossNotDecreasing"]
     assert lnd["status"] == "NoData" and lnd["evidence"] == (
         "3 TRAIN loss points, needs 5: save more often with debug-train-interval"), lnd
@@ -78,10 +80,10 @@ def test_short_job_scales_and_says_why_it_has_no_data(demo32, tmp_path):
 
     longer = faults.Fault("longer", "8 steps", (), epochs=1, batch=32)
     out = faults.train(longer, demo32, tmp_path / "longer")  # default debug-train-interval (10): dense start
-    v = rules.run_rules(out, only=["LossNotDecreasing"])[0]
+    v = run_rules(out, only=["LossNotDecreasing"])[0]
     assert v["datapoints"] >= 3 and v["parameters"]["num_steps"] == 1 and "num_steps" in v["scaled"], v
     # a parameter the user set is used as set: 8 points over 8 steps cannot hold two checks 10 apart
-    v = rules.run_rules(out, only=["LossNotDecreasing"], overrides=["LossNotDecreasing:num_steps=10"])[0]
+    v = run_rules(out, only=["LossNotDecreasing"], overrides=["LossNotDecreasing:num_steps=10"])[0]
     assert v["parameters"]["num_steps"] == 10 and not v["scaled"] and v["status"] == "NoData", v
     assert "num_steps=10 needs 11" in v["evidence"]
 
@@ -107,10 +109,10 @@ def test_script_mode_hook_without_collections_gets_reasons_and_verdicts(tmp_path
         loss.backward()
         opt.step()
     hook.close()
-    by = {v["rule"]: v for v in rules.run_rules(out)}
+    by = {v["rule"]: v for v in run_rules(out)}
     assert by["LossDiverging"]["triggered"] and by["LossNotDecreasing"]["triggered"], by["LossDiverging"]
     assert by["VanishingGradient"]["status"] == "NoData" and "gradients" in by["VanishingGradient"]["evidence"]
     assert by["ClassImbalance"]["status"] == "NoData" and "labels_predictions" in by["ClassImbalance"]["evidence"]
     assert by["Overfit"]["status"] == "NoData" and "EVAL" in by["Overfit"]["evidence"]
     assert by["Dataloader"]["status"] == "NoData" and by["Dataloader"]["evidence"]
-    assert rules.reading(list(by.values())).startswith("Diverged")
+    assert reading(list(by.values())).startswith("Diverged")

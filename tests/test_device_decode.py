@@ -1,5 +1,5 @@
-"""decode-on=device (localsage.container.device_decode): the workers read files and draw crops, the training device decodes
-and augments. Checked on the CPU device (torchvision's CPU decoder) against the workers' path; the nvJPEG
+"""decode-on=device (localsage.container.device_decode): the workers read files and draw crops, the training
+device decodes and augments. Checked on the CPU device (torchvision's CPU decoder) against the workers' path; the nvJPEG
 run needs a GPU."""
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from PIL import Image
 
 from conftest import TINY_HP
 from localsage.container import data, device_decode, feed
+from localsage.container.decode import decode
+from localsage.container.demo_images import make_demo_data, make_photo_like
+from localsage.container.normalize import Normalize
 from localsage.core.hyperparameters import HyperparameterError
 from localsage.host import runner
 
@@ -45,11 +48,11 @@ def test_the_device_path_gives_the_workers_boxes_labels_and_pixels(tmp_path):
     """Same RNG state: the same crops and flips, every EXIF orientation applied as PIL does, pixels within 1
     (float resize rounded vs torch's uint8 kernel); what the device decoder is not given (CMYK, PNG) made
     by the worker exactly as the workers' path makes it; a truncated file skipped by both."""
-    data.make_photo_like(tmp_path / "base.jpg", 90, 70, seed=3)
+    make_photo_like(tmp_path / "base.jpg", 90, 70, seed=3)
     base = Image.open(tmp_path / "base.jpg")
     paths = [_orientated(base.convert("RGB"), tmp_path / f"o{o}.jpg", o) for o in range(1, 9)]
     for k in range(6):
-        data.make_photo_like(tmp_path / f"p{k}.jpg", 60 + 13 * k, 50 + 7 * k, seed=k)
+        make_photo_like(tmp_path / f"p{k}.jpg", 60 + 13 * k, 50 + 7 * k, seed=k)
         paths.append(str(tmp_path / f"p{k}.jpg").encode())
     base.convert("L").save(tmp_path / "gray.jpg", quality=90)
     base.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
@@ -83,7 +86,7 @@ def test_a_worker_reads_each_file_once_whatever_decodes_it(tmp_path, monkeypatch
     """What the device decoder is not given (PNG, CMYK) the worker decodes from the bytes it has read to
     look at the header: one read a file, as for the JPEGs it passes on (and no second look at a file that
     may have changed in between)."""
-    data.make_photo_like(tmp_path / "p.jpg", 80, 60, seed=2)
+    make_photo_like(tmp_path / "p.jpg", 80, 60, seed=2)
     base = Image.open(tmp_path / "p.jpg")
     base.save(tmp_path / "rgb.png")
     base.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
@@ -110,10 +113,10 @@ def test_a_drafted_photo_keeps_the_cpu_boxes_and_pixel_statistics(tmp_path):
     for w, h in ((500, 375), (300, 700), (257, 129), (128, 300)):
         Image.new("RGB", (w, h)).save(tmp_path / "s.jpg")
         header = device_decode.device_header((tmp_path / "s.jpg").read_bytes(), 64)
-        assert header[:2] == tuple(reversed(data.decode(str(tmp_path / "s.jpg"), 64).shape[1:])), (w, h)
+        assert header[:2] == tuple(reversed(decode(str(tmp_path / "s.jpg"), 64).shape[1:])), (w, h)
     paths = []
     for k in range(24):
-        data.make_photo_like(tmp_path / f"b{k}.jpg", 500, 375, seed=10 + k)
+        make_photo_like(tmp_path / f"b{k}.jpg", 500, 375, seed=10 + k)
         paths.append(str(tmp_path / f"b{k}.jpg").encode())
     (images, labels, _), raw, (ref, ref_labels, _) = _both(paths, 64, seed=2)
     assert raw.boxes[:, 6].unique().tolist() == [4] and raw.boxes[:, 7].unique().tolist() == [500 * 375]  # DCT 1/4
@@ -129,7 +132,7 @@ def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_broken_one_ski
                                                                                           caplog):
     paths = []
     for k in range(4):
-        data.make_photo_like(tmp_path / f"p{k}.jpg", 70, 50, seed=k)
+        make_photo_like(tmp_path / f"p{k}.jpg", 70, 50, seed=k)
         paths.append(str(tmp_path / f"p{k}.jpg").encode())
     broken = bytearray((tmp_path / "p2.jpg").read_bytes())  # a bogus Huffman table: the header reads, no decoder does
     at = broken.index(b"\xff\xc4")
@@ -170,15 +173,15 @@ def test_a_stream_the_device_refuses_is_decoded_on_the_host_and_a_broken_one_ski
     stream = [(only[0], only[1], 1.0),
               (torch.zeros((2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 0.0),
               (raw, labels, 1.0)]
-    out = list(feed.to_device(stream, data.Normalize(), torch.device("cpu"), dec, skipped))
+    out = list(feed.to_device(stream, Normalize(), torch.device("cpu"), dec, skipped))
     assert [(x.shape[0], w) for x, _, w in out] == [(2, 0.0), (3, 1.0)]
-    out = list(feed.to_device(stream, data.Normalize(), torch.device("cpu"), dec, skipped, stand_in=True))
+    out = list(feed.to_device(stream, Normalize(), torch.device("cpu"), dec, skipped, stand_in=True))
     assert [(x.shape[0], w) for x, _, w in out] == [(2, 0.0), (2, 0.0), (3, 1.0)]
 
 
 @pytest.mark.integration
 def test_a_job_decoding_on_the_device_trains_and_counts_unreadable_files(tmp_path, jobs_dir):
-    root = data.make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40, corrupt=4)
+    root = make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40, corrupt=4)
     hp = {**{k: v for k, v in TINY_HP.items() if k != "max-steps"}, "decode-on": "device"}
     record = runner.train(root, hp, jobs_dir=jobs_dir, echo=False)
     assert record["TrainingJobStatus"] == "Completed", record.get("FailureReason")
@@ -191,7 +194,7 @@ def test_a_job_decoding_on_the_device_trains_and_counts_unreadable_files(tmp_pat
 def test_a_file_only_the_device_decoder_finds_unreadable_fails_a_strict_job_naming_it(tmp_path, jobs_dir):
     """The device decoder runs in the feed thread (localsage.container.feed.in_thread): its strict-data error still
     ends the job, and the job's failure file names the file."""
-    root = data.make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40)
+    root = make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40)
     victim = sorted((root / "train").rglob("*.jpg"))[3]
     broken = bytearray(victim.read_bytes())  # a bogus Huffman table: the worker's header parse passes it on
     at = broken.index(b"\xff\xc4")
@@ -205,11 +208,11 @@ def test_a_file_only_the_device_decoder_finds_unreadable_fails_a_strict_job_nami
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu.py's machine)")
 def test_nvjpeg_batches_have_the_cpu_paths_boxes_and_statistics(tmp_path):
-    data.make_photo_like(tmp_path / "base.jpg", 300, 200, seed=1)
+    make_photo_like(tmp_path / "base.jpg", 300, 200, seed=1)
     base = Image.open(tmp_path / "base.jpg")
     paths = [_orientated(base.convert("RGB"), tmp_path / f"o{o}.jpg", o) for o in range(1, 9)]
     for k in range(24):
-        data.make_photo_like(tmp_path / f"b{k}.jpg", 500, 375, seed=10 + k)
+        make_photo_like(tmp_path / f"b{k}.jpg", 500, 375, seed=10 + k)
         paths.append(str(tmp_path / f"b{k}.jpg").encode())
     arr = np.array(paths, dtype=np.bytes_)
     spec = data.preprocess_spec(64)

@@ -200,7 +200,7 @@ def test_a_rank_with_an_unreadable_batch_keeps_step_with_the_others(tmp_path):
     """One image per step and several corrupt files: some step has nothing readable on one rank but
     not on the other. That rank takes a zero-weight step instead of skipping it, so the gradient
     all-reduces stay paired and the job finishes instead of hanging."""
-    from localsage.container.data import make_demo_data
+    from localsage.container.demo_images import make_demo_data
 
     data = make_demo_data(tmp_path / "bad", classes=2, per_class=8, size=32, seed=2, corrupt=5)
     roots, outs = run_two_hosts(tmp_path / "jobs", data,

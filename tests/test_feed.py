@@ -1,4 +1,5 @@
-"""localsage.container.feed: what the training step is given, on CPU and (where a GPU is present) through CUDA's side stream."""
+"""localsage.container.feed: what the training step is given, on CPU and (where a GPU is present) through CUDA's
+side stream."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from localsage.container import data, feed
+from localsage.container.demo_images import make_demo_data
+from localsage.container.normalize import Normalize
 
 
 def loader_batches(count, n=4, size=8, seed=0):
@@ -24,7 +27,7 @@ def loader_batches(count, n=4, size=8, seed=0):
 def test_batches_normalise_skip_unreadable_log_each_bad_file_once_and_stop_at_the_limit(caplog):
     good = loader_batches(3)
     stream = [good[0], (None, None, [1, 2]), (good[1][0], good[1][1], [1, 3]), good[2]]
-    d = SimpleNamespace(loaders={"train": stream}, normalize=data.Normalize(channels_last=True), image_size=8,
+    d = SimpleNamespace(loaders={"train": stream}, normalize=Normalize(channels_last=True), image_size=8,
                         datasets={"train": SimpleNamespace(paths=[f"img{i}.jpg".encode() for i in range(4)])})
     ranks = SimpleNamespace(world=1, rank=0, device=torch.device("cpu"))
     bad = {"train": set()}
@@ -34,7 +37,7 @@ def test_batches_normalise_skip_unreadable_log_each_bad_file_once_and_stop_at_th
     assert [r.getMessage() for r in caplog.records].count("skipped unreadable image img1.jpg") == 1
     for (images, labels, weight), (raw, raw_labels, _) in zip(got, good):
         assert weight == 1.0 and torch.equal(labels, raw_labels)
-        assert torch.equal(images, data.Normalize()(raw))
+        assert torch.equal(images, Normalize()(raw))
     assert len(list(feed.batches(d, "train", ranks, bad, limit=2))) == 1  # the limit counts loader batches
     # data parallel: an all-unreadable train batch becomes a zero-weight stand-in step, not a skipped one
     ranks.world = 2
@@ -47,7 +50,7 @@ def test_batches_normalise_skip_unreadable_log_each_bad_file_once_and_stop_at_th
 def test_cuda_feed_gives_the_cpu_pixels_and_every_kept_batch_stays_intact(threaded):
     dev = torch.device("cuda")
     host = loader_batches(8, n=16, size=64, seed=1)
-    norm_gpu, norm_cpu = data.Normalize(channels_last=True).to(dev), data.Normalize(channels_last=True)
+    norm_gpu, norm_cpu = Normalize(channels_last=True).to(dev), Normalize(channels_last=True)
     kept = []
     for images, labels, weight in feed.to_device(((x.pin_memory(), y.pin_memory(), 1.0) for x, y, _ in host),
                                                  norm_gpu, dev, threaded=threaded):
@@ -80,6 +83,8 @@ def test_the_next_epochs_first_batches_are_made_while_the_epoch_before_validates
     (epoch 1's first step waits for a whole batch; without the early start so would every epoch's)."""
     from localsage.container import train
     from localsage.container.debug_sampler import StepTimer
+    from localsage.container.feed import Data
+    from localsage.container.recipe import Parts, Ranks
     from localsage.core import contract as contract_mod, hyperparameters
     from localsage.core.debug_names import PROFILE_STEPS
 
@@ -88,18 +93,17 @@ def test_the_next_epochs_first_batches_are_made_while_the_epoch_before_validates
                                                   num_workers=1, persistent_workers=True, prefetch_factor=2,
                                                   collate_fn=data.collate)
                for split, n, d in (("train", 2 * batch, delay), ("valid", batch, 2 * delay))}
-    d = train.Data({split: None for split in loaders}, loaders, None, ["a", "b"], 8, 8, 1, data.Normalize())
+    d = Data({split: None for split in loaders}, loaders, None, ["a", "b"], 8, 8, 1, Normalize())
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    parts = train.Parts(net, net, torch.nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss(), opt,
-                        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
-                        torch.amp.GradScaler("cuda", enabled=False))
+    parts = Parts(net, net, torch.nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss(), opt,
+                  torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0), torch.amp.GradScaler("cuda", enabled=False))
     contract_mod.make_dirs(tmp_path)
     job = contract_mod.load(root=tmp_path, env={}, gpus=lambda: 0)
     hp = hyperparameters.parse({"epochs": "3"})
     dbg = SimpleNamespace(mode=lambda _: None, timer=StepTimer(tmp_path / "profiler"))
     progress = train.Progress(bad_files={split: set() for split in loaders})
-    assert train.fit(job, hp, train.Ranks(0, 1, 0, torch.device("cpu"), None), d, parts, progress, dbg) is False
+    assert train.fit(job, hp, Ranks(0, 1, 0, torch.device("cpu"), None), d, parts, progress, dbg) is False
     dbg.timer.close()
     rows = [json.loads(line) for line in (tmp_path / "profiler" / PROFILE_STEPS).read_text().splitlines()]
     firsts = [r["dataloader"] for r in rows if r["mode"] == "train" and r["step"] % 2 == 0]
@@ -172,7 +176,7 @@ def test_device_decoded_batches_come_from_the_feed_thread_with_the_unthreaded_pi
 
     from localsage.container import device_decode
 
-    data.make_demo_data(tmp_path / "d", classes=2, per_class=6, size=48)
+    make_demo_data(tmp_path / "d", classes=2, per_class=6, size=48)
     paths = sorted((tmp_path / "d" / "train").rglob("*.jpg"))
     arr = [str(p).encode() for p in paths]
     tf = data.train_transform(32, True, 36)
@@ -188,7 +192,7 @@ def test_device_decoded_batches_come_from_the_feed_thread_with_the_unthreaded_pi
             threads.append(threading.current_thread().name)
             return super().__call__(raw, labels, skipped)
 
-    norm = data.Normalize(channels_last=True)
+    norm = Normalize(channels_last=True)
     d = SimpleNamespace(loaders={"train": raws}, normalize=norm, image_size=32,
                         datasets={"train": SimpleNamespace(paths=arr)}, place=Spy(tf.spec, "cpu", arr))
     ranks = SimpleNamespace(world=1, rank=0, device=torch.device("cpu"))

@@ -69,6 +69,15 @@ def load_handler_module():
     return module
 
 
+def serve_module(name):
+    """One of the handler's modules (serve/handler_*.py) by name, imported as the handler imports it."""
+    import importlib
+
+    if str(HANDLER.parent) not in sys.path:
+        sys.path.insert(0, str(HANDLER.parent))
+    return importlib.import_module(name)
+
+
 def encode(img, fmt="JPEG", **kw):
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
@@ -236,15 +245,17 @@ def test_preprocessing_matches_training_eval_transform(served_model_dir, test_im
     import torch
 
     from localsage.container import data
+    from localsage.container.decode import decode
+    from localsage.container.normalize import Normalize
 
     handler = load_handler_module()
     clf = handler.Classifier(str(served_model_dir))
     cfg = clf.cfg
-    normalize = data.Normalize(cfg["mean"], cfg["std"])
+    normalize = Normalize(cfg["mean"], cfg["std"])
     tf = data.eval_transform(cfg["image_size"], cfg["resize_size"])
     for path, _ in test_images[:5]:
         ours = clf._to_tensor([clf.preprocess_image(path.read_bytes())])
-        img = data.decode(str(path), cfg["resize_size"])  # the training loader's decode (uint8 CHW)
+        img = decode(str(path), cfg["resize_size"])  # the training loader's decode (uint8 CHW)
         theirs = normalize(tf(img).unsqueeze(0))
         assert ours.shape == theirs.shape == (1, 3, cfg["image_size"], cfg["image_size"])
         assert torch.equal(ours, theirs)
@@ -386,18 +397,19 @@ def test_preprocess_spec_read_from_model_config(served_model_dir, tmp_path, pred
     assert torch.allclose(ours, (expected - mean) / std, atol=1e-4)
     # EXIF policy from the spec: transposed when it says so, left as stored otherwise
     body = _exif_rotated_jpeg()
-    upright = handler.open_image(body, clf.settings, spec)
+    images = serve_module("handler_images")
+    upright = images.open_image(body, clf.settings, spec)
     assert upright.size == (40, 20)
     left, right = upright.getpixel((5, 10)), upright.getpixel((35, 10))
     assert left[0] > 200 > left[2] and right[2] > 200 > right[0]
-    assert handler.open_image(body, clf.settings, {**spec, "exif_transpose": False}).size == (20, 40)
+    assert images.open_image(body, clf.settings, {**spec, "exif_transpose": False}).size == (20, 40)
     assert requests.post(predict_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=T).status_code == 200
     # a spec the handler cannot honour stops the model from loading, with the reason
     for bad, words in (({**spec, "interpolation": "lanczos9"}, "interpolation"), ({**spec, "crop": 0}, "crop"),
                        ({k: v for k, v in spec.items() if k != "exif_transpose"}, "exif_transpose"),
                        ({**spec, "std": [0.2, 0, 0.3]}, "std")):
         with pytest.raises(ValueError, match=words):
-            handler.preprocess_spec({**cfg, "preprocess": bad})
+            images.preprocess_spec({**cfg, "preprocess": bad})
 
 
 @pytest.mark.integration
@@ -687,9 +699,9 @@ def test_time_budgets_per_request_and_per_batch(served_model_dir, sample_jpeg):
     assert 0 not in ctx.status and 1 not in ctx.status and "predictions" in out[1]  # started in time
     assert ctx.status[2] == ctx.status[3] == (503, "ServerBusy") and out[2]["code"] == 503
 
-    budget = handler.Budget({**clf.settings, "max_request_pixels": 100}, None)
+    budget = serve_module("handler_images").Budget({**clf.settings, "max_request_pixels": 100}, None)
     budget.charge(60, "a")
-    with pytest.raises(handler.RequestError) as e:
+    with pytest.raises(serve_module("handler_errors").RequestError) as e:
         budget.charge(60, "b")
     assert e.value.code == 413
 
@@ -828,20 +840,20 @@ def test_predict_cli_prints_a_table(server, test_images, classes, capsys):
 
 
 def test_url_validation_rules():
-    h = load_handler_module()
+    urls, errors = serve_module("handler_urls"), serve_module("handler_errors")
     allow = ["93.184.215.14", "localhost", "127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "fe80::1",
              "0.0.0.0", "::ffff:127.0.0.1", "2130706433", "0x7f000001", "192.168.1.10", "100.64.0.1"]
 
     def rejected(url, code=403, allowlist=allow):
-        with pytest.raises(h.RequestError) as e:
-            h.validate_url(url, allowlist)
+        with pytest.raises(errors.RequestError) as e:
+            urls.validate_url(url, allowlist)
         assert e.value.code == code, (url, e.value.message)
         return e.value.message
 
     # a public address on the allow-list passes and is pinned (validation only: no traffic is sent)
-    assert h.validate_url("https://93.184.215.14/dog.jpg", allow) == ("https", "93.184.215.14", 443, "/dog.jpg",
-                                                                       "93.184.215.14")
-    assert h.validate_url("http://93.184.215.14:8000/a?b=1", allow)[2:4] == (8000, "/a?b=1")
+    assert urls.validate_url("https://93.184.215.14/dog.jpg", allow) == ("https", "93.184.215.14", 443, "/dog.jpg",
+                                                                          "93.184.215.14")
+    assert urls.validate_url("http://93.184.215.14:8000/a?b=1", allow)[2:4] == (8000, "/a?b=1")
     for url in ("ftp://93.184.215.14/x.jpg", "file:///etc/passwd", "gopher://93.184.215.14/", "javascript:alert(1)"):
         assert "http" in rejected(url)
     assert "allow-list" in rejected("https://example.org/dog.jpg")
@@ -857,20 +869,20 @@ def test_url_validation_rules():
     rejected("https:///nohost", code=400)
     rejected(123, code=400)
     # allow-list matching: exact host or a ".domain" suffix, never a bare substring
-    assert h._host_allowed("img.example.com", [".example.com"])
-    assert not h._host_allowed("evilexample.com", [".example.com"])
-    assert not h._host_allowed("example.com.evil.net", ["example.com"])
-    assert h._host_allowed("Example.COM.", ["example.com"])
+    assert urls._host_allowed("img.example.com", [".example.com"])
+    assert not urls._host_allowed("evilexample.com", [".example.com"])
+    assert not urls._host_allowed("example.com.evil.net", ["example.com"])
+    assert urls._host_allowed("Example.COM.", ["example.com"])
 
 
 def test_url_settings_from_env():
-    h = load_handler_module()
-    s = h.load_settings({"topk": 3}, {"LOCALSAGE_SERVE_ALLOW_URLS": "true",
-                                      "LOCALSAGE_SERVE_URL_ALLOWLIST": "a.com, .b.org",
-                                      "LOCALSAGE_SERVE_MAX_PIXELS": "1000"})
+    errors = serve_module("handler_errors")
+    s = errors.load_settings({"topk": 3}, {"LOCALSAGE_SERVE_ALLOW_URLS": "true",
+                                           "LOCALSAGE_SERVE_URL_ALLOWLIST": "a.com, .b.org",
+                                           "LOCALSAGE_SERVE_MAX_PIXELS": "1000"})
     assert s["allow_urls"] is True and s["url_allowlist"] == ["a.com", ".b.org"]
     assert s["max_pixels"] == 1000 and s["topk"] == 3
-    assert h.load_settings(None, {})["allow_urls"] is False
+    assert errors.load_settings(None, {})["allow_urls"] is False
 
 
 # ------------------------------------------------------------------- SageMaker `serve` (host process)

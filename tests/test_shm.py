@@ -1,4 +1,5 @@
-"""localsage.container.shm: the loaders fitted to /dev/shm (made-up free space), and the reason a job gives when it runs out."""
+"""localsage.container.shm: the loaders fitted to /dev/shm (made-up free space), and the reason a job gives when it
+runs out."""
 from __future__ import annotations
 
 import logging
@@ -128,13 +129,15 @@ def test_the_trainers_failure_reason_for_a_shm_error_is_the_shm_reason():
 def test_load_data_fits_the_loaders_to_a_small_dev_shm_and_logs_it_once(tmp_path, monkeypatch, caplog):
     import torch
 
-    from localsage.container import data, feed, train
+    from localsage.container import data, feed
+    from localsage.container.demo_images import make_demo_data
+    from localsage.container.recipe import Ranks
     from localsage.core import hyperparameters
 
-    root = data.make_demo_data(tmp_path / "d", classes=2, per_class=6, size=32)
+    root = make_demo_data(tmp_path / "d", classes=2, per_class=6, size=32)
     indexed, folders = data.load_splits({s: root / s for s in ("train", "valid", "test")})
     hp = hyperparameters.parse({"workers": "2", "data-cache": "off"})  # batch 64 at 224 px: the defaults
-    ranks = train.Ranks(0, 1, 0, torch.device("cpu"), None)
+    ranks = Ranks(0, 1, 0, torch.device("cpu"), None)
     monkeypatch.setattr(shm, "space", lambda processes=1, reserved=0: room(64))
     with caplog.at_level(logging.WARNING, logger="localsage.container.train"):
         d = feed.load_data(indexed, folders, hp, ranks)
@@ -157,17 +160,20 @@ def test_load_data_fits_the_loaders_to_a_small_dev_shm_and_logs_it_once(tmp_path
 def test_a_decoded_image_cache_on_dev_shm_is_set_aside_from_the_loaders_budget(tmp_path, monkeypatch):
     import torch
 
-    from localsage.container import data, feed, train
+    from localsage.container import data, feed
+    from localsage.container.data_cache import cache_estimate
+    from localsage.container.demo_images import make_demo_data
+    from localsage.container.recipe import Ranks
     from localsage.core import hyperparameters
 
     if not shm.on_shm(shm.SHM):
         pytest.skip("no /dev/shm here")
-    root = data.make_demo_data(tmp_path / "d", classes=2, per_class=6, size=32)
+    root = make_demo_data(tmp_path / "d", classes=2, per_class=6, size=32)
     indexed, folders = data.load_splits({s: root / s for s in ("train", "valid", "test")})
     asked = []
     monkeypatch.setattr(shm, "space", lambda processes=1, reserved=0: asked.append(reserved) or room(2048))
     hp = hyperparameters.parse({"workers": "1", "data-cache": "decoded"})
-    ranks = train.Ranks(0, 1, 0, torch.device("cpu"), None)
+    ranks = Ranks(0, 1, 0, torch.device("cpu"), None)
     for folder, on in ((tmp_path / "cache", False), (Path(shm.SHM) / f"localsage-test-cache-{os.getpid()}", True)):
         monkeypatch.setenv("LOCALSAGE_CACHE_DIR", str(folder))
         try:
@@ -175,4 +181,4 @@ def test_a_decoded_image_cache_on_dev_shm_is_set_aside_from_the_loaders_budget(t
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         assert shm.on_shm(folder.parent) is on
-        assert asked.pop() == (sum(data.cache_estimate(idx[0]) for idx in indexed.values()) if on else 0)
+        assert asked.pop() == (sum(cache_estimate(idx[0]) for idx in indexed.values()) if on else 0)

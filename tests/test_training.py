@@ -206,7 +206,7 @@ def test_mismatched_classes(tmp_path, small_data, jobs_dir):
 
 @pytest.mark.integration
 def test_corrupt_images_skipped_and_counted_or_strict(tmp_path, jobs_dir):
-    from localsage.container.data import make_demo_data
+    from localsage.container.demo_images import make_demo_data
 
     data = make_demo_data(tmp_path / "c", classes=2, per_class=10, size=40, corrupt=4)
     hp = {k: v for k, v in TINY_HP.items() if k != "max-steps"}

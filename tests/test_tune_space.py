@@ -12,7 +12,10 @@ import pytest
 import yaml
 
 from localsage.cli import build_parser, main as cli_main, tune as cli_tune
-from localsage.host import records, tune
+from localsage.host import records
+from localsage.host.tune.settings import build
+from localsage.host.tune.space import DEFAULT_SPACE, TuneError, parse_space_entries
+from localsage.host.tune.study import make_storage
 
 TEST_LOSS = "test_loss=Test set: Average loss: ([0-9.]+)"
 # the script of the command: it defines --learning-rate only, so the seed space's --lr is unrecognized
@@ -41,8 +44,8 @@ def script_tune(src, data, jobs, *extra):
 
 
 def study_trials(study: str, jobs: Path):
-    t = tune.build({}, {"study": study}, jobs_dir=jobs)
-    return optuna.load_study(study_name=study, storage=tune.make_storage(t)).get_trials()
+    t = build({}, {"study": study}, jobs_dir=jobs)
+    return optuna.load_study(study_name=study, storage=make_storage(t)).get_trials()
 
 
 # ---------------------------------------------------------------- no space given: the seed's space
@@ -65,8 +68,8 @@ def test_a_script_tune_without_a_space_searches_the_seed_space(script, capsys):
     lr, bs = t.space["lr"], t.space["batch-size"]
     assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 0.001, 0.1, True)
     assert (bs.kind, bs.values) == ("categorical", (32, 64, 128, 256))
-    assert {n: d.to_yaml() for n, d in t.space.items()} == tune.DEFAULT_SPACE  # the one definition
-    assert t.stored()["space"] == tune.DEFAULT_SPACE  # --resume rebuilds it without the default
+    assert {n: d.to_yaml() for n, d in t.space.items()} == DEFAULT_SPACE  # the one definition
+    assert t.stored()["space"] == DEFAULT_SPACE  # --resume rebuilds it without the default
     note = t.space_note
     assert note in err.splitlines()  # one line of the command's log
     assert note.startswith("search space: none given, so the default")
@@ -79,9 +82,9 @@ def test_a_script_tune_without_a_space_searches_the_seed_space(script, capsys):
 
 def test_fixed_names_of_the_default_space_say_how_to_give_a_space(script):
     src, data, jobs = script
-    with pytest.raises(tune.TuneError, match=r"lr both fixed and searched \(no space was given.*--space"):
-        tune.build({"fixed": {"lr": 0.01}}, {"entry_point": str(src / "hpo.py"), "objective": "test_loss",
-                                             "objective_type": "minimize", "metric_definitions": [TEST_LOSS]})
+    with pytest.raises(TuneError, match=r"lr both fixed and searched \(no space was given.*--space"):
+        build({"fixed": {"lr": 0.01}}, {"entry_point": str(src / "hpo.py"), "objective": "test_loss",
+                                        "objective_type": "minimize", "metric_definitions": [TEST_LOSS]})
 
 
 # ---------------------------------------------------------------- --space NAME={...}
@@ -97,7 +100,7 @@ def test_space_entries_replace_or_extend_the_configs_space(script, tmp_path):
     assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 0.001, 0.1, True)
     assert t.space["batch-size"].values == (16, 32) and (t.space["layers"].low, t.space["layers"].high) == (1, 4)
     assert lr.entry() == "learning-rate={type: float, min: 0.001, max: 0.1, scale: log}"  # the syntax round-trips
-    assert tune.parse_space_entries([lr.entry()], script=True) == {"learning-rate": lr.to_yaml()}
+    assert parse_space_entries([lr.entry()], script=True) == {"learning-rate": lr.to_yaml()}
     # with a config: an entry replaces that name's range, the others stay
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump({"space": {"learning-rate": {"values": [0.5]}, "momentum": {"values": [0.9]}}}))
@@ -106,7 +109,7 @@ def test_space_entries_replace_or_extend_the_configs_space(script, tmp_path):
     assert list(t.space) == ["learning-rate", "momentum"] and t.space["momentum"].values == (0.9,)
     assert (t.space["learning-rate"].kind, t.space["learning-rate"].low) == ("float", 0.01)
     # the built-in trainer's space too, checked against its hyperparameters
-    t = tune.build({}, {"space": ["lr={type: float, min: 0.01, max: 0.1}"]})
+    t = build({}, {"space": ["lr={type: float, min: 0.01, max: 0.1}"]})
     assert list(t.space) == ["lr"] and not t.default_space
 
 

@@ -9,11 +9,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "sdk-v3"))
-import localsage_offline  # noqa: E402,F401  (the image exists only locally: no pull)
-from sagemaker.serve import ModelBuilder, ModelServer  # noqa: E402
-from sagemaker.serve.builder.schema_builder import SchemaBuilder  # noqa: E402
-from sagemaker.serve.marshalling.custom_payload_translator import CustomPayloadTranslator  # noqa: E402
-from sagemaker.serve.mode.function_pointers import Mode  # noqa: E402
+import localsage_offline  # noqa: E402, F401 - imported first for its effect: the image exists only locally, no pull
+from sagemaker.serve import ModelBuilder, ModelServer  # noqa: E402 - after localsage_offline
+from sagemaker.serve.builder.schema_builder import SchemaBuilder  # noqa: E402 - after localsage_offline
+from sagemaker.serve.marshalling.custom_payload_translator import CustomPayloadTranslator  # noqa: E402 - ditto
+from sagemaker.serve.mode.function_pointers import Mode  # noqa: E402 - after localsage_offline
 
 
 class JpegIn(CustomPayloadTranslator):

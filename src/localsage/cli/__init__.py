@@ -9,11 +9,10 @@ import signal
 import sys
 import threading
 
-from localsage.cli import cloud, debug, demo, jobs, serve, track, tune
-from localsage.cli.common import parse_hp  # noqa: F401 - the --hp parser, also used by tests
+from localsage.cli import api, cloud, debug, demo, jobs, serve, track, tune
 from localsage.host.tracking import OFF_ENV
 
-GROUPS = (jobs, cloud, tune, serve, debug, track, demo)  # order of the help listing
+GROUPS = (jobs, cloud, tune, serve, debug, track, demo, api)  # order of the help listing
 
 
 def build_parser():

@@ -71,7 +71,7 @@ def guard(func, *errors):
 
 def cloud_guard(func):
     def run(args):
-        from localsage.host.cloud import CloudError
+        from localsage.host.cloud.session import CloudError
 
         return guard(func, CloudError)(args)
     return run

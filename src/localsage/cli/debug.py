@@ -22,12 +22,13 @@ def _job(args) -> Path:
 
 
 def cmd_debug(args):
-    from localsage.debugger import rules
+    from localsage.debugger.rules.reading import table
+    from localsage.debugger.rules.verdicts import run_rules
     from localsage.host import tracking
 
     folder = _job(args)
-    verdicts = rules.run_rules(folder, overrides=args.rule or [], only=args.only or None)
-    print(rules.table(verdicts))
+    verdicts = run_rules(folder, overrides=args.rule or [], only=args.only or None)
+    print(table(verdicts))
     tracking.attach(folder, [(folder / "output" / "rules", "rules")])  # the job's MLflow run, if it has one
     if args.json:
         print(json.dumps(verdicts, indent=2, default=str))

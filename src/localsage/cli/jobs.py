@@ -8,7 +8,7 @@ from localsage.host.backends import BACKENDS
 
 
 def cmd_demo_data(args):
-    from localsage.container.data import make_demo_data
+    from localsage.container.demo_images import make_demo_data
 
     root = make_demo_data(args.dir, classes=args.classes, per_class=args.per_class, size=args.size,
                           seed=args.seed, corrupt=args.corrupt, imbalance=args.imbalance)

@@ -1,10 +1,9 @@
 """Shared-memory batch slots, reused: how the train loader's workers hand uint8 batches to the main process.
 
 Why: a fresh shared-memory segment for every batch (what torch's collation does, and what
-`ImageDataset.__getitems__` did) costs the worker ~6 ms a 32x224x224 batch on this project's 2-core
-VM (torch fallocates the segment, then every page faults in on first write: 2.3 + 3.8 ms, against
-0.2 ms for reused private memory) and the main process as much again to map it: about a fifth of the
-worker's whole per-image cost with the decoded-image cache warm.
+`ImageDataset.__getitems__` did) costs the worker an fallocate and a page fault per page on first write,
+and the main process as much again to map it: a large share of the per-image cost with the decoded-image
+cache warm (the figures: docs/performance.md, "Figures from the code").
 
 How: `Ring(workers, slots, shape)` is one shared uint8 tensor of `workers * slots` batch slots plus
 one shared in-use flag a slot, made in the main process before the workers start (forked workers
@@ -14,11 +13,10 @@ file descriptor, no new segment). When the DataLoader's queue unpickles it in th
 training loop gets the slot itself, as a tensor over a numpy view of it, and the flag is cleared when
 the last tensor on that memory is gone (a `weakref.finalize` on the view, which torch holds for as
 long as any tensor, view or storage refers to it). So nothing is copied, a batch may be kept as long
-as its holder likes, and a kept batch is never written over. Copying the slot out instead cost the
-main process 0.8 ms a 32x224x224 batch (0.025 ms an image: the read of memory another core wrote,
-plus the page faults of a fresh 4.8 MB buffer), a quarter of its whole per-image cost with the cache
-warm. A worker whose slots are all still held (a consumer that keeps its batches) falls back to a
-one-off shared segment for that batch, so nothing waits on a slot.
+as its holder likes, and a kept batch is never written over (copying the slot out instead costs the
+main process a read of memory another core wrote and the page faults of a fresh buffer). A worker
+whose slots are all still held (a consumer that keeps its batches) falls back to a one-off shared
+segment for that batch, so nothing waits on a slot.
 
 Size: the whole ring is reserved in /dev/shm when it is made (torch fallocates it): make_loader's
 caller fits workers and slots to the room there (localsage.container.shm.plan_loaders).

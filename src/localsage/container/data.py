@@ -27,10 +27,9 @@ import torch
 from torchvision.transforms.v2.functional import center_crop  # imported before DataLoader workers fork
 
 from localsage.container.batch_ring import Ring, RingBatch
-from localsage.container.data_cache import ReadBuffer, cache_dir, cache_estimate, cached_decode, plan_cache  # noqa: F401 - the data API
-from localsage.container.decode import decode  # noqa: F401 - the data API
-from localsage.container.demo_images import DEMO_CLASSES, make_demo_data, make_photo_like  # noqa: F401 - the data API
-from localsage.container.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize  # noqa: F401 - the data API
+from localsage.container.data_cache import ReadBuffer, cached_decode
+from localsage.container.decode import decode
+from localsage.container.normalize import IMAGENET_MEAN, IMAGENET_STD
 from localsage.container.shm import ring_slots
 from localsage.core import procs
 
@@ -126,7 +125,7 @@ def preprocess_spec(image_size: int, resize_size: int = 0, mean=IMAGENET_MEAN, s
 def _resize(img: torch.Tensor, size, spec) -> torch.Tensor:
     """Resize a CHW uint8 view of HWC memory to size (h, w): 1CHW channels_last in, channels_last out
     (restrided so that torch sees an unambiguous channels_last batch of one, which picks its fast
-    uint8 kernel: 2x faster than the same call on the plain view). Same pixels as torchvision's resize."""
+    uint8 kernel rather than the slower one the plain view gets). Same pixels as torchvision's resize."""
     c, h, w = img.shape
     x = img.as_strided((1, c, h, w), (c * h * w * 4 + 1, *img.stride()), img.storage_offset())
     return torch.nn.functional.interpolate(x, size=list(size), mode=spec["interpolation"], align_corners=False,
@@ -136,7 +135,7 @@ def _resize(img: torch.Tensor, size, spec) -> torch.Tensor:
 class TrainTransform:
     """RandomResizedCrop + RandomHorizontalFlip as torchvision does them (same parameter sampling, same
     resize kernel), on CHW views of HWC memory, with Python's RNG (seeded per DataLoader worker) and
-    none of the per-call dispatch of a v2.Compose (1.6 ms -> ~0.45 ms an image here). `write` puts
+    none of the per-call dispatch of a v2.Compose (most of its cost per image). `write` puts
     the result into one slot of an HWC batch."""
 
     def __init__(self, spec: dict):
@@ -297,7 +296,7 @@ def default_workers() -> int:
 
 
 # batches a worker has in flight (torch's prefetch_factor, default 2): 4 smooths out the moments the main
-# process and the workers take the same core: +8-11% cache-warm img/s on 2 cores (README, fourth round)
+# process and the workers take the same core (the gain: docs/performance.md)
 PREFETCH = 4
 
 

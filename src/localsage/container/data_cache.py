@@ -1,7 +1,7 @@
 """The decoded-image cache: epochs after the first read the pixels `decode` returned instead of decoding.
 
-Decoding a 500x375 photo costs ~1.8 ms on this project's 2-core machine; reading its decoded pixels
-back from the page cache ~0.15 ms. The cache holds exactly what `decode` returned (upright, HWC), so
+Reading a photo's decoded pixels back from the page cache costs a fraction of decoding it again
+(docs/performance.md). The cache holds exactly what `decode` returned (upright, HWC), so
 a cached and an uncached epoch see bit-identical images. One file per (image path, size, mtime,
 draft size, format version); a changed source file gets a new key.
 

@@ -34,17 +34,9 @@ import os
 import tempfile
 from pathlib import Path
 
-log = logging.getLogger("localsage.debugger")
+from localsage.core.debug_names import DENSE_STEPS, debugger_hp
 
-from localsage.core.debug_names import (  # noqa: F401
-    ACTIVATION_RULES,
-    DENSE_STEPS,
-    LABELS_NAME,
-    LOGITS_NAME,
-    LOSS_NAME,
-    debugger_hp,
-    enabled_rules,
-)
+log = logging.getLogger("localsage.debugger")
 
 
 class DebuggerWriteError(RuntimeError):
@@ -119,6 +111,8 @@ def create(model, loss_module, contract, hp):
     _fail_instead_of_waiting()
     from smdebug import modes
     from smdebug.core.save_config import SaveConfig, SaveConfigMode
+
+    from localsage.debugger.rules.registry import ACTIVATION_RULES, enabled_rules
 
     out_dir = Path(contract.tensors_dir)
     _move_aside(out_dir)

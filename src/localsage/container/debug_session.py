@@ -17,7 +17,7 @@ import logging
 import time
 
 from localsage.core import procs
-from localsage.core.debug_names import HYPERPARAMETERS, debugger_hp, enabled_rules  # noqa: F401  (defaults from localsage/core/hyperparameters.py)
+from localsage.core.debug_names import debugger_hp
 
 log = logging.getLogger("localsage.debugger")
 
@@ -76,13 +76,14 @@ class Session:
                     sampler_cpu_s=round(self.sampler.cpu_seconds, 4),
                     sampler_wall_s=round(self.sampler.wall_seconds, 3), samples=self.sampler.samples)
         if not failed and (run_rules if run_rules is not None else self.hp["rules-at-end"]):
-            from localsage.debugger import rules
+            from localsage.debugger.rules.reading import reading
+            from localsage.debugger.rules.registry import enabled_rules
+            from localsage.debugger.rules.verdicts import run_rules as evaluate
 
-            only = enabled_rules(self.hp)
-            verdicts = rules.run_rules(self.contract.output_dir, only=only)
+            verdicts = evaluate(self.contract.output_dir, only=enabled_rules(self.hp))
             fired = [v["rule"] for v in verdicts if v["triggered"]]
             log.info("rules evaluated in the job: %d, issues found by: %s", len(verdicts), ", ".join(fired) or "none")
-            log.info("debugger reading: %s", rules.reading(verdicts))
+            log.info("debugger reading: %s", reading(verdicts))
 
 
 def attach(contract, hp, model, loss_modules, workers=None, start=None, batch_size=None) -> Session:

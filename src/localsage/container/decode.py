@@ -1,9 +1,9 @@
 """Image files -> uint8 RGB tensors, upright (EXIF orientation applied), in the decoder's own HWC layout.
 
 `decode` returns a CHW *view* of HWC memory (strides (1, 3W, 3)): libjpeg-turbo and PIL both write
-pixels interleaved, and torch's vectorised uint8 antialiased resize runs on that layout directly
-(measured on this project's 2-core machine: 0.39 ms for a 300x250 -> 224x224 crop vs 0.97 ms from a
-contiguous CHW copy). Keep images in this layout until they are batched.
+pixels interleaved, and torch's vectorised uint8 antialiased resize runs fastest on that layout
+directly (against a contiguous CHW copy: docs/performance.md). Keep images in this layout until they are
+batched.
 
 EXIF orientation: the same result as PIL's `ImageOps.exif_transpose` (what the serving handler
 applies), for all eight orientations. JPEGs take torchvision's libjpeg-turbo decoder, which reads the

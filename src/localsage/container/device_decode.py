@@ -1,7 +1,7 @@
 """Train batches decoded and augmented on the training device (hyperparameter `decode-on=device`).
 
 Why: with `decode-on=workers` (the default) the DataLoader workers decode every JPEG on the CPU
-(libjpeg-turbo, ~1.2 ms a 500x375 photo a core), crop and resize it there. On a GPU host with few
+(libjpeg-turbo, a core each), crop and resize it there. On a GPU host with few
 cores for its GPU that can set the pace of the step; nvJPEG's batched decoder (hardware JPEG engines
 on A100/H100-class GPUs) takes the decode off the cores.
 

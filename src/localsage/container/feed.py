@@ -2,8 +2,8 @@
 `Data`), and the loader's uint8 batches, unreadable images skipped, put on the training device and
 normalised there (`batches`). With decode-on=device the train loader's batches are JPEG files that
 localsage.container.device_decode decodes and augments on the device (`Data.place`), in a feed thread that works
-up to AHEAD batches before the step (`in_thread`): in the training thread, each batch's decode sat
-between two steps (on one H200, 65-73% of the resident step rate end to end).
+up to AHEAD batches before the step (`in_thread`): in the training thread, each batch's decode would sit
+between two steps.
 
 On CPU each batch is normalised where it is (`normalize.Normalize`), as it comes.
 
@@ -11,9 +11,9 @@ On CUDA the feed runs one batch ahead on a side stream: batch k+1's host-to-devi
 DataLoader's pinned memory) and its normalisation kernel are issued *before* batch k is handed to
 the step, so the copy engine moves k+1 while the default stream computes k, and the default stream
 only waits on an event that is long done when step k+1 starts. Issued in line instead, each copy
-sits on the default stream between two steps (128 x 224 x 224 x 3 uint8 is 19 MB: ~0.4-0.8 ms
-over PCIe, on top of the host's own time to fetch the batch), time in which the GPU computes
-nothing. The cost is one batch more on the GPU (77 MB of float32 at that size).
+sits on the default stream between two steps (128 x 224 x 224 x 3 uint8 is 19 MB over PCIe, on top
+of the host's own time to fetch the batch), time in which the GPU computes nothing. The cost is one
+batch more on the GPU (77 MB of float32 at that size).
 
 Memory safety across the two streams: tensors made on the side stream and used on the default one
 are marked with `record_stream`, so the caching allocator does not hand their memory to the side
@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from localsage.container import data, device_decode, distributed, shm
+from localsage.container.data_cache import cache_estimate, plan_cache
+from localsage.container.normalize import Normalize
 from localsage.container.recipe import local_world
 
 log = logging.getLogger("localsage.container.train")
@@ -63,14 +65,14 @@ def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
     if on_device and ranks.device.type != "cuda":
         log.warning("decode-on=device on %s decodes in the training process, one image at a time: slower than the "
                     "workers (meant for CUDA's nvJPEG)", ranks.device)
-    cache = data.plan_cache({split: idx[0] for split, idx in indexed.items() if not (on_device and split == "train")},
-                            hp["data-cache"])
+    cache = plan_cache({split: idx[0] for split, idx in indexed.items() if not (on_device and split == "train")},
+                       hp["data-cache"])
     for split, (paths, targets, _) in indexed.items():
         train = split == "train"
         tf = (data.train_transform(image_size, hp["augment"], resize_size) if train
               else data.eval_transform(image_size, resize_size))
         draft = image_size if train and hp["augment"] else resize_size
-        if train and on_device:  # the workers read files and draw crops; the device decodes (localsage.container.device_decode)
+        if train and on_device:  # the workers read files and draw crops; the device decodes (device_decode.py)
             datasets[split] = device_decode.JpegBatches(paths, targets, tf, draft_size=draft, strict=hp["strict-data"])
             place = device_decode.DeviceDecoder(tf.spec, ranks.device, paths, strict=hp["strict-data"])
             continue
@@ -90,7 +92,7 @@ def load_data(indexed: dict, folders: list, hp, ranks) -> Data:
                                 sampler=sampler if split == "train" else None, seed=hp["seed"], prefetch=plan.prefetch)
         for split, ds in datasets.items()
     }
-    normalize = data.Normalize(channels_last=hp["channels-last"]).to(ranks.device)
+    normalize = Normalize(channels_last=hp["channels-last"]).to(ranks.device)
     return Data(datasets, loaders, sampler, [data.class_name(f) for f in folders], image_size, resize_size,
                 workers, normalize, place)
 
@@ -100,7 +102,7 @@ def shm_plan(hp, datasets: dict, workers: int, cache, indexed: dict) -> shm.Load
     decoded-image cache's estimate set aside when its folder is there too); logged when it had to shrink."""
     reserved = 0
     if cache is not None and shm.on_shm(cache):
-        reserved = sum(data.cache_estimate(idx[0]) for split, idx in indexed.items() if split in datasets
+        reserved = sum(cache_estimate(idx[0]) for split, idx in indexed.items() if split in datasets
                        and getattr(datasets[split], "cache", None) is not None)
     batch = shm.batch_bytes(hp["batch-size"], hp["image-size"])
     plan = shm.plan_loaders(shm.space(local_world(), reserved), workers, data.PREFETCH, batch, batch,
@@ -115,9 +117,8 @@ def start_train_epoch(d, epoch: int):
 
     The epoch loop calls this before validating the epoch before, so those batches are ready when the
     step wants them. Started at the epoch's first step instead, every epoch opened with a wait of one
-    worker's whole batch (e.g. 128 images x 0.2 ms from the decoded-image cache, 26 ms, or x 1.2 ms
-    decoding, 150 ms: 2-9% of a 1.6 s dogImages epoch on the GPU). Same samples either way: the sampler
-    draws the epoch's order when the iterator starts."""
+    worker's whole batch (a few percent of a short GPU epoch: docs/performance.md). Same samples either
+    way: the sampler draws the epoch's order when the iterator starts."""
     if d.train_sampler is not None:
         d.train_sampler.set_epoch(epoch)
     return iter(d.loaders["train"])

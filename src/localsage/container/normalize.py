@@ -24,18 +24,15 @@ class Normalize(torch.nn.Module):
     Arithmetic: -mean/std + x * (1/std) (addcmul; within an ulp of (x - mean) / std), the same as the
     serving handler's (serve/handler_images.py, `Preprocessor.to_batch`), so their pixels match bit for
     bit. On CUDA one kernel does it (casting uint8 on the fly). On CPU torch casts a uint8 operand
-    with a full float copy first and then runs the broadcast over a 3-wide inner loop: 45 ms a
-    32x224x224 batch here. Done instead on row blocks of the NHWC memory (2 MB float, cache-resident)
-    against per-row tiled mean/std vectors, so the loop is contiguous and vectorised and the batch is
-    read once and written once: ~6 ms, with bit-identical results.
+    with a full float copy first and then runs the broadcast over a 3-wide inner loop. Done instead on
+    row blocks of the NHWC memory (2 MB float, cache-resident) against per-row tiled mean/std vectors, so
+    the loop is contiguous and vectorised and the batch is read once and written once, with bit-identical
+    results (several times faster: docs/performance.md).
 
     That loop runs in the calling thread alone (torch's thread count is 1 for its duration). With
     OpenMP's team, libgomp's idle threads spin for a while after every parallel region (~300,000
-    pauses: milliseconds on AMD's Zen cores), and while the consumer waits for its next batch that
-    spinning took a core from the DataLoader workers: the main process burnt 1.0-1.3 ms of CPU an
-    image instead of 0.3, and the cache-warm pipeline ran at 750-970 img/s instead of 1,200-1,400 on
-    this project's 2-core machine. Single-threaded it costs ~1.5 ms more wall time a 224 px batch of 32
-    (5.6 vs 4.2 ms), nothing next to a training step."""
+    pauses), and while the consumer waits for its next batch that spinning takes a core from the
+    DataLoader workers; single-threaded, the loop's extra wall time is nothing next to a training step."""
 
     BLOCK = 1 << 19  # float elements per CPU block (2 MB: one L2-sized half per thread, few parallel regions)
 
@@ -57,8 +54,8 @@ class Normalize(torch.nn.Module):
         reused only when no tensor but the pool's own refers to its memory (the storage's use count) and
         nobody holds its storage object, so a batch the caller, autograd or a hook still holds is never
         written over. Reuse spares the fresh allocation's page faults: a 32x224x224 output is 19 MB,
-        4,704 pages faulted in again each batch by malloc's fresh mmaps (0.05-0.08 ms of main-process CPU
-        an image, taken from the cores the loader's workers need)."""
+        4,704 pages faulted in again each batch by malloc's fresh mmaps, main-process CPU taken from the
+        cores the loader's workers need."""
         if self._alone is not None:
             for buf in self._outputs:
                 if buf.shape == shape and _references(buf) == self._alone:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from localsage.container import checkpoint, data, debug_session, distributed, export, feed, model as model_mod, shm
-from localsage.container.feed import Data, load_data  # noqa: F401 - the loop's data, also used by tests and benches as train.*
+from localsage.container.feed import Data, load_data
+from localsage.container.normalize import IMAGENET_MEAN, IMAGENET_STD
 from localsage.container.recipe import Parts, Ranks, build_model, build_parts, setup_ranks
 from localsage.core import contract as contract_mod, files, metrics
 from localsage.core.hyperparameters import HyperparameterError, parse, processes_per_host, split_reserved
@@ -215,8 +216,8 @@ def finish(contract, hp, ranks: Ranks, d: Data, parts: Parts, progress: Progress
         record(contract, ranks, {"test_loss": test["loss"], "test_acc": test["acc"]})
     if ranks.rank == 0:
         state = {k: v.detach().cpu() for k, v in parts.model.state_dict().items()}
-        config = export.model_config(hp["arch"], d.classes, d.image_size, d.resize_size, data.IMAGENET_MEAN,
-                                     data.IMAGENET_STD)
+        config = export.model_config(hp["arch"], d.classes, d.image_size, d.resize_size, IMAGENET_MEAN,
+                                     IMAGENET_STD)
         export.save_model(contract.model_dir, state, config)
     summary = {
         "epochs_run": len(progress.history),

@@ -4,7 +4,7 @@ group down with this guard.
 Why: TorchServe's launcher (`torchserve --foreground`) starts a JVM, and the JVM starts the Python
 workers; a parent-death signal (PR_SET_PDEATHSIG) reaches only a direct child, and the launcher
 dies on SIGTERM without passing it on. So a SIGKILLed `localsage serve` (no code of its own runs)
-left the JVM and its workers holding the port and ~800 MB. The owner starts this guard in a session
+left the JVM and its workers holding the port and their memory. The owner starts this guard in a session
 of its own with a parent-death signal (procs.die_with_parent); the guard runs CMD in that same
 process group, and on SIGTERM/SIGINT/SIGHUP or its owner's death it sends SIGTERM to the group, waits
 up to --grace seconds, SIGKILLs whatever is left, removes --cleanup (the server's private temp

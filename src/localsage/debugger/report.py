@@ -19,7 +19,9 @@ import numpy as np
 
 from localsage.core import debug_names, files
 from localsage.core.debug_names import LOSS_NAME
-from localsage.debugger import rules as rules_mod
+from localsage.debugger.rules.profile import Profile, step_outliers, system_stats
+from localsage.debugger.rules.reading import ordered, reading
+from localsage.debugger.rules.verdicts import layout, read_verdicts, run_rules
 
 log = logging.getLogger("localsage.debugger")
 
@@ -119,7 +121,7 @@ def _losses(tensors_dir: Path):
 
 def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
     """Write output/report/report.html (+ PNGs) for a job; returns the HTML path."""
-    paths = rules_mod.layout(job_or_output_dir)
+    paths = layout(job_or_output_dir)
     out = paths.output_dir
     job_dir = out.parent
     report_dir = out / "report"
@@ -187,12 +189,12 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
         page.p("No output/data/metrics.jsonl.", "muted")
 
     # ---- rules
-    verdicts = rules_mod.read_verdicts(out)
+    verdicts = read_verdicts(out)
     if not verdicts and run_rules_if_missing:
-        verdicts = rules_mod.run_rules(out)
+        verdicts = run_rules(out)
     page.h(2, "Rules", id="rules")
-    page.parts.append(f'<p id="rules-reading"><strong>{html.escape(rules_mod.reading(verdicts))}</strong></p>')
-    shown = rules_mod.ordered(verdicts)  # fired first, the cause before its symptoms
+    page.parts.append(f'<p id="rules-reading"><strong>{html.escape(reading(verdicts))}</strong></p>')
+    shown = ordered(verdicts)  # fired first, the cause before its symptoms
     page.table(("rule", "status", "violations", "datapoints", "evidence / why", "recommendation", "parameters"),
                [(v["rule"], v["status"], v["violations"], v["datapoints"],
                  v.get("evidence") or "; ".join(v["details"][:2]), v["recommendation"] if v["triggered"] else "",
@@ -201,7 +203,7 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
                id="rules-table", row_classes=[v["status"] for v in shown])
 
     # ---- system usage
-    profile = rules_mod.Profile(paths.profiler_dir)
+    profile = Profile(paths.profiler_dir)
     page.h(2, "System utilisation", id="system")
     if profile.system:
         t0 = profile.system[0]["t"]
@@ -221,7 +223,7 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
             axes[2].set_ylabel("GPU %"); axes[2].legend(fontsize=7)
         axes[-1].set_xlabel("seconds since the first sample")
         page.figure(fig, "system", "system utilisation timeline")
-        stats = rules_mod.system_stats(profile)
+        stats = system_stats(profile)
         page.table(("metric", "max", "p99", "p95", "p50", "min"),
                    [(k, v["max"], v["p99"], v["p95"], v["p50"], v["min"]) for k, v in stats.items()], id="system-table")
     else:
@@ -246,7 +248,7 @@ def build(job_or_output_dir, run_rules_if_missing=True) -> Path:
             bottom += v
         ax1.set_xlabel("train step"); ax1.set_ylabel("seconds"); ax1.legend(fontsize=7); ax1.set_title("per step")
         totals = np.array([s["total"] for s in train_steps])
-        limit, slow = rules_mod.step_outliers(train_steps)  # the StepOutlier rule's definition
+        limit, slow = step_outliers(train_steps)  # the StepOutlier rule's definition
         ax2.hist(totals, bins=min(40, max(5, len(totals) // 3)))
         if limit is not None:
             ax2.axvline(limit, color="r", ls="--", label="mean + 3 std")

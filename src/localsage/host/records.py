@@ -23,7 +23,6 @@ BACKEND_INFO = backends.INFO_FILE
 
 
 # SageMaker's TrainingJobName rule: letters, digits and (single or repeated) hyphens, at most 63
-NAME_PATTERN = contract.NAME_PATTERN
 
 
 def jobs_root(jobs_dir=None) -> Path:
@@ -58,7 +57,7 @@ def job_name(prefix="localsage") -> str:
 def check_name(name) -> str:
     """A job name as SageMaker accepts it (so it is also one safe folder name: no '/', no '..')."""
     name = str(name)
-    if not NAME_PATTERN.fullmatch(name):
+    if not contract.NAME_PATTERN.fullmatch(name):
         raise ValueError(f"job name {name!r}: use letters, digits and hyphens only (no leading hyphen), "
                          "at most 63 characters, as SageMaker does")
     return name

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from localsage.core.serve_dir import serve_module
-from localsage.host.torchserve import LocalServer, _bin, _jobs_dir, serve_dir
+from localsage.core.serve_dir import serve_dir, serve_module
+from localsage.host.torchserve import LocalServer, _bin, _jobs_dir
 
 
 class ScriptLoadError(RuntimeError):

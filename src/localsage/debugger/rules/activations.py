@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from smdebug import modes
 
 from localsage.core.debug_names import LABELS_NAME, LOGITS_NAME
-from localsage.debugger.rules.base import LocalRule, fmt, loss_names, mode_losses, mode_of, modes, names
+from localsage.debugger.rules.base import LocalRule, fmt, loss_names, mode_losses, mode_of, names
 from localsage.debugger.rules.tensors import NO_GRADIENTS
 
 NO_RELU = ("no ReLU activations saved ({rx}): the built-in trainer saves them with rules=all or when `rules` "
@@ -20,6 +21,9 @@ class PoorWeightInitialization(LocalRule):
     5th–95th percentile range is narrower than `distribution_range`. Also fires when the TRAIN loss of
     the first `steps` steps has not dropped over the last `patience` saved losses of that span."""
 
+    LABEL = "Poor weight initialisation"
+    ORDER = 40
+    ACTIVATIONS = True
     DEFAULTS = {"activation_inputs_regex": ".*relu_input", "threshold": 10.0, "distribution_range": 0.001,
                 "patience": 5, "steps": 10}
     DESCRIPTION = ("The initial weights give badly scaled activations or gradients, "
@@ -91,6 +95,9 @@ class DeadRelu(LocalRule):
     active (> 0) for less than threshold_inactivity % of the samples; fires when more than
     threshold_layer % of a layer's units are dead."""
 
+    LABEL = "Dead ReLUs"
+    ORDER = 50
+    ACTIVATIONS = True
     DEFAULTS = {"tensor_regex": ".*relu_output", "threshold_inactivity": 1.0, "threshold_layer": 50.0}
     DESCRIPTION = "Many ReLU units never activate (dead ReLUs)."
     RECOMMENDATION = "Lower the learning rate, check initialisation (biases), or use LeakyReLU."
@@ -135,6 +142,8 @@ class ClassImbalance(LocalRule):
     1 - threshold_misprediction of the time. A model at chance (e.g. a diverged one) mispredicts
     every class: that is not a class problem."""
 
+    LABEL = "Class imbalance"
+    ORDER = 80
     DEFAULTS = {"threshold_imbalance": 10.0, "threshold_misprediction": 0.7, "samples": 500, "argmax": False,
                 "labels_regex": LABELS_NAME, "predictions_regex": LOGITS_NAME, "only_when_others_learned": True}
     DESCRIPTION = "Classes are imbalanced in the training data, or some classes are mostly mispredicted."

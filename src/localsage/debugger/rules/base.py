@@ -14,14 +14,9 @@ import re
 
 import numpy as np
 from smdebug import modes
-from smdebug.exceptions import RuleEvaluationConditionMet
 from smdebug.rules.rule import Rule
-from smdebug.rules.rule_invoker import invoke_rule
 
 from localsage.core.debug_names import LOSS_NAME
-
-__all__ = ["LocalRule", "EmptyTrial", "Rule", "RuleEvaluationConditionMet", "invoke_rule", "modes", "mean",
-           "mode_of", "scalar", "loss_names", "names", "mode_losses", "MAX_TRIGGER_STEPS", "fmt"]
 
 log = logging.getLogger("localsage.debugger")
 MAX_TRIGGER_STEPS = 50
@@ -40,14 +35,20 @@ def fmt(x) -> str:
 class LocalRule(Rule):
     """Shared parts: parameters (defaults + overrides + scaling), datapoints, findings, NoData reason.
 
-    KIND debugger | profiler; DESCRIPTION and RECOMMENDATION as in AWS's rules table; ACTION the few
-    words `reading` puts after the evidence ("lower the learning rate")."""
+    A rule is declared once, by its class: the class name is the rule's name, and registry.RULES lists
+    the class. KIND debugger | profiler; DESCRIPTION and RECOMMENDATION as in AWS's rules table; ACTION
+    the few words `reading` puts after the evidence ("lower the learning rate"); LABEL the finding's name
+    in the reading ("Diverged"); ORDER its place there, causes before their symptoms (lower first);
+    ACTIVATIONS when it needs the (large) ReLU activations saved, which rules=default leaves off."""
 
     DEFAULTS: dict = {}
     KIND = "debugger"
     DESCRIPTION = ""
     RECOMMENDATION = ""
     ACTION = ""
+    LABEL = ""
+    ORDER = 1000
+    ACTIVATIONS = False
 
     def __init__(self, base_trial, **params):
         super().__init__(base_trial, action_str="")

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import math
 
-from localsage.debugger.rules.base import LocalRule, fmt, loss_names, mean, mode_losses, mode_of, modes, scalar
+from smdebug import modes
+
+from localsage.debugger.rules.base import LocalRule, fmt, loss_names, mean, mode_losses, mode_of, scalar
 
 MIN_LOSS_POINTS = 5
 MIN_PASSES = 3
@@ -53,6 +55,8 @@ class LossNotDecreasing(LocalRule):
     the EVAL trend is Overfit/Overtraining's concern). Short jobs: num_steps scales to a quarter of
     the saved span (at least 4 checks); fewer than 5 points in every mode is NoData."""
 
+    LABEL = "Loss not decreasing"
+    ORDER = 110
     DEFAULTS = {"num_steps": 10, "diff_percent": 0.1, "increase_threshold_percent": 5.0, "mode": "",
                 "use_losses_collection": True}
     DESCRIPTION = "Loss is not decreasing at the expected rate."
@@ -127,6 +131,8 @@ class LossDiverging(LocalRule):
     classifier), or not finite. Needs 2 saved losses. Mode: `mode`, or TRAIN (GLOBAL in a trial
     without modes)."""
 
+    LABEL = "Diverged"
+    ORDER = 10
     DEFAULTS = {"factor": 10.0, "mode": "", "use_losses_collection": True}
     DESCRIPTION = "The loss grew far above its starting value: training diverged."
     RECOMMENDATION = "Lower the learning rate (try 10x lower), add warm-up or gradient clipping; check the optimizer."
@@ -187,6 +193,8 @@ class Overfit(LocalRule):
     while validation loss still falls is an untrained model (e.g. BatchNorm running statistics after
     the first epoch give a huge EVAL loss), not overfitting."""
 
+    LABEL = "Overfitting"
+    ORDER = 90
     DEFAULTS = {"start_step": 0, "patience": 1, "ratio_threshold": 0.1, "use_losses_collection": True,
                 "only_when_not_improving": True}
     DESCRIPTION = "Validation loss is much higher than training loss: the model is overfitting."
@@ -240,6 +248,8 @@ class Overtraining(LocalRule):
     passes (at least 2), patience_train to a quarter of the saved TRAIN steps (at least 2); fewer
     than 3 evaluation passes is NoData."""
 
+    LABEL = "Overtraining"
+    ORDER = 100
     DEFAULTS = {"patience_train": 5, "patience_validation": 10, "delta": 0.01, "min_learned_percent": 10.0}
     DESCRIPTION = "Training and validation losses stopped improving: further training is wasted."
     RECOMMENDATION = ("Stop earlier (early stopping via the `patience` hyperparameter) "

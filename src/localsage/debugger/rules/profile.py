@@ -17,7 +17,8 @@ class Profile:
         d = Path(profiler_dir)
         self.system = files.read_jsonl(d / debug_names.PROFILE_SYSTEM)
         self.steps = files.read_jsonl(d / debug_names.PROFILE_STEPS)
-        self.job = json.loads((d / debug_names.PROFILE_JOB).read_text()) if (d / debug_names.PROFILE_JOB).exists() else {}
+        job = d / debug_names.PROFILE_JOB
+        self.job = json.loads(job.read_text()) if job.exists() else {}
         self.gpus = max((len(r.get("gpu") or []) for r in self.system), default=0)
 
     def gpu(self, key, i):

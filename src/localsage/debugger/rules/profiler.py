@@ -4,8 +4,9 @@ and `window` at 50 % of the datapoints a job has (never over a parameter the use
 from __future__ import annotations
 
 import numpy as np
+from smdebug.exceptions import RuleEvaluationConditionMet
 
-from localsage.debugger.rules.base import EmptyTrial, LocalRule, RuleEvaluationConditionMet
+from localsage.debugger.rules.base import EmptyTrial, LocalRule
 from localsage.debugger.rules.profile import Profile, step_outliers, system_stats
 
 

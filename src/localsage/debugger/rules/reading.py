@@ -1,31 +1,28 @@
 """What the verdicts say, for a person: the order (fired first, the cause before its symptoms), a
-one-line reading of the job, and the text table the CLI prints. Works on verdict dicts alone
-(fresh or read from output/rules), imports neither numpy nor smdebug."""
+one-line reading of the job, and the text table the CLI prints. Works on verdict dicts alone (fresh or
+read from output/rules); each rule's label and place in the reading are its class's LABEL and ORDER."""
 from __future__ import annotations
 
-from localsage.core.debug_names import ALL_RULES
+from localsage.debugger.rules.base import LocalRule
+from localsage.debugger.rules.registry import ALL_RULES, REGISTRY
 
-# The cause before its symptoms: a diverged job also shows a flat/rising loss, mispredicted classes
-# and huge weight updates; a zero init also gives vanishing gradients and a flat loss. A verdict
-# marked `symptom` (all-zero gradients only; a poor start of the loss only) ranks after the others.
-CAUSE_ORDER = ("LossDiverging", "ExplodingTensor", "AllZero", "PoorWeightInitialization", "DeadRelu",
-               "VanishingGradient", "WeightUpdateRatio", "ClassImbalance", "Overfit", "Overtraining",
-               "LossNotDecreasing")
-LABELS = {
-    "LossDiverging": "Diverged", "ExplodingTensor": "NaN/inf in the tensors", "AllZero": "All-zero tensors",
-    "PoorWeightInitialization": "Poor weight initialisation", "VanishingGradient": "Vanishing gradients",
-    "DeadRelu": "Dead ReLUs", "WeightUpdateRatio": "Weight updates out of scale", "ClassImbalance": "Class imbalance",
-    "Overfit": "Overfitting", "Overtraining": "Overtraining", "LossNotDecreasing": "Loss not decreasing",
-}
 EVIDENCE_WIDTH = 110
 
 
 def _rank(v):
+    """Fired first, debugger rules before profiler rules, a verdict marked `symptom` (all-zero gradients only; a
+    poor start of the loss only) after the others, then the rule's ORDER: the cause before its symptoms (a
+    diverged job also shows a flat/rising loss, mispredicted classes and huge weight updates; a zero init also
+    gives vanishing gradients and a flat loss)."""
     status = {"IssuesFound": 0, "NoIssuesFound": 1, "NoData": 2}.get(v.get("status"), 3)
     kind = 0 if v.get("kind") == "debugger" else 1
     name = v["rule"]
-    cause = CAUSE_ORDER.index(name) if name in CAUSE_ORDER else len(CAUSE_ORDER)
+    cause = REGISTRY.get(name, LocalRule).ORDER
     return (status, kind, bool(v.get("symptom")), cause, ALL_RULES.index(name) if name in ALL_RULES else 99)
+
+
+def _label(name) -> str:
+    return getattr(REGISTRY.get(name), "LABEL", "") or name
 
 
 def ordered(verdicts) -> list[dict]:
@@ -49,7 +46,7 @@ def reading(verdicts) -> str:
     nodata = [v["rule"] for v in verdicts if v.get("status") == "NoData" and v.get("kind") == "debugger"]
     if fired:
         cause = fired[0]
-        text = f"{LABELS.get(cause['rule'], cause['rule'])} ({cause['rule']}) {_at(cause.get('evidence'))}"
+        text = f"{_label(cause['rule'])} ({cause['rule']}) {_at(cause.get('evidence'))}"
         if cause.get("action"):
             text += f": {cause['action']}"
         text += "."

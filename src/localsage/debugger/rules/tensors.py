@@ -3,8 +3,9 @@ WeightUpdateRatio."""
 from __future__ import annotations
 
 import numpy as np
+from smdebug import modes
 
-from localsage.debugger.rules.base import LocalRule, mode_of, modes, names
+from localsage.debugger.rules.base import LocalRule, mode_of, names
 
 NO_GRADIENTS = ("no gradient tensors saved (collection `gradients`): include it in the hook's collections "
                 "(built-in trainer: saved every debug-tensor-interval TRAIN steps)")
@@ -19,6 +20,8 @@ def collection_reason(collections, regex=""):
 class VanishingGradient(LocalRule):
     """Fires at a step where mean(|gradient|) of any saved gradient tensor is below `threshold`."""
 
+    LABEL = "Vanishing gradients"
+    ORDER = 60
     DEFAULTS = {"threshold": 1e-7}
     DESCRIPTION = "Gradients became so small that the weights stop changing."
     RECOMMENDATION = ("Check initialisation, normalisation layers, activation functions and the learning rate; "
@@ -86,6 +89,8 @@ class ExplodingTensor(TensorScanRule):
     """Fires at a step where a saved tensor (collections/tensor_regex; by default losses, weights, biases,
     gradients) holds a NaN, or an infinity unless only_nan."""
 
+    LABEL = "NaN/inf in the tensors"
+    ORDER = 20
     DEFAULTS = {"only_nan": False, "collection_names": "losses,weights,biases,gradients", "tensor_regex": ""}
     DESCRIPTION = "A tensor holds NaN or infinite values."
     RECOMMENDATION = ("Lower the learning rate, clip gradients, check the data for NaNs "
@@ -101,6 +106,8 @@ class ExplodingTensor(TensorScanRule):
 class AllZero(TensorScanRule):
     """Fires at a step where a saved tensor (collection_names / tensor_regex) is at least threshold % zeros."""
 
+    LABEL = "All-zero tensors"
+    ORDER = 30
     DEFAULTS = {"threshold": 100.0, "collection_names": "weights,gradients", "tensor_regex": ""}
     DESCRIPTION = "Tensors are all zeros."
     RECOMMENDATION = "Check initialisation, frozen or disconnected layers, and that the inputs are not blank."
@@ -120,6 +127,8 @@ class WeightUpdateRatio(LocalRule):
     """Between two consecutive saved TRAIN steps of a weight: ratio = ||w_t - w_prev|| / (||w_prev|| + epsilon);
     fires when a ratio is above large_threshold or below small_threshold. Needs weights saved at 2 steps."""
 
+    LABEL = "Weight updates out of scale"
+    ORDER = 70
     DEFAULTS = {"large_threshold": 10.0, "small_threshold": 1e-8, "epsilon": 1e-9}
     DESCRIPTION = "Weight updates are too large (unstable) or too small (not learning) relative to the weights."
     RECOMMENDATION = "Tune the learning rate; check for frozen layers or a broken optimizer setup."

@@ -12,12 +12,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from smdebug.exceptions import RuleEvaluationConditionMet
+from smdebug.rules.rule_invoker import invoke_rule
 
 from localsage.core.contract import Contract
-from localsage.core.debug_names import ALL_RULES, DEBUGGER_RULES
-from localsage.debugger.rules.base import MAX_TRIGGER_STEPS, EmptyTrial, RuleEvaluationConditionMet, invoke_rule
+from localsage.debugger.rules.base import MAX_TRIGGER_STEPS, EmptyTrial
 from localsage.debugger.rules.profile import Profile
-from localsage.debugger.rules.registry import rule_class
+from localsage.debugger.rules.registry import ALL_RULES, DEBUGGER_RULES, rule_class
 
 
 def _convert(text, default):

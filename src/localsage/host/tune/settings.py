@@ -23,8 +23,8 @@ SETTINGS = {  # name: default; each can come from the YAML file or the command l
     "max_run": None,  # seconds a trial's job may run (SageMaker's MaxRuntimeInSeconds); None: no limit locally
 }
 # Trial jobs of the built-in trainer record no debugger tensors unless the config's fixed hyperparameters
-# ask for them: the hook's full save at step 0 is ~90 MB (resnet18) to ~200 MB (resnet50) per job, GBs per
-# study, and a study judges trials by their metrics. best_hyperparameters.json does not carry this default.
+# ask for them: the hook's full save at step 0 is large for every trial (docs/performance.md), and a study
+# judges trials by their metrics. best_hyperparameters.json does not carry this default.
 TRIAL_DEFAULTS = {"debug": False}
 # must agree between workers of one study (keys absent from older studies compare as None)
 STORED = ("space", "fixed", "objective", "enqueue", "entry_point", "metric_definitions")
