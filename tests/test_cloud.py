@@ -17,7 +17,21 @@ from botocore.stub import Stubber
 
 from localsage import cli
 from localsage.core.metrics import METRIC_DEFINITIONS
-from localsage.host import cloud, records, runner
+from localsage.host import records, runner
+from localsage.host.cloud import session as cloud_session  # the modules look aws_session up here: patched here
+from localsage.host.cloud.constants import (
+    ROLE_ENV,
+    SDK_CONFIG,
+    SERVING_DEFAULTS,
+    SERVING_ENV,
+    SERVING_ENV_VARS,
+    TRAINING_LOG_GROUP,
+)
+from localsage.host.cloud.ecr import push
+from localsage.host.cloud.endpoints import DeployOptions, deploy_requests, predict_endpoint
+from localsage.host.cloud.session import CloudError
+from localsage.host.cloud.source import encode_hyperparameters, source_package
+from localsage.host.cloud.training import TrainingOptions, training_request, training_requests
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -39,7 +53,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", connect)
     for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
                 "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", cloud.ROLE_ENV):
+                "AWS_WEB_IDENTITY_TOKEN_FILE", ROLE_ENV):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
@@ -59,10 +73,10 @@ def aws(monkeypatch):
 
 @pytest.fixture
 def sent(monkeypatch):
-    """Every request our code sends through cloud.session.aws_session(): [(operation, api params)]
+    """Every request our code sends through localsage.host.cloud.session.aws_session(): [(operation, api params)]
     (moto still answers)."""
     calls = []
-    real = cloud.session.aws_session
+    real = cloud_session.aws_session
 
     def spying(region=None):
         session = real(region)
@@ -70,12 +84,12 @@ def sent(monkeypatch):
                                 lambda params, model, **_: calls.append((model.name, dict(params))))
         return session
 
-    monkeypatch.setattr(cloud.session, "aws_session", spying)
+    monkeypatch.setattr(cloud_session, "aws_session", spying)
     return calls
 
 
 def options(**kw):
-    return cloud.TrainingOptions(output_path=OUTPUT, role=ROLE, image=IMAGE, region=REGION, **kw)
+    return TrainingOptions(output_path=OUTPUT, role=ROLE, image=IMAGE, region=REGION, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +97,7 @@ def options(**kw):
 
 
 def test_training_request_is_exact_and_needs_no_credentials():
-    call = cloud.training_request(DATA, {"lr": 0.01, "batch-size": 64, "augment": False, "arch": "resnet50"},
+    call = training_request(DATA, {"lr": 0.01, "batch-size": 64, "augment": False, "arch": "resnet50"},
                                   options(instance_type="ml.p3.8xlarge", spot=True, max_run=3600),
                                   "dogs-1", instance_count=2)
     assert call["operation"] == "CreateTrainingJob"
@@ -111,15 +125,15 @@ def test_metric_regexes_match_the_training_log_format():
 
     line = format_line({"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "valid_loss": 0.25, "valid_acc": 0.9,
                         "epoch_time": 3.0, "images_per_sec": 100.0})
-    req = cloud.training_request(DATA, {}, options(), "dogs-2")["request"]
+    req = training_request(DATA, {}, options(), "dogs-2")["request"]
     found = {d["Name"]: float(re.search(d["Regex"], line).group(1))
              for d in req["AlgorithmSpecification"]["MetricDefinitions"] if re.search(d["Regex"], line)}
     assert found["valid_loss"] == 0.25 and found["valid_acc"] == 0.9 and found["train_loss"] == 0.5
 
 
 def test_spot_wait_shorter_than_run_is_refused():
-    with pytest.raises(cloud.CloudError, match="max-wait"):
-        cloud.training_request(DATA, {}, options(spot=True, max_run=7200, max_wait=3600), "dogs-3")
+    with pytest.raises(CloudError, match="max-wait"):
+        training_request(DATA, {}, options(spot=True, max_run=7200, max_wait=3600), "dogs-3")
 
 
 def test_cli_train_dry_run_prints_the_request_without_credentials(capsys, tmp_path):
@@ -191,10 +205,10 @@ def test_sagemaker_backend_runs_a_job_and_records_it(aws, sent, tmp_path):
     s3.put_object(Bucket="dogs-bucket", Key=f"localsage/jobs/{name}/output/output.tar.gz",
                   Body=_tar_gz({"metrics.jsonl": b'{"epoch": 1, "valid_acc": 0.95, "valid_loss": 0.2}\n'}))
     logs = aws.client("logs")
-    logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
-    logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
+    logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)
+    logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
     now = int(time.time() * 1000)
-    logs.put_log_events(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000",
+    logs.put_log_events(logGroupName=TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000",
                         logEvents=[{"timestamp": now, "message": "starting"},
                                    {"timestamp": now + 1,
                                     "message": "epoch=1; train_loss=0.5; valid_loss=0.2; valid_acc=0.95;"}])
@@ -222,7 +236,7 @@ def test_sagemaker_backend_runs_a_job_and_records_it(aws, sent, tmp_path):
     # the request actually sent is the one a dry run prints
     created = [params for op, params in sent if op == "CreateTrainingJob"]
     assert len(created) == 1
-    dry = cloud.training_request(DATA, {"epochs": "1", "lr": "0.01"}, opts, name)["request"]
+    dry = training_request(DATA, {"epochs": "1", "lr": "0.01"}, opts, name)["request"]
     assert created[0] == dry
     assert records.describe(name, tmp_path)["TrainingJobArn"] == arn
 
@@ -240,12 +254,12 @@ def test_train_without_yes_creates_nothing(aws, tmp_path, capsys):
 
 def test_log_tail_reads_each_line_once_and_names_hosts(aws):
     logs = aws.client("logs")
-    logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
+    logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)
     for host in ("algo-1", "algo-2"):
-        logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"job-a/{host}-1700000000")
-    logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName="job-ab/algo-1-1700000000")
-    put = lambda stream, ts, msg: logs.put_log_events(  # noqa: E731
-        logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=stream, logEvents=[{"timestamp": ts, "message": msg}])
+        logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=f"job-a/{host}-1700000000")
+    logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName="job-ab/algo-1-1700000000")
+    put = lambda stream, ts, msg: logs.put_log_events(  # noqa: E731 - a one-line helper
+        logGroupName=TRAINING_LOG_GROUP, logStreamName=stream, logEvents=[{"timestamp": ts, "message": msg}])
     now = int(time.time() * 1000)
     put("job-a/algo-1-1700000000", now, "rank 0")
     put("job-a/algo-2-1700000000", now + 1, "rank 1")
@@ -300,7 +314,7 @@ class RecordingDocker:
 def test_push_creates_the_repository_logs_in_tags_and_pushes(aws):
     ecr = aws.client("ecr")
     docker = RecordingDocker()
-    refs = cloud.push("localsage:latest", "localsage", ["abc123", "latest"], client=docker, boto_session=aws,
+    refs = push("localsage:latest", "localsage", ["abc123", "latest"], client=docker, boto_session=aws,
                       out=lambda *_: None)
     uri = ecr.describe_repositories(repositoryNames=["localsage"])["repositories"][0]["repositoryUri"]
     assert refs == [f"{uri}:abc123", f"{uri}:latest"]
@@ -314,21 +328,21 @@ def test_push_creates_the_repository_logs_in_tags_and_pushes(aws):
         ("tag", uri, "latest"), ("push", uri, "latest", auth),
     ]
     # a second push reuses the repository
-    cloud.push("localsage:latest", "localsage", ["latest"], client=RecordingDocker(), boto_session=aws,
+    push("localsage:latest", "localsage", ["latest"], client=RecordingDocker(), boto_session=aws,
                out=lambda *_: None)
     assert len(ecr.describe_repositories()["repositories"]) == 1
 
 
 def test_push_error_in_the_stream_is_raised(aws):
     docker = RecordingDocker(push_events=[{"error": "denied: not authorized"}])
-    with pytest.raises(cloud.CloudError, match="denied"):
-        cloud.push("localsage:latest", client=docker, boto_session=aws, out=lambda *_: None)
+    with pytest.raises(CloudError, match="denied"):
+        push("localsage:latest", client=docker, boto_session=aws, out=lambda *_: None)
 
 
 def test_push_without_docker_engine_creates_nothing(aws, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    with pytest.raises(cloud.CloudError, match="docker engine"):
-        cloud.push("localsage:latest", region=REGION)
+    with pytest.raises(CloudError, match="docker engine"):
+        push("localsage:latest", region=REGION)
     assert aws.client("ecr").describe_repositories()["repositories"] == []
 
 
@@ -339,8 +353,8 @@ def test_push_of_a_missing_image_creates_nothing(aws):
         client.ping()
     except Exception:
         pytest.skip("no docker engine")
-    with pytest.raises(cloud.CloudError, match="make image"):
-        cloud.push("localsage-no-such-image:never", client=client, region=REGION)
+    with pytest.raises(CloudError, match="make image"):
+        push("localsage-no-such-image:never", client=client, region=REGION)
     assert aws.client("ecr").describe_repositories()["repositories"] == []
 
 
@@ -364,9 +378,9 @@ def test_upload_data_copies_the_tree(aws, tmp_path, capsys):
 
 
 def test_deploy_requests_are_exact():
-    opts = cloud.DeployOptions(model_data="s3://dogs-bucket/jobs/j/output/model.tar.gz", endpoint_name="dogs-ep",
+    opts = DeployOptions(model_data="s3://dogs-bucket/jobs/j/output/model.tar.gz", endpoint_name="dogs-ep",
                                role=ROLE, image=IMAGE, region=REGION, env={"SAGEMAKER_TS_BATCH_SIZE": 16})
-    calls = cloud.deploy_requests(opts)
+    calls = deploy_requests(opts)
     assert [c["operation"] for c in calls] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
     model, config, endpoint = (c["request"] for c in calls)
     assert model == {"ModelName": "dogs-ep", "ExecutionRoleArn": ROLE, "PrimaryContainer": {
@@ -454,8 +468,8 @@ def test_predict_endpoint_sends_image_bytes_and_reads_json(tmp_path):
                               response_meta={},
                               modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": "not an image"})
         sm_session = sagemaker.Session(boto_session=session, sagemaker_runtime_client=runtime,
-                                       sagemaker_config=cloud.SDK_CONFIG)
-        results = cloud.predict_endpoint("dogs-ep", [image, image], sm_session=sm_session)
+                                       sagemaker_config=SDK_CONFIG)
+        results = predict_endpoint("dogs-ep", [image, image], sm_session=sm_session)
     assert results[0] == (str(image), 200, answer)
     assert results[1] == (str(image), 400, {"message": "not an image"})
 
@@ -463,7 +477,7 @@ def test_predict_endpoint_sends_image_bytes_and_reads_json(tmp_path):
 def test_jobs_describe_refreshes_a_sagemaker_job(aws, tmp_path, capsys):
     """A job whose local runner went away (record still InProgress) shows SageMaker's status."""
     name = "dogs-refresh"
-    call = cloud.training_request(DATA, {"epochs": "1"}, options(), name)["request"]
+    call = training_request(DATA, {"epochs": "1"}, options(), name)["request"]
     aws.client("sagemaker").create_training_job(**call)  # moto: the job is Completed at once
     job_dir = tmp_path / name
     job_dir.mkdir()
@@ -483,7 +497,7 @@ def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
     name = "dogs-stop"
     after_stop = iter(["Stopping", "Stopped"])
     stops, described = [], []
-    real = cloud.session.aws_session
+    real = cloud_session.aws_session
 
     def describe(params, model, **_):
         described.append(1)
@@ -505,11 +519,11 @@ def test_on_metrics_stop_sends_stop_training_job(aws, monkeypatch, tmp_path):
         s.events.register("before-call.sagemaker.StopTrainingJob", stop)
         return s
 
-    monkeypatch.setattr(cloud.session, "aws_session", session)
+    monkeypatch.setattr(cloud_session, "aws_session", session)
     logs = aws.client("logs")
-    logs.create_log_group(logGroupName=cloud.TRAINING_LOG_GROUP)
-    logs.create_log_stream(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
-    logs.put_log_events(logGroupName=cloud.TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000",
+    logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)
+    logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000")
+    logs.put_log_events(logGroupName=TRAINING_LOG_GROUP, logStreamName=f"{name}/algo-1-1700000000",
                         logEvents=[{"timestamp": int(time.time() * 1000), "message": "epoch=1; valid_loss=9.0;"}])
     record = runner.train(DATA, {"epochs": 5}, backend="sagemaker", name=name, jobs_dir=tmp_path,
                           on_metrics=lambda m: m["valid_loss"] > 5, echo=False,
@@ -558,19 +572,24 @@ def test_cli_train_with_yes_runs_the_job(aws, tmp_path, capsys):
 # script mode: a user's entry point and source dir (training), inference.py repacked (deploy)
 
 
-def test_importing_the_cloud_package_is_cheap():
+def test_importing_the_cloud_modules_is_cheap():
     import subprocess
     import sys
 
-    code = ("import sys, localsage.host.cloud as c; [getattr(c, name) for name in c.__all__]; "
+    code = ("import importlib, pkgutil, sys, localsage.host.cloud as c; "
+            "names = sorted(m.name for m in pkgutil.iter_modules(c.__path__)); "
+            "[importlib.import_module(f'{c.__name__}.{name}') for name in names]; "
+            "print(*names); "
             "print(sorted(m for m in ('boto3', 'botocore', 'sagemaker', 'docker', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"  # every name of the package resolves, none of them imports an SDK
+    names, sdks = out.splitlines()
+    assert {"constants", "session", "s3", "ecr", "source", "training", "endpoints"} <= set(names.split())
+    assert sdks == "[]"  # every module of the package imports, none of them imports an SDK
 
 
 def test_serving_env_is_the_serving_defaults_as_strings():
-    assert cloud.SERVING_ENV == {cloud.SERVING_ENV_VARS[k]: str(v) for k, v in cloud.SERVING_DEFAULTS.items()}
-    assert cloud.SERVING_ENV["SAGEMAKER_TS_BATCH_SIZE"] == "8"
+    assert SERVING_ENV == {SERVING_ENV_VARS[k]: str(v) for k, v in SERVING_DEFAULTS.items()}
+    assert SERVING_ENV["SAGEMAKER_TS_BATCH_SIZE"] == "8"
 
 
 @pytest.fixture
@@ -595,7 +614,7 @@ def _members(data: bytes) -> dict:
 
 
 def test_source_package_hyperparameters_and_archive(project, tmp_path):
-    hps, package = cloud.source_package(project, "train_model.py", "s3://dogs-bucket/job-1/source",
+    hps, package = source_package(project, "train_model.py", "s3://dogs-bucket/job-1/source",
                                         job_name="job-1", region=REGION)
     assert hps == {"sagemaker_submit_directory": '"s3://dogs-bucket/job-1/source/sourcedir.tar.gz"',
                    "sagemaker_program": '"train_model.py"', "sagemaker_container_log_level": "20",
@@ -606,17 +625,17 @@ def test_source_package_hyperparameters_and_archive(project, tmp_path):
     assert members["train_model.py"] == (project / "train_model.py").read_bytes()
     assert members["utils/helper.py"] == b"X = 1\n" and "requirements.txt" in members
     # no source dir: the entry point file alone, at the archive's root
-    hps, alone = cloud.source_package(None, str(project / "train_model.py"), "s3://b/j/source")
+    hps, alone = source_package(None, str(project / "train_model.py"), "s3://b/j/source")
     assert json.loads(hps["sagemaker_program"]) == "train_model.py" and alone.files == ["train_model.py"]
     assert set(_members(alone.build(tmp_path / "alone.tar.gz").read_bytes())) == {"train_model.py"}
-    with pytest.raises(cloud.CloudError, match="no file named 'missing.py'"):
-        cloud.source_package(project, "missing.py", "s3://b/j/source")
-    with pytest.raises(cloud.CloudError, match="not found"):
-        cloud.source_package(tmp_path / "nowhere", "train_model.py", "s3://b/j/source")
+    with pytest.raises(CloudError, match="no file named 'missing.py'"):
+        source_package(project, "missing.py", "s3://b/j/source")
+    with pytest.raises(CloudError, match="not found"):
+        source_package(tmp_path / "nowhere", "train_model.py", "s3://b/j/source")
 
 
 def test_user_hyperparameters_are_json_encoded_like_the_sdk():
-    assert cloud.encode_hyperparameters({"epochs": "5", "arch": "resnet50", "lr": "0.0015", "augment": "true",
+    assert encode_hyperparameters({"epochs": "5", "arch": "resnet50", "lr": "0.0015", "augment": "true",
                                          "batch-size": 64, "name": '"quoted"'}) == {
         "epochs": "5", "arch": '"resnet50"', "lr": "0.0015", "augment": "true", "batch-size": "64",
         "name": '"quoted"'}
@@ -630,7 +649,7 @@ def test_script_mode_matches_the_sdk_pytorch_estimator(aws, project, distributio
 
     aws.client("s3").create_bucket(Bucket="dogs-bucket")
     sdk_calls = []
-    boto_session = cloud.aws_session(REGION)
+    boto_session = cloud_session.aws_session(REGION)
     boto_session.events.register("provide-client-params.sagemaker.CreateTrainingJob",
                                  lambda params, **_: sdk_calls.append(dict(params)))
     count = 2 if distribution else 1
@@ -638,14 +657,14 @@ def test_script_mode_matches_the_sdk_pytorch_estimator(aws, project, distributio
                         instance_count=count, instance_type="ml.g4dn.xlarge", output_path=OUTPUT,
                         hyperparameters={"epochs": 5, "arch": "resnet50", "lr": 0.0015},
                         distribution={distribution: {"enabled": True}} if distribution else None,
-                        sagemaker_session=cloud.sagemaker_session(boto_session))
+                        sagemaker_session=cloud_session.sagemaker_session(boto_session))
     estimator.fit({"training": DATA}, wait=False, logs=False, job_name="sdk-job")
     sdk_hps = sdk_calls[0]["HyperParameters"]
     sdk_archive = aws.client("s3").get_object(Bucket="dogs-bucket",
                                               Key="sdk-job/source/sourcedir.tar.gz")["Body"].read()
 
     opts = options(entry_point="train_model.py", source_dir=str(project), distribution=distribution)
-    upload, create = cloud.training_requests(DATA, {"epochs": "5", "arch": "resnet50", "lr": "0.0015"}, opts, "sdk-job",
+    upload, create = training_requests(DATA, {"epochs": "5", "arch": "resnet50", "lr": "0.0015"}, opts, "sdk-job",
                                              instance_count=count)
     assert create["request"]["HyperParameters"] == sdk_hps
     assert ("sagemaker_torch_distributed_enabled" in sdk_hps) == bool(distribution)
@@ -794,7 +813,7 @@ def test_script_mode_run_uploads_the_source_then_creates_the_job(aws, sent, caps
     assert ops.index("PutObject") < ops.index("CreateTrainingJob")
     created = next(params for op, params in sent if op == "CreateTrainingJob")
     opts = options(entry_point="train_model.py", source_dir=str(project), metric_definitions=[TEST_LOSS])
-    assert created == cloud.training_request(DATA, {"epochs": "2"}, opts, name)["request"]
+    assert created == training_request(DATA, {"epochs": "2"}, opts, name)["request"]
     record = records.describe(name, tmp_path)
     assert record["TrainingJobStatus"] == "Completed"
     assert record["HyperParameters"]["sagemaker_program"] == '"train_model.py"'
@@ -852,7 +871,7 @@ def test_deploy_entry_point_repacks_like_the_sdk_pytorch_model(aws, capsys, proj
     sdk_model = PyTorchModel(model_data=source, entry_point="inference.py", source_dir=str(project), image_uri=IMAGE,
                              role=ROLE, framework_version="2.1", py_version="py310", name="sdk-ep",
                              code_location="s3://dogs-bucket/models",
-                             sagemaker_session=cloud.sagemaker_session(cloud.aws_session(REGION)))
+                             sagemaker_session=cloud_session.sagemaker_session(cloud_session.aws_session(REGION)))
     sdk_model.deploy(initial_instance_count=1, instance_type="ml.g4dn.xlarge", endpoint_name="sdk-ep", wait=False)
     sm = aws.client("sagemaker")
     sdk_container = sm.describe_model(ModelName="sdk-ep")["PrimaryContainer"]

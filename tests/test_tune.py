@@ -20,10 +20,17 @@ import psutil
 import pytest
 import yaml
 
+import localsage.host.tune as tune_package
 from conftest import FAST_HP, TINY_HP
 from localsage.cli import main as cli_main
-from localsage.core import metrics, procs
-from localsage.host import cloud, records, tune
+from localsage.core import contract, hyperparameters, metrics, procs
+from localsage.host import records
+from localsage.host.tune.sagemaker import dry_run_request, validate_request
+from localsage.host.tune.settings import SAMPLERS, STORAGE_ENV, build, safe_url
+from localsage.host.tune.space import DEFAULT_SPACE, TuneError
+from localsage.host.tune.study import counted, make_pruner, make_sampler, make_storage
+from localsage.host.tune.trial import slot_env, trial_job_name
+from localsage.host.tune.workers import HEARTBEAT_ENV, Study, run as run_study
 
 TINY_FIXED = {k: v for k, v in TINY_HP.items() if k not in ("lr", "batch-size")}
 
@@ -34,8 +41,8 @@ def write_config(path: Path, **config) -> Path:
 
 
 def load(study, jobs_dir=None, storage=None):
-    t = tune.build({}, {"study": study, "storage": storage}, jobs_dir=jobs_dir)
-    return optuna.load_study(study_name=study, storage=tune.make_storage(t))
+    t = build({}, {"study": study, "storage": storage}, jobs_dir=jobs_dir)
+    return optuna.load_study(study_name=study, storage=make_storage(t))
 
 
 def tune_cmd(*args):
@@ -45,19 +52,19 @@ def tune_cmd(*args):
 # ---------------------------------------------------------------- the space: one definition, validated
 
 def test_default_space_compiles_to_optuna_and_sagemaker():
-    t = tune.build({}, {"data": "d"})
+    t = build({}, {"data": "d"})
     lr, bs = t.space["lr"], t.space["batch-size"]
     assert lr.distribution() == optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)
     assert bs.distribution() == optuna.distributions.CategoricalDistribution([32, 64, 128, 256])
     assert lr.sagemaker().as_tuning_range("lr") == {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1",
                                                    "ScalingType": "Logarithmic"}
     assert bs.sagemaker().as_tuning_range("batch-size") == {"Name": "batch-size", "Values": ["32", "64", "128", "256"]}
-    t = tune.build({"space": {"warmup-epochs": {"type": "int", "min": 0, "max": 3},
-                              "weight-decay": {"type": "float", "min": 0, "max": 0.01}}}, {})
+    t = build({"space": {"warmup-epochs": {"type": "int", "min": 0, "max": 3},
+                         "weight-decay": {"type": "float", "min": 0, "max": 0.01}}}, {})
     assert t.space["warmup-epochs"].distribution() == optuna.distributions.IntDistribution(0, 3)
     assert t.space["warmup-epochs"].sagemaker().as_tuning_range("warmup-epochs")["ScalingType"] == "Linear"
     assert t.space["weight-decay"].grid() == [0.0, 0.0025, 0.005, 0.0075, 0.01]
-    assert tune.build({}, {}).space["lr"].grid() == pytest.approx([1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5, 1e-1])
+    assert build({}, {}).space["lr"].grid() == pytest.approx([1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5, 1e-1])
 
 
 @pytest.mark.integration
@@ -77,8 +84,8 @@ def test_default_space_compiles_to_optuna_and_sagemaker():
     ({"spaces": {}}, "unknown key(s) spaces"),
 ])
 def test_invalid_space_is_a_clear_error_before_any_trial(tmp_path, small_data, capsys, config, needle):
-    with pytest.raises(tune.TuneError) as err:
-        tune.build(config, {"data": str(small_data)})
+    with pytest.raises(TuneError) as err:
+        build(config, {"data": str(small_data)})
     assert needle in str(err.value)
     jobs = tmp_path / "jobs"
     code = cli_main(["tune", "--config", str(write_config(tmp_path / "bad.yaml", **config)), "--data", str(small_data),
@@ -89,31 +96,31 @@ def test_invalid_space_is_a_clear_error_before_any_trial(tmp_path, small_data, c
 
 
 def test_samplers_pruners_and_worker_resources():
-    for name in tune.SAMPLERS:
-        t = tune.build({"sampler": name}, {})
-        study = optuna.create_study(sampler=tune.make_sampler(t))
+    for name in SAMPLERS:
+        t = build({"sampler": name}, {})
+        study = optuna.create_study(sampler=make_sampler(t))
         trial = study.ask()
         params = {n: d.suggest(trial) for n, d in t.space.items()}
         assert 1e-3 <= params["lr"] <= 1e-1 and params["batch-size"] in (32, 64, 128, 256)
-    assert isinstance(tune.make_pruner(tune.build({}, {})), optuna.pruners.SuccessiveHalvingPruner)
-    assert isinstance(tune.make_pruner(tune.build({"pruner": "median"}, {})), optuna.pruners.MedianPruner)
-    assert isinstance(tune.make_pruner(tune.build({"pruner": "hyperband"}, {})), optuna.pruners.HyperbandPruner)
-    sha = tune.make_pruner(tune.build({"pruner": "successive-halving", "prune_warmup_steps": 2}, {}))
+    assert isinstance(make_pruner(build({}, {})), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner(build({"pruner": "median"}, {})), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner(build({"pruner": "hyperband"}, {})), optuna.pruners.HyperbandPruner)
+    sha = make_pruner(build({"pruner": "successive-halving", "prune_warmup_steps": 2}, {}))
     assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner) and sha._min_resource == 2
-    assert isinstance(tune.make_pruner(tune.build({}, {"pruner": "none"})), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner(build({}, {"pruner": "none"})), optuna.pruners.NopPruner)
     # a GPU per parallel trial, round robin; without GPUs an equal share of the CPU threads
-    assert tune.slot_env(1, 2, ["0", "1"], {}, 8) == ({"CUDA_VISIBLE_DEVICES": "1"}, {})
-    assert tune.slot_env(2, 3, ["0", "1"], {}, 8) == ({"CUDA_VISIBLE_DEVICES": "0"}, {})
-    assert tune.slot_env(0, 2, [], {}, 8) == ({}, {"threads": 4})
-    assert tune.slot_env(0, 4, [], {}, 2) == ({}, {"threads": 1})
-    assert tune.slot_env(0, 2, [], {"threads": 3}, 8) == ({}, {})
+    assert slot_env(1, 2, ["0", "1"], {}, 8) == ({"CUDA_VISIBLE_DEVICES": "1"}, {})
+    assert slot_env(2, 3, ["0", "1"], {}, 8) == ({"CUDA_VISIBLE_DEVICES": "0"}, {})
+    assert slot_env(0, 2, [], {}, 8) == ({}, {"threads": 4})
+    assert slot_env(0, 4, [], {}, 2) == ({}, {"threads": 1})
+    assert slot_env(0, 2, [], {"threads": 3}, 8) == ({}, {})
     # a trial of several processes per host: each of its processes gets its part of the trial's share
     per_host = {"sagemaker_mpi_num_of_processes_per_host": "2"}
-    assert tune.slot_env(0, 2, [], per_host, 8) == ({}, {"threads": 2})
-    assert tune.slot_env(0, 2, [], per_host, 8, script=True) == ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, {})
-    assert tune.slot_env(0, 4, [], per_host, 2) == ({}, {"threads": 1})
+    assert slot_env(0, 2, [], per_host, 8) == ({}, {"threads": 2})
+    assert slot_env(0, 2, [], per_host, 8, script=True) == ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, {})
+    assert slot_env(0, 4, [], per_host, 2) == ({}, {"threads": 1})
     # the built-in trainer's names take - for _, the toolkit's reserved key keeps SageMaker's spelling
-    t = tune.build({"fixed": {"warmup_epochs": 1, "sagemaker_mpi_num_of_processes_per_host": 2}}, {})
+    t = build({"fixed": {"warmup_epochs": 1, "sagemaker_mpi_num_of_processes_per_host": 2}}, {})
     assert t.fixed == {"warmup-epochs": 1, "sagemaker_mpi_num_of_processes_per_host": 2}
     assert t.trial_hyperparameters({})["sagemaker_mpi_num_of_processes_per_host"] == 2
 
@@ -121,11 +128,11 @@ def test_samplers_pruners_and_worker_resources():
 # ---------------------------------------------------------------- SageMaker HPO, offline
 
 def test_sagemaker_tuner_request_matches_the_space(tmp_path, capsys):
-    config = {"space": {**tune.DEFAULT_SPACE, "warmup-epochs": {"type": "int", "min": 0, "max": 2}},
+    config = {"space": {**DEFAULT_SPACE, "warmup-epochs": {"type": "int", "min": 0, "max": 2}},
               "fixed": {"epochs": 8, "arch": "resnet50"}, "trials": 20, "parallel": 3, "objective": "valid_acc"}
-    t = tune.build(config, {})
-    request = tune.dry_run_request(t, image="123.dkr.ecr.eu-west-1.amazonaws.com/localsage:1", s3_data="s3://b/dogs")
-    tune.validate_request(request)  # botocore's validation against the SageMaker service model
+    t = build(config, {})
+    request = dry_run_request(t, image="123.dkr.ecr.eu-west-1.amazonaws.com/localsage:1", s3_data="s3://b/dogs")
+    validate_request(request)  # botocore's validation against the SageMaker service model
     cfg = request["HyperParameterTuningJobConfig"]
     assert cfg["Strategy"] == "Bayesian" and cfg["TrainingJobEarlyStoppingType"] == "Auto"
     assert cfg["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 20, "MaxParallelTrainingJobs": 3}
@@ -150,7 +157,7 @@ def test_sagemaker_tuner_request_matches_the_space(tmp_path, capsys):
     del broken["HyperParameterTuningJobConfig"]["ParameterRanges"]["ContinuousParameterRanges"][0]["MinValue"]
     broken["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"] = "20"
     with pytest.raises(Exception, match=r"(?s)MaxNumberOfTrainingJobs.*type.*Missing required.*MinValue"):
-        tune.validate_request(broken)
+        validate_request(broken)
     # the command line prints the same request; --no-prune turns SageMaker's early stopping off
     config_file = write_config(tmp_path / "tune.yaml", **config)
     assert cli_main(["tune", "--backend", "sagemaker", "--dry-run", "--config", str(config_file), "--no-prune"]) == 0
@@ -207,7 +214,7 @@ def test_six_trials_two_workers_and_best_hyperparameters_train(tmp_path, demo_da
     # results
     folder = jobs / "tune-six"
     best = json.loads((folder / "best_hyperparameters.json").read_text())
-    assert best == tune.hyperparameters.to_strings({**fixed, **study.best_trial.params})
+    assert best == hyperparameters.to_strings({**fixed, **study.best_trial.params})
     assert f"best trial {study.best_trial.number}: valid_loss=" in out
     table = (folder / "trials.csv").read_text().splitlines()
     header = table[0].split(",")
@@ -232,8 +239,8 @@ def test_pruning_stops_bad_learning_rates_early(tmp_path, small_data):
               "space": {"lr": {"type": "float", "min": 1e-3, "max": 10.0, "scale": "log"}},
               "enqueue": [{"lr": 0.003}, {"lr": 5.0}, {"lr": 8.0}],
               "trials": 3, "prune_startup_trials": 1, "prune_warmup_steps": 0}
-    t = tune.build(config, {"data": str(small_data), "study": "prune"}, jobs_dir=jobs)
-    result = tune.run(t, echo=False)
+    t = build(config, {"data": str(small_data), "study": "prune"}, jobs_dir=jobs)
+    result = run_study(t, echo=False)
     assert result["best_params"] == {"lr": 0.003}
     pruned = [tr for tr in load("prune", jobs).get_trials() if tr.state.name == "PRUNED"]
     assert pruned, "no trial pruned"
@@ -251,7 +258,7 @@ def test_crashed_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path,
     config = {"fixed": TINY_FIXED, "space": {"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"},
                                              "freeze": {"values": ["none", "until:nolayer"]}},
               "enqueue": [{"lr": 0.003, "freeze": "until:nolayer"}, {"lr": 0.003, "freeze": "none"}], "trials": 2}
-    result = tune.run(tune.build(config, {"data": str(small_data), "study": "crash"}, jobs_dir=jobs), echo=False)
+    result = run_study(build(config, {"data": str(small_data), "study": "crash"}, jobs_dir=jobs), echo=False)
     failed, done = load("crash", jobs).get_trials()
     assert failed.state.name == "FAIL" and done.state.name == "COMPLETE"
     record = records.describe(failed.user_attrs["job_name"], jobs)
@@ -275,7 +282,7 @@ def test_a_trial_past_max_run_is_stopped_failed_and_counted(tmp_path, small_data
               "metric_definitions": {"valid_loss": "valid_loss=([0-9.]+)"},
               "objective": {"metric": "valid_loss", "type": "minimize"}}
     started = time.time()
-    result = tune.run(tune.build(config, {"data": str(small_data), "study": "hang"}, jobs_dir=jobs), echo=False)
+    result = run_study(build(config, {"data": str(small_data), "study": "hang"}, jobs_dir=jobs), echo=False)
     assert time.time() - started < 120
     trials = load("hang", jobs).get_trials()
     assert [tr.state.name for tr in trials] == ["FAIL", "FAIL"] and result["trials"] == {"FAIL": 2}
@@ -285,8 +292,8 @@ def test_a_trial_past_max_run_is_stopped_failed_and_counted(tmp_path, small_data
         record = records.describe(tr.user_attrs["job_name"], jobs)
         assert record["TrainingJobStatus"] == "Stopped" and record["SecondaryStatus"] == records.MAX_RUNTIME
     assert not [c for c in psutil.Process().children(recursive=True) if "hang.py" in " ".join(c.cmdline())]
-    with pytest.raises(tune.TuneError, match="max_run"):
-        tune.build({**config, "max_run": 0}, {"data": str(small_data), "study": "hang"}, jobs_dir=jobs)
+    with pytest.raises(TuneError, match="max_run"):
+        build({**config, "max_run": 0}, {"data": str(small_data), "study": "hang"}, jobs_dir=jobs)
 
 
 @pytest.mark.integration
@@ -296,7 +303,7 @@ def test_sigkill_then_resume_completes_the_budget_without_rerunning(tmp_path, sm
                           space={"lr": {"type": "float", "min": 1e-3, "max": 1e-2, "scale": "log"}})
     proc = subprocess.Popen(tune_cmd("--config", config, "--data", small_data, "--study", "kill", "--jobs-dir", jobs),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, tune.HEARTBEAT_ENV: "0.5"})
+                            env={**os.environ, HEARTBEAT_ENV: "0.5"})
     journal = jobs / "tune-kill" / "journal.log"
     deadline = time.time() + 400
     beats = {}
@@ -388,7 +395,7 @@ def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres
     # the second machine takes the URL (with a password: the test server trusts any) from the environment
     secret = postgres.replace("tune@", "tune:pgSecret42@")
     storage = [["--storage", postgres], []]
-    env = [os.environ, {**os.environ, tune.STORAGE_ENV: secret}]
+    env = [os.environ, {**os.environ, STORAGE_ENV: secret}]
     procs = [subprocess.Popen(tune_cmd("--config", config, "--data", small_data, *storage[i], "--study", "pg",
                                        "--jobs-dir", tmp_path / f"machine{i}"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env[i])
@@ -409,7 +416,7 @@ def test_two_tuners_share_one_study_on_postgresql(tmp_path, small_data, postgres
 # ---------------------------------------------------------------- the package: layers, sizes, a light CLI
 
 def test_package_modules_are_small_and_the_cli_imports_no_optuna_or_torch():
-    folder = Path(tune.__file__).parent
+    folder = Path(tune_package.__file__).parent
     sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
     assert {"space.py", "settings.py", "study.py", "workers.py", "results.py", "sagemaker.py"} <= set(sizes)
     assert max(sizes.values()) <= 400, sizes
@@ -417,7 +424,7 @@ def test_package_modules_are_small_and_the_cli_imports_no_optuna_or_torch():
         text = path.read_text()
         assert "._storage" not in text and "._trial_id" not in text, f"{path.name} uses Optuna's private API"
         assert "localsage.cli" not in text and "from ..cli" not in text and "argparse" not in text, path.name
-    assert "Estimator(" not in (folder / "sagemaker.py").read_text()  # cloud.estimator builds it
+    assert "Estimator(" not in (folder / "sagemaker.py").read_text()  # cloud.training.estimator builds it
     probe = ("import sys, localsage.cli.tune, localsage.cli; localsage.cli.build_parser(); "
              "print(sorted(m for m in ('optuna', 'torch', 'sagemaker', 'sqlalchemy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -425,23 +432,23 @@ def test_package_modules_are_small_and_the_cli_imports_no_optuna_or_torch():
 
 
 def test_trial_job_names_fit_sagemaker():
-    pattern = re.compile(cloud.NAME_PATTERN)
+    pattern = re.compile(contract.NAME_PATTERN)
     long = "my_very_long_study_name_for_the_dog_breeds_with_resnet50_and_more"
-    names = [tune.trial_job_name(s, n) for s in ("tune", "a_b", "__x__", long, long + "2") for n in (0, 7, 1234)]
+    names = [trial_job_name(s, n) for s in ("tune", "a_b", "__x__", long, long + "2") for n in (0, 7, 1234)]
     for name in names:
         assert pattern.fullmatch(name) and len(name) <= 63, name
-    assert tune.trial_job_name("tune", 7).startswith("tune-t007-")
-    assert tune.trial_job_name("a_b", 1).startswith("a-b-")
+    assert trial_job_name("tune", 7).startswith("tune-t007-")
+    assert trial_job_name("a_b", 1).startswith("a-b-")
     # two long study names that share their first characters still give different trial names
-    assert tune.trial_job_name(long, 1)[:-24] != tune.trial_job_name(long + "2", 1)[:-24]
+    assert trial_job_name(long, 1)[:-24] != trial_job_name(long + "2", 1)[:-24]
 
 
 # ---------------------------------------------------------------- liveness that survives containers
 
 @pytest.mark.integration
 def test_resume_fails_trials_by_heartbeat_not_by_hostname_or_pid(tmp_path, small_data):
-    t = tune.build({"fixed": TINY_FIXED}, {"data": str(small_data), "study": "beats", "trials": 5}, jobs_dir=tmp_path)
-    study = tune.Study(t, echo=False, log=lambda line: None).study
+    t = build({"fixed": TINY_FIXED}, {"data": str(small_data), "study": "beats", "trials": 5}, jobs_dir=tmp_path)
+    study = Study(t, echo=False, log=lambda line: None).study
     now = time.time()
     workers = {
         # the tuner ran in a container: another hostname, and its PID now belongs to a live process
@@ -458,13 +465,13 @@ def test_resume_fails_trials_by_heartbeat_not_by_hostname_or_pid(tmp_path, small
         trial.set_user_attr("heartbeat", beat)
         numbers[label] = trial.number
     lines = []
-    tune.Study(t, resume=True, echo=False, log=lines.append)
+    Study(t, resume=True, echo=False, log=lines.append)
     trials = load("beats", tmp_path).get_trials()
     for label in ("old-container", "reused-pid"):
         trial = trials[numbers[label]]
         assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True, label
         assert "no heartbeat for" in trial.user_attrs["failure_reason"]
-        assert not tune.counted(trial)
+        assert not counted(trial)
     assert trials[numbers["live-elsewhere"]].state.name == "RUNNING"
     assert any("left alone" in line for line in lines)
 
@@ -478,7 +485,7 @@ def test_storage_password_is_never_printed_and_the_url_can_come_from_the_environ
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
     url = f"postgresql+psycopg://tune:Zq9s3cretpw@127.0.0.1:{port}/db"
-    assert tune.safe_url(url) == f"postgresql+psycopg://tune:***@127.0.0.1:{port}/db"
+    assert safe_url(url) == f"postgresql+psycopg://tune:***@127.0.0.1:{port}/db"
     config = write_config(tmp_path / "tune.yaml", fixed=TINY_FIXED)
     runs = [["--storage", url], ["--storage", url.replace("+psycopg", "+nodriver")], ["--storage", "postgresql://tune:Zq9s3cretpw@host:notaport/db"]]
     for extra in runs:
@@ -488,9 +495,9 @@ def test_storage_password_is_never_printed_and_the_url_can_come_from_the_environ
         assert code == 2, captured
         assert "Zq9s3cretpw" not in captured.out + captured.err
         assert "storage" in captured.err
-    monkeypatch.setenv(tune.STORAGE_ENV, url)
-    assert tune.build({}, {}).storage == url  # --storage absent: the environment's URL
-    assert tune.build({}, {"storage": "x.log"}).storage == "x.log"  # the command line wins
+    monkeypatch.setenv(STORAGE_ENV, url)
+    assert build({}, {}).storage == url  # --storage absent: the environment's URL
+    assert build({}, {"storage": "x.log"}).storage == "x.log"  # the command line wins
     for argv in (["--config", str(config), "--data", str(small_data)], ["--resume"]):
         code = cli_main(["tune", *argv, "--jobs-dir", str(tmp_path / "j"), "--study", "pw"])
         captured = capsys.readouterr()
@@ -529,8 +536,6 @@ def test_missing_weights_or_bad_data_stop_the_study_before_any_trial(tmp_path, s
 
 def _processes_of(job_dir: Path) -> list:
     """PIDs of live processes whose environment points into the job folder."""
-    from localsage.core import contract
-
     mark = f"{contract.ROOT_ENV}={Path(job_dir).resolve()}".encode()
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
@@ -558,7 +563,7 @@ def test_sigterm_stops_the_running_trials_and_leaves_no_process(tmp_path, small_
             if "epoch=1;" in log.read_text() and _processes_of(log.parent):
                 job_dir = log.parent
     assert job_dir is not None, "the first trial never ran an epoch"
-    assert re.fullmatch(cloud.NAME_PATTERN, job_dir.name) and len(job_dir.name) <= 63
+    assert re.fullmatch(contract.NAME_PATTERN, job_dir.name) and len(job_dir.name) <= 63
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
@@ -566,7 +571,7 @@ def test_sigterm_stops_the_running_trials_and_leaves_no_process(tmp_path, small_
     record = records.describe(job_dir.name, jobs)
     assert record["TrainingJobStatus"] == "Stopped" and "SIGTERM" in record["StopReason"]
     (trial,) = load("sig_term", jobs).get_trials()  # no second trial started
-    assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True and not tune.counted(trial)
+    assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True and not counted(trial)
     assert "SIGTERM" in trial.user_attrs["failure_reason"]
 
 
@@ -586,8 +591,8 @@ def script_args(*extra):
 
 
 def test_script_mode_settings_keep_the_scripts_names_and_old_studies_resume(tmp_path):
-    t = tune.build({"space": {"batch_size": {"values": [8, 16]},
-                              "learning-rate": {"type": "float", "min": 1e-4, "max": 1e-2}},
+    t = build({"space": {"batch_size": {"values": [8, 16]},
+                         "learning-rate": {"type": "float", "min": 1e-4, "max": 1e-2}},
                     "fixed": {"my_flag": "x"}, "objective": {"metric": "valid_loss", "type": "minimize"},
                     "metric_definitions": [{"Name": "valid_loss", "Regex": VALID_LOSS}]},
                    {"entry_point": str(EXAMPLE / "train.py")})
@@ -595,23 +600,23 @@ def test_script_mode_settings_keep_the_scripts_names_and_old_studies_resume(tmp_
     assert set(t.space) == {"batch_size", "learning-rate"} and t.fixed == {"my_flag": "x"}  # as spelled
     assert t.trial_hyperparameters({"batch_size": 8}) == {"my_flag": "x", "batch_size": 8}  # no built-in defaults
     assert t.direction == "minimize" and t.stored()["objective"] == {"metric": "valid_loss", "type": "minimize"}
-    assert tune.slot_env(0, 2, [], {}, 8, script=True) == ({"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}, {})
-    assert tune.build(t.stored(), {}).stored() == t.stored()  # --resume rebuilds the same study settings
+    assert slot_env(0, 2, [], {}, 8, script=True) == ({"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}, {})
+    assert build(t.stored(), {}).stored() == t.stored()  # --resume rebuilds the same study settings
     # the built-in trainer's studies keep the string form: a study made before script mode resumes unchanged
-    old = tune.build({"objective": "valid_acc"}, {})
+    old = build({"objective": "valid_acc"}, {})
     assert (old.stored()["objective"] == "valid_acc" and "entry_point" not in old.stored()
             and old.direction == "maximize")
-    assert tune.build({"objective": {"metric": "valid_acc"}}, {}).stored() == old.stored()
+    assert build({"objective": {"metric": "valid_acc"}}, {}).stored() == old.stored()
     for config, needle in [({}, "needs metric definitions"),
                            ({"metric_definitions": {"acc": "acc=([0-9.]+)"}}, "not one of the metric definitions"),
                            ({"metric_definitions": {"valid_loss": VALID_LOSS}}, "say whether to minimize or maximize"),
                            ({"metric_definitions": {"valid_loss": "no group"}}, "needs a group"),
                            ({"metric_definitions": {"valid_loss": VALID_LOSS}, "objective_type": "up"},
                             "minimize or maximize")]:
-        with pytest.raises(tune.TuneError, match=needle):
-            tune.build({"space": {"lr": {"values": [1]}}, **config}, {"entry_point": str(EXAMPLE / "train.py")})
-    with pytest.raises(tune.TuneError, match="entry point nothere.py not found"):
-        tune.build({}, {"entry_point": "nothere.py", "source_dir": str(EXAMPLE)})
+        with pytest.raises(TuneError, match=needle):
+            build({"space": {"lr": {"values": [1]}}, **config}, {"entry_point": str(EXAMPLE / "train.py")})
+    with pytest.raises(TuneError, match="entry point nothere.py not found"):
+        build({}, {"entry_point": "nothere.py", "source_dir": str(EXAMPLE)})
 
 
 def test_sagemaker_dry_run_of_a_script_study(tmp_path, capsys):
@@ -622,7 +627,7 @@ def test_sagemaker_dry_run_of_a_script_study(tmp_path, capsys):
     captured = capsys.readouterr()
     request = json.loads(captured.out)
     assert request["TrainingJobDefinition"]["StoppingCondition"]["MaxRuntimeInSeconds"] == 5400
-    tune.validate_request(request)
+    validate_request(request)
     job = request["TrainingJobDefinition"]
     static = job["StaticHyperParameters"]
     assert json.loads(static["sagemaker_program"]) == "train.py"
@@ -634,7 +639,7 @@ def test_sagemaker_dry_run_of_a_script_study(tmp_path, capsys):
         {"Name": "test_loss", "Regex": "Test set: Average loss: ([0-9.]+)"}]
     assert request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"] == {
         "Type": "Minimize", "MetricName": "valid_loss"}
-    assert re.fullmatch(cloud.NAME_PATTERN, request["HyperParameterTuningJobName"])
+    assert re.fullmatch(contract.NAME_PATTERN, request["HyperParameterTuningJobName"])
     assert "sourcedir.tar.gz" in captured.err and "train.py" in captured.err  # the upload a real start makes first
 
 

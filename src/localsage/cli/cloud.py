@@ -45,48 +45,49 @@ def add_predict_arguments(p) -> None:
 
 
 def training_options(args):
-    from localsage.host import cloud
+    from localsage.host.cloud import s3, training
 
-    return cloud.TrainingOptions(output_path=args.output_path or cloud.default_output_path(args.data), role=args.role,
-                                 image=args.image, instance_type=args.instance_type, region=args.region,
-                                 spot=args.spot, max_run=args.max_run, max_wait=args.max_wait,
-                                 volume_size=args.volume_size, debug_tensors=args.debug_tensors,
-                                 entry_point=getattr(args, "entry_point", None),
-                                 source_dir=getattr(args, "source_dir", None),
-                                 metric_definitions=getattr(args, "metric_definition", None) or None,
-                                 hook_parameters=pairs(getattr(args, "debugger_hook_config", None),
-                                                       "--debugger-hook-config") or None,
-                                 distribution=None if getattr(args, "distribution", None) in (None, "", "none")
-                                 else args.distribution)
+    return training.TrainingOptions(output_path=args.output_path or s3.default_output_path(args.data),
+                                    role=args.role, image=args.image, instance_type=args.instance_type,
+                                    region=args.region, spot=args.spot, max_run=args.max_run, max_wait=args.max_wait,
+                                    volume_size=args.volume_size, debug_tensors=args.debug_tensors,
+                                    entry_point=getattr(args, "entry_point", None),
+                                    source_dir=getattr(args, "source_dir", None),
+                                    metric_definitions=getattr(args, "metric_definition", None) or None,
+                                    hook_parameters=pairs(getattr(args, "debugger_hook_config", None),
+                                                          "--debugger-hook-config") or None,
+                                    distribution=None if getattr(args, "distribution", None) in (None, "", "none")
+                                    else args.distribution)
 
 
 @cloud_guard
 def train_on_sagemaker(args) -> int:
-    from localsage.host import cloud, records, runner
+    from localsage.host import records, runner
+    from localsage.host.cloud import session, training
     from localsage.host.jobplan import JobPlan
 
     hps = parse_hp(args.hp, args.hp_file)
     opts = training_options(args)
     if getattr(args, "inference_entry_point", None):
-        raise cloud.CloudError("--inference-entry-point copies a local job's inference script into its model; "
-                               "for SageMaker give it to `localsage deploy --entry-point` (it repacks the model)")
+        raise session.CloudError("--inference-entry-point copies a local job's inference script into its model; "
+                                 "for SageMaker give it to `localsage deploy --entry-point` (it repacks the model)")
     try:  # the built-in trainer: bad values fail here, not after an instance was billed
         plan = plan_for_cloud(args, hps, opts)
     except ValueError as exc:
-        raise cloud.CloudError(str(exc)) from None
+        raise session.CloudError(str(exc)) from None
     hps = plan.hyperparameters
     if not plan.tensors_on:  # no DebuggerHookConfig for a hook the trainer will not set up
         opts = dataclasses.replace(opts, debug_tensors=False)
-    cloud.check_options(opts)
+    training.check_options(opts)
     env = pairs(getattr(args, "env", None), "--env")
-    name = cloud.check_job_name(args.name or records.job_name())
+    name = session.check_job_name(args.name or records.job_name())
     if args.dry_run:
-        cloud.print_requests(cloud.training_requests(args.data, hps, opts, name, args.instance_count, env))
+        session.print_requests(training.training_requests(args.data, hps, opts, name, args.instance_count, env))
         return 0
-    cloud.aws_session(opts.region)
-    cloud.require_role(opts.role)
-    cloud.confirm(cloud.training_summary(args.data, opts, args.instance_count), args.yes)
-    # the sagemaker backend sends the request's hyperparameters as they are (cloud.training_requests)
+    session.aws_session(opts.region)
+    session.require_role(opts.role)
+    session.confirm(training.training_summary(args.data, opts, args.instance_count), args.yes)
+    # the sagemaker backend sends the request's hyperparameters as they are (training.training_requests)
     plan = JobPlan(hyperparameters=hps, env=env, image=opts.image)
     record = runner.train(args.data, plan, backend="sagemaker", name=name, jobs_dir=args.jobs_dir,
                           instance_count=args.instance_count, backend_options=opts.to_dict())
@@ -95,8 +96,8 @@ def train_on_sagemaker(args) -> int:
 
 def plan_for_cloud(args, hps: dict, opts):
     """The job plan's checks for SageMaker (bad values fail before an instance is billed): the built-in
-    trainer's hyperparameters as strings; a script's own values, which cloud.training_requests encodes
-    (cloud.check_options checks its hook settings). Both carry the toolkit's processes-per-host key."""
+    trainer's hyperparameters as strings; a script's own values, which training.training_requests encodes
+    (training.check_options checks its hook settings). Both carry the toolkit's processes-per-host key."""
     from localsage.core import hyperparameters
     from localsage.host.jobplan import JobPlan
 
@@ -112,43 +113,46 @@ def plan_for_cloud(args, hps: dict, opts):
 
 def deploy_options(args, name):
     """DeployOptions and the local model.tar.gz to upload first (None when it is on S3 or repacked)."""
-    from localsage.host import cloud, records
+    from localsage.host import records
+    from localsage.host.cloud import endpoints, s3, session, source
 
     record = None if args.model.startswith("s3://") else records.describe(args.model, args.jobs_dir)
-    data, local = cloud.model_data(args.model, record, args.output_path)
+    data, local = endpoints.model_data(args.model, record, args.output_path)
     repack = None
     if args.entry_point:  # a user's inference script: model.tar.gz + code/, as PyTorchModel repacks it
-        code_location = args.output_path or "s3://" + cloud.split_s3(data)[0]
-        repack = cloud.repack_plan(local or data, args.entry_point, args.source_dir,
-                                   cloud.repacked_uri(code_location, name))
+        code_location = args.output_path or "s3://" + s3.split_s3(data)[0]
+        repack = source.repack_plan(local or data, args.entry_point, args.source_dir,
+                                    source.repacked_uri(code_location, name))
         data, local = repack.destination, None
     elif args.source_dir:
-        raise cloud.CloudError("--source-dir needs --entry-point (the inference script in it)")
+        raise session.CloudError("--source-dir needs --entry-point (the inference script in it)")
     env = {SERVING_ENV_VARS[k]: getattr(args, k) for k in SERVING_DEFAULTS}
-    opts = cloud.DeployOptions(model_data=data, endpoint_name=name, role=args.role, image=args.image,
-                               instance_type=args.instance_type, instance_count=args.instance_count,
-                               region=args.region, env={k: v for k, v in env.items() if v is not None}, repack=repack)
+    opts = endpoints.DeployOptions(model_data=data, endpoint_name=name, role=args.role, image=args.image,
+                                   instance_type=args.instance_type, instance_count=args.instance_count,
+                                   region=args.region, env={k: v for k, v in env.items() if v is not None},
+                                   repack=repack)
     return opts, local
 
 
 def cmd_deploy(args) -> int:
-    from localsage.host import cloud
+    from localsage.host.cloud import endpoints, session
 
-    name = cloud.endpoint_name(args.model, args.endpoint_name)
+    name = endpoints.endpoint_name(args.model, args.endpoint_name)
     if args.dry_run:
         opts, _ = deploy_options(args, name)  # nothing is uploaded or repacked
-        cloud.print_requests(cloud.deploy_requests(opts))
+        session.print_requests(endpoints.deploy_requests(opts))
         return 0
-    cloud.aws_session(args.region)
-    cloud.require_role(args.role)
+    session.aws_session(args.region)
+    session.require_role(args.role)
     opts, local = deploy_options(args, name)
-    cloud.confirm([f"This creates a SageMaker real-time endpoint {name}: {args.instance_count} x {args.instance_type}, "
-                   f"model {args.model}" + (f" with code/{opts.repack.program}" if opts.repack else ""),
-                   f"  billed per instance-hour until you run: localsage endpoint delete {name}"], args.yes)
+    session.confirm([f"This creates a SageMaker real-time endpoint {name}: "
+                     f"{args.instance_count} x {args.instance_type}, "
+                     f"model {args.model}" + (f" with code/{opts.repack.program}" if opts.repack else ""),
+                     f"  billed per instance-hour until you run: localsage endpoint delete {name}"], args.yes)
     if local:
-        cloud.upload_model(local, opts.model_data, args.region)
+        endpoints.upload_model(local, opts.model_data, args.region)
     print(f"creating endpoint {name} from {opts.model_data} (this takes several minutes)...", flush=True)
-    cloud.deploy(opts, wait=not args.no_wait)
+    endpoints.deploy(opts, wait=not args.no_wait)
     print(f"endpoint {name} {'is being created' if args.no_wait else 'is InService'}\n"
           f"  predict: localsage predict --endpoint-name {name} dog.jpg\n"
           f"  delete:  localsage endpoint delete {name}")
@@ -156,27 +160,27 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from localsage.host import cloud
+    from localsage.host.cloud import ecr
 
-    for ref in cloud.push(args.image, args.repository, args.tag or ["latest"], args.region):
+    for ref in ecr.push(args.image, args.repository, args.tag or ["latest"], args.region):
         print(f"pushed {ref}")
     return 0
 
 
 def cmd_upload_data(args) -> int:
-    from localsage.host import cloud
+    from localsage.host.cloud import s3
 
-    count = cloud.upload_data(args.dir, args.s3_uri, args.region)
+    count = s3.upload_data(args.dir, args.s3_uri, args.region)
     print(f"{count} files in {args.s3_uri.rstrip('/')}/ ; "
           f"train with: localsage train --backend sagemaker --data {args.s3_uri}")
     return 0
 
 
 def cmd_endpoint(args) -> int:
-    from localsage.host import cloud
+    from localsage.host.cloud import endpoints, session
 
     if args.action == "list":
-        rows = cloud.list_endpoints(args.region)
+        rows = endpoints.list_endpoints(args.region)
         if not rows:
             print("no endpoints")
             return 0
@@ -185,8 +189,8 @@ def cmd_endpoint(args) -> int:
         print("endpoints are billed per instance-hour while they exist: localsage endpoint delete NAME")
         return 0
     if not args.name:
-        raise cloud.CloudError("endpoint delete needs an endpoint name (localsage endpoint list shows them)")
-    cloud.delete_endpoint(args.name, args.region, keep_model=args.keep_model)
+        raise session.CloudError("endpoint delete needs an endpoint name (localsage endpoint list shows them)")
+    endpoints.delete_endpoint(args.name, args.region, keep_model=args.keep_model)
     return 0
 
 

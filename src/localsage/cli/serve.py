@@ -21,9 +21,9 @@ def prediction_rows(results) -> list:
 def cmd_predict(args):
     topk = {} if args.topk is None else {"topk": args.topk}
     if args.endpoint_name:  # a SageMaker endpoint
-        from localsage.host import cloud
+        from localsage.host.cloud.endpoints import predict_endpoint
 
-        results = cloud.predict_endpoint(args.endpoint_name, args.images, region=args.region, **topk)
+        results = predict_endpoint(args.endpoint_name, args.images, region=args.region, **topk)
     else:
         from localsage.host import torchserve
 
@@ -88,8 +88,8 @@ def cmd_serve(args):
     try:
         if not torchserve_script.is_script_model(model_dir) and not (args.entry_point or args.source_dir):
             return torchserve.serve_job(model_dir, args.jobs_dir, args.port, args.name or "model", env=env)
-        return torchserve_script.serve_script(model_dir, args.port, args.name or "model", args.entry_point, args.source_dir,
-                                        env=env)
+        return torchserve_script.serve_script(model_dir, args.port, args.name or "model", args.entry_point,
+                                              args.source_dir, env=env)
     finally:
         _remove(unpacked)
 

@@ -8,16 +8,8 @@ import sys
 from localsage.cli.common import print_table
 from localsage.cli.track import add_tracking_flag
 from localsage.host.backends import BACKENDS
-from localsage.host.tune import (
-    DEFAULT_SPACE,
-    OBJECTIVE_TYPES,
-    PRUNERS,
-    SAMPLERS,
-    SETTINGS,
-    STORAGE_ENV,
-    describe_space,
-    parse_space,
-)
+from localsage.host.tune.settings import OBJECTIVE_TYPES, PRUNERS, SAMPLERS, SETTINGS, STORAGE_ENV
+from localsage.host.tune.space import DEFAULT_SPACE, describe_space, parse_space
 
 EXIT_SIGNALLED = {"SIGTERM": 128 + signal.SIGTERM, "Ctrl-C": 128 + signal.SIGINT}
 
@@ -69,12 +61,13 @@ def add_parser(subparsers):
 
 def tuning(args):
     """The validated tuning setup the command line (and its --config, or the stored study) describes."""
-    from localsage.host import tune
+    from localsage.host.tune.settings import build, load_yaml
+    from localsage.host.tune.study import stored_config
 
     if args.resume:
-        raw = tune.stored_config(args.study or SETTINGS["study"], args.storage, args.jobs_dir)
+        raw = stored_config(args.study or SETTINGS["study"], args.storage, args.jobs_dir)
     else:
-        raw = tune.load_yaml(args.config) if args.config else {}
+        raw = load_yaml(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in ("data", "trials", "parallel", "storage", "study", "sampler", "pruner",
                                                "objective", "objective_type", "seed", "backend", "image", "gpus",
                                                "entry_point", "source_dir", "max_run")}
@@ -84,32 +77,36 @@ def tuning(args):
         overrides["pruner"] = "none"
     if args.space:
         overrides["space"] = args.space
-    return tune.build(raw, overrides, args.jobs_dir)
+    return build(raw, overrides, args.jobs_dir)
 
 
 def cmd_tune(args):
-    from localsage.host import backends, cloud, tune
+    from localsage.host import backends
+    from localsage.host.cloud.constants import DEFAULT_INSTANCE_TYPE
+    from localsage.host.tune.sagemaker import dry_run_calls, start_sagemaker, validate_request
+    from localsage.host.tune.space import TuneError
+    from localsage.host.tune.workers import run as run_study
 
     t = tuning(args)
     if t.space_note:
         print(t.space_note, file=sys.stderr)
-    instance_type = args.instance_type or cloud.DEFAULT_INSTANCE_TYPE
+    instance_type = args.instance_type or DEFAULT_INSTANCE_TYPE
     if backends.traits(t.backend).remote:  # the same space as a SageMaker HPO request
         if args.dry_run:
-            calls = tune.dry_run_calls(t, image=t.image, role=args.role, s3_data=args.s3_data,
-                                       output_path=args.s3_output, instance_type=instance_type, region=args.region)
-            tune.validate_request(calls[-1]["request"])
+            calls = dry_run_calls(t, image=t.image, role=args.role, s3_data=args.s3_data,
+                                  output_path=args.s3_output, instance_type=instance_type, region=args.region)
+            validate_request(calls[-1]["request"])
             for call in calls[:-1]:  # e.g. the source dir's upload: what the SDK would send before the request
                 print(f"dry run, before the request: {json.dumps(call, default=str)}", file=sys.stderr)
             print(json.dumps(calls[-1]["request"], indent=2, default=str))
             return 0
-        name = tune.start_sagemaker(t, args.s3_data, role=args.role, region=args.region,
-                                    instance_type=instance_type, output_path=args.s3_output)
+        name = start_sagemaker(t, args.s3_data, role=args.role, region=args.region,
+                               instance_type=instance_type, output_path=args.s3_output)
         print(f"SageMaker tuning job started: {name}")
         return 0
     if args.dry_run:
-        raise tune.TuneError("--dry-run applies to --backend sagemaker")
-    result = tune.run(t, resume=args.resume, echo=not args.quiet)
+        raise TuneError("--dry-run applies to --backend sagemaker")
+    result = run_study(t, resume=args.resume, echo=not args.quiet)
     if result["rows"]:
         print_table(result["rows"], result["header"])
     for line in result["lines"]:

@@ -67,7 +67,7 @@ class JobSpec:
     image: str | None = None
     instance_count: int = 1
     env: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)  # backend-specific settings (e.g. cloud.TrainingOptions for sagemaker)
+    options: dict = field(default_factory=dict)  # backend-specific settings (sagemaker: cloud.training.TrainingOptions)
     # script jobs: {"entry_point", "source_dir" (the job's code/), "hyperparameters" (the script's own,
     # not encoded), "distribution", "processes_per_host"}; None for the built-in trainer
     script: dict | None = None
@@ -83,8 +83,8 @@ def get(name: str):
 def thread_share_env(cores: int, ways: int) -> dict:
     """Each of `ways` processes sharing one machine's `cores` gets an equal share of them, as OpenMP and MKL
     read it (torch's intra-op threads; the built-in trainer honours it when its `threads` is 0). Without
-    it every process starts a thread per core: 2 local-mode hosts x 2 threads on 2 cores trained 2.69x
-    slower than 2 x 1 (median of 5 paired runs, bench/local_hosts.py)."""
+    it every process starts a thread per core, and oversubscribed cores train far slower (bench/local_hosts.py;
+    docs/performance.md)."""
     share = str(max(1, cores // max(1, ways)))
     return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
 

@@ -1,6 +1,6 @@
 """Run a job as a real SageMaker training job with the project's ECR image.
 
-The job's channels are S3 URIs; JobSpec.options carries cloud.TrainingOptions (output path, role,
+The job's channels are S3 URIs; JobSpec.options carries training.TrainingOptions (output path, role,
 instance type, spot, script mode's entry point...). The backend uploads a script's sourcedir.tar.gz,
 creates the job with the sagemaker SDK's Estimator, writes its
 ARN to <job>/backend.json (the runner merges it into the job record), streams the CloudWatch log

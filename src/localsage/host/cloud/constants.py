@@ -16,7 +16,6 @@ DEFAULT_MAX_RUN = 4 * 3600                # seconds of training before SageMaker
 DEFAULT_VOLUME_SIZE = 30                  # GB of EBS per training instance
 ACCOUNT_PLACEHOLDER = "ACCOUNT_ID"        # shown in dry runs made without credentials
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-from localsage.core.contract import NAME_PATTERN  # noqa: E402, F401 - re-exported (cloud.NAME_PATTERN): SageMaker's name rule
 
 MAX_METRIC_DEFINITIONS = 40               # SageMaker's limit per training job
 

@@ -14,7 +14,8 @@ import os
 import re
 import sys
 
-from localsage.host.cloud.constants import ACCOUNT_PLACEHOLDER, NAME_PATTERN, ROLE_ENV, SDK_CONFIG
+from localsage.core.contract import NAME_PATTERN
+from localsage.host.cloud.constants import ACCOUNT_PLACEHOLDER, ROLE_ENV, SDK_CONFIG
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
@@ -61,12 +62,13 @@ def import_sdk(region: str):
     - Its import builds a default (JumpStart) session and client that we never use; without a region
       or credentials in the environment botocore would ask the EC2 instance metadata service for them
       (slow retries off EC2), so the import runs with our region and the metadata service off.
-    - It validates the SDK-defaults dict against its JSON schema on every config lookup (~0.4 s each,
-      ~20 per fit); the dict we pass (SDK_CONFIG, telemetry off) is validated once, others as before.
+    - It validates the SDK-defaults dict against its JSON schema on every config lookup, many times a
+      fit (docs/performance.md); the dict we pass (SDK_CONFIG, telemetry off) is validated once, others as
+      before.
     """
     if "sagemaker" not in sys.modules:
         with env_defaults(AWS_DEFAULT_REGION=os.environ.get("AWS_REGION") or region, AWS_EC2_METADATA_DISABLED="true"):
-            import sagemaker  # noqa: F401
+            import sagemaker  # noqa: F401 - imported here for its side effects, under these defaults
     import sagemaker.utils
 
     validate = sagemaker.utils.validate_sagemaker_config

@@ -9,7 +9,7 @@ and the same space as a SageMaker HyperparameterTuner.
     workers     Study: the worker pool, heartbeats, stale-trial recovery, SIGTERM; run()
     preflight   what every trial shares, checked once before the first
     results     trial rows, best hyperparameters, trials.csv, plots.html
-    sagemaker   the HyperparameterTuner request (through localsage.host.cloud's Estimator)
+    sagemaker   the HyperparameterTuner request (around localsage.host.cloud.training's Estimator)
 
 Import each name from its module (`from localsage.host.tune.settings import build`); this package
 re-exports nothing. Importing a module here imports neither optuna nor torch (they load when a study or a
