@@ -34,7 +34,7 @@ import torchvision
 
 from handler_defaults import SERVER
 from handler_errors import RequestError, load_settings
-from handler_images import Budget, Preprocessor, preprocess_spec
+from handler_images import Budget, Preprocessor, read_preprocess_spec
 from handler_requests import parse_request
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Classifier:
             self.labels = [mapping.get(str(i), str(i)) for i in range(self.num_classes)]
         else:
             self.labels = list(cfg.get("classes") or [str(i) for i in range(self.num_classes)])
-        self.spec = preprocess_spec(cfg)
+        self.spec = read_preprocess_spec(cfg)
         self.image_size = self.spec["crop"]
         self.device = torch.device(device)
         self.amp = self.device.type == "cuda"

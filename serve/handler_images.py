@@ -42,8 +42,9 @@ INTERPOLATION = {
 SPEC_KEYS = ("resize", "crop", "interpolation", "antialias", "exif_transpose", "mean", "std")
 
 
-def preprocess_spec(cfg):
-    """The model's preprocessing spec from model_config.json (validated); ValueError if unusable."""
+def read_preprocess_spec(cfg):
+    """The preprocessing spec training wrote (container/data.py preprocess_spec) read back from
+    model_config.json and validated; ValueError if unusable."""
     spec = cfg.get("preprocess")
     if spec is None:  # exported before the "preprocess" key existed
         crop = cfg["image_size"]

@@ -409,7 +409,7 @@ def test_preprocess_spec_read_from_model_config(served_model_dir, tmp_path, pred
                        ({k: v for k, v in spec.items() if k != "exif_transpose"}, "exif_transpose"),
                        ({**spec, "std": [0.2, 0, 0.3]}, "std")):
         with pytest.raises(ValueError, match=words):
-            images.preprocess_spec({**cfg, "preprocess": bad})
+            images.read_preprocess_spec({**cfg, "preprocess": bad})
 
 
 @pytest.mark.integration
