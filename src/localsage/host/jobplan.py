@@ -6,12 +6,23 @@ config), the backend's script settings and the DescribeTrainingJob record; the r
 """
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from localsage.core import contract, metrics, procs
-from localsage.core.hyperparameters import (PROCESSES_PER_HOST_KEY, SPEC, parse, tensors_off, to_strings,
-                                            without_tensors)
+from localsage.core.hyperparameters import (
+    PROCESSES_PER_HOST_KEY,
+    SPEC,
+    SUBMIT_DIR_KEY,
+    decode_value,
+    is_reserved,
+    parse,
+    tensors_off,
+    to_strings,
+    without_tensors,
+)
 from localsage.host.records import LOG, _now
 from localsage.host.script_job import Script, copy_source, distribution_of, script_hyperparameters, write_debug_config
 
@@ -35,9 +46,19 @@ class JobPlan:
     # what the image runs instead of its own command (SageMaker's ContainerEntrypoint/ContainerArguments)
     container_entrypoint: list | None = None
     container_arguments: list | None = None
+    # A SageMaker API request (localsage api): hyperparameters.json is `hyperparameters` as the request gave
+    # them, only sagemaker_submit_directory pointed at the job's code/; hook_config is the request's
+    # DebugHookConfig (written as debughookconfig.json, LocalPath where the backend's job sees its tensors);
+    # checkpoints_from: a folder (a CheckpointConfig's S3 checkpoints, downloaded) put into checkpoints/ first
+    as_given: bool = False
+    hook_config: dict | None = None
+    checkpoints_from: Path | None = None
+    instance_type: str | None = None  # resourceconfig.json's current_instance_type (SDK v3's driver reads it)
 
     def __post_init__(self):
-        if self.script is None:  # the built-in trainer: bad values fail here, before any folder or instance
+        if self.as_given:
+            object.__setattr__(self, "hyperparameters", {str(k): str(v) for k, v in self.hyperparameters.items()})
+        elif self.script is None:  # the built-in trainer: bad values fail here, before any folder or instance
             hps = to_strings(self.hyperparameters or {})
             if self.processes_per_host:  # the built-in trainer reads the toolkit's key too
                 hps[PROCESSES_PER_HOST_KEY] = str(int(self.processes_per_host))
@@ -82,33 +103,62 @@ class JobPlan:
         return scraper
 
     def epoch_values(self, line: str) -> dict | None:
-        """The built-in trainer's metric line (epoch, losses, accuracies); None for anything else."""
-        return metrics.parse_line(line) if self.script is None else None
+        """The built-in trainer's metric line (epoch, losses, accuracies); None for anything else (a script,
+        or what a ContainerEntrypoint runs)."""
+        return metrics.parse_line(line) if self.script is None and not self.container_entrypoint else None
 
     def job_hyperparameters(self, name: str, job_dir: Path, in_container: bool) -> dict:
         """hyperparameters.json: the built-in trainer's strings, or a script's as the SDK's estimator writes them."""
-        if self.script is None:
+        if self.script is None and not self.as_given:
             return dict(self.hyperparameters)
         submit = contract.container_path(contract.CODE_SUBDIR) if in_container else str(contract.code_dir(job_dir))
+        if self.as_given:
+            hps = dict(self.hyperparameters)
+            if self.script is not None and SUBMIT_DIR_KEY in hps:  # the code is in the job's code/ already
+                hps[SUBMIT_DIR_KEY] = json.dumps(submit) if hps[SUBMIT_DIR_KEY].startswith('"') else submit
+            return hps
         return script_hyperparameters(self.script, self.hyperparameters, submit, name)
 
     def lay_out(self, job_dir: Path, traits) -> dict:
         """The folder's code/ and hook config; returns the job's environment."""
         env = dict(self.env)
-        if self.script is not None or self.debugger_hook_config:  # the built-in trainer takes the hook config too
+        if self.as_given:  # SageMaker writes the hook config a request asks for, and none otherwise
+            if self.hook_config is not None:
+                env.update(self._write_hook_config(job_dir, traits))
+        elif self.script is not None or self.debugger_hook_config:  # the built-in trainer takes the hook config too
             env.update(write_debug_config(job_dir, traits, self.debug, self.debugger_hook_config))
+        if self.instance_type and traits.reads_job_config:
+            add_instance_type(job_dir, self.instance_type)
+        if self.checkpoints_from is not None and Path(self.checkpoints_from).is_dir():
+            shutil.copytree(self.checkpoints_from, job_dir / "checkpoints", dirs_exist_ok=True)
         if self.script is not None:
             copy_source(self.script, job_dir)
             if not traits.in_container:
                 env[contract.PIP_TARGET_ENV] = str(contract.code_dir(job_dir) / ".deps")
         return env
 
+    def _write_hook_config(self, job_dir: Path, traits) -> dict:
+        """debughookconfig.json as SageMaker writes it for a DebugHookConfig (where the backend reads the job
+        folder's config), and the hook parameters in the job's environment for the backends that do not."""
+        config = self.hook_config or {}
+        local_path = (contract.container_path("output", "tensors") if traits.in_container
+                      else contract.tensors_dir(job_dir))
+        params = {str(k): str(v) for k, v in (config.get("HookParameters") or {}).items()}
+        if traits.reads_job_config:
+            content = {"LocalPath": str(local_path), "HookParameters": params,
+                       "CollectionConfigurations": list(config.get("CollectionConfigurations") or [])}
+            contract.debughookconfig_file(job_dir).write_text(json.dumps(content, indent=2))
+        return {contract.DEBUG_HOOK_ENV: json.dumps(params)}
+
     def backend_script(self, job_dir: Path) -> dict | None:
         """The backend's view of a script job (backends.JobSpec.script); None for the built-in trainer."""
         if self.script is None:
             return None
+        hps = dict(self.hyperparameters)
+        if self.as_given:  # the script's own values, decoded (the SDK's estimator of sagemaker-local encodes them)
+            hps = {k: decode_value(v) for k, v in hps.items() if not is_reserved(k)}
         return {"entry_point": self.script.program, "source_dir": str(contract.code_dir(job_dir)),
-                "hyperparameters": dict(self.hyperparameters), "distribution": self.script.distribution,
+                "hyperparameters": hps, "distribution": self.script.distribution,
                 "processes_per_host": self.script.processes_per_host}
 
     def record(self, name: str, job_dir: Path, channels: dict, hps: dict, backend: str, instance_count: int,
@@ -116,7 +166,8 @@ class JobPlan:
         """The job's first record (DescribeTrainingJob's field names)."""
         algorithm = {"TrainingImage": self.image or "process:localsage.train", "TrainingInputMode": "File",
                      "MetricDefinitions": (metrics.Scraper(self.metric_definitions).definitions
-                                           if self.script is not None else metrics.METRIC_DEFINITIONS)}
+                                           if self.script is not None or self.as_given
+                                           else metrics.METRIC_DEFINITIONS)}
         if self.script is not None:
             algorithm["EntryPoint"] = self.script.program
         if self.container_entrypoint:
@@ -141,6 +192,17 @@ class JobPlan:
             "Tags": tags or {},
             "Owner": procs.identity(),  # lets a later command tell a job whose runner was killed
         }
+
+
+def add_instance_type(job_dir: Path, instance_type: str, group: str = "homogeneousCluster") -> None:
+    """resourceconfig.json as SageMaker writes it for an instance type: current_instance_type,
+    current_group_name and instance_groups beside current_host and hosts."""
+    path = contract.config_dir(job_dir) / "resourceconfig.json"
+    config = json.loads(path.read_text()) if path.exists() else {"current_host": "algo-1", "hosts": ["algo-1"]}
+    config.update(current_instance_type=instance_type, current_group_name=group,
+                  instance_groups=[{"instance_group_name": group, "instance_type": instance_type,
+                                    "hosts": list(config.get("hosts") or ["algo-1"])}])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def is_remote(source) -> bool:

@@ -1,4 +1,4 @@
-"""Run a job's `train` in a container of job.image, through the docker Python SDK.
+"""Run a job's `train` (or its ContainerEntrypoint) in a container of job.image, through the docker Python SDK.
 
 The job folder's parts are bind-mounted where SageMaker puts them (/opt/ml/input/config, model,
 output, checkpoints) and each channel's source folder at /opt/ml/input/data/<channel>, read-only.
@@ -109,9 +109,32 @@ def mounts(job) -> dict:
     code = contract.code_dir(job_dir)  # a script job's copy of its source dir
     if getattr(job, "script", None) and code.is_dir():
         volumes[str(code)] = {"bind": contract.container_path(contract.CODE_SUBDIR), "mode": "rw"}
+    # a job's own copy of its channels (localsage api's staged S3 inputs) may be written to, as on SageMaker
+    channel_mode = "rw" if (getattr(job, "options", None) or {}).get("channels_writable") else "ro"
     for channel, src in job.channels.items():
-        volumes[str(Path(src).resolve())] = {"bind": f"{OPT_ML}/input/data/{channel}", "mode": "ro"}
+        volumes[str(Path(src).resolve())] = {"bind": f"{OPT_ML}/input/data/{channel}", "mode": channel_mode}
     return volumes
+
+
+def command(job) -> dict:
+    """What the container runs: the image's `train`, or SageMaker's ContainerEntrypoint/ContainerArguments
+    (SDK v3 script jobs: /bin/bash -c '... sm_train.sh') instead of the image's entrypoint and command."""
+    if getattr(job, "entrypoint", None):
+        # SDK v3's driver writes /opt/ml/input/sm_training.env: there, /opt/ml/input is a writable tmpfs (the
+        # image's belongs to root; the job runs as the caller), the config and channels mounted inside it
+        return {"entrypoint": list(job.entrypoint), "command": list(job.arguments or []),
+                "tmpfs": {f"{OPT_ML}/input": "mode=1777"}}
+    if getattr(job, "arguments", None):
+        return {"command": list(job.arguments)}
+    return {"command": ["train"]}
+
+
+def wants_gpus(job, engine) -> bool:
+    """The job's GPUs: every one the engine can hand over, unless the job's options say `gpus: False`
+    (localsage api: an instance type without GPUs)."""
+    if (getattr(job, "options", None) or {}).get("gpus") is False:
+        return False
+    return gpus_available(engine)
 
 
 def run(job, log, stop: threading.Event) -> int:
@@ -122,8 +145,8 @@ def run(job, log, stop: threading.Event) -> int:
     engine.images.get(image)  # ImageNotFound -> the runner records "could not run the job: ... (run `make image`)"
     name = container_name(job.name)
 
-    kwargs = {}
-    if gpus_available(engine):
+    kwargs = command(job)
+    if wants_gpus(job, engine):
         kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
     if os.getuid() != 0:  # files in the job folder stay the caller's
         kwargs["user"] = f"{os.getuid()}:{os.getgid()}"
@@ -131,7 +154,7 @@ def run(job, log, stop: threading.Event) -> int:
     env.update(job.env or {})
 
     container = engine.containers.create(
-        image, ["train"], name=name, hostname="algo-1", environment=env, volumes=mounts(job),
+        image, name=name, hostname="algo-1", environment=env, volumes=mounts(job),
         shm_size=SHM_SIZE, labels={LABEL: job.name, OWNER_LABEL: json.dumps(procs.identity())}, detach=True,
         init=True,  # docker-init as PID 1 relays SIGTERM; a bare PID 1 ignores it until train installs its handler
         **kwargs)

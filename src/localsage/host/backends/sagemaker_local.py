@@ -184,7 +184,7 @@ def run(job, log, stop: threading.Event) -> int:
                 pass
 
     threading.Thread(target=watch, daemon=True).start()
-    gpu = gpus_available(engine)
+    gpu = (job.options or {}).get("gpus") is not False and gpus_available(engine)
     env, shared = host_thread_env(job, gpu, procs.cores())
     if shared:
         log(shared)
@@ -202,6 +202,9 @@ def run(job, log, stop: threading.Event) -> int:
                 sagemaker_session=session(work, job.name),
                 disable_profiler=True,
             )
+            if getattr(job, "entrypoint", None):  # SageMaker's ContainerEntrypoint/Arguments, run on every host
+                common.update(container_entry_point=list(job.entrypoint),
+                              container_arguments=list(job.arguments or []) or None)
             if getattr(job, "script", None):
                 estimator = script_estimator(job.script, common)
             else:
