@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE, REQUIRED, ROOT, TINY_HP
+from conftest import IMAGE, ROOT, TINY_HP
 from test_api_server import BUCKET, ROLE, ApiServer
 
 CLIENTS = ROOT / "tests" / "clients"
@@ -203,12 +203,8 @@ def test_describe_leaves_out_empty_structures():
 
 # -- docker backend: the SDKs' own code ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def api_image(request, engine):
-    """The project image; LOCALSAGE_TEST_IMAGE_BUILT=1 uses the one there is (no `make image`)."""
-    if os.environ.get("LOCALSAGE_TEST_IMAGE_BUILT") == "1":
-        engine.images.get(IMAGE)
-        return IMAGE
-    return request.getfixturevalue("image")
+def api_image(image):
+    return image
 
 
 @pytest.fixture(scope="module")
@@ -220,9 +216,7 @@ def docker_api(api_image, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sdk3_python():
-    if not SDK3_PYTHON.exists():
-        message = f"no SDK v3 client venv at {SDK3_PYTHON} (make install creates it)"
-        pytest.fail(message) if REQUIRED else pytest.skip(message)
+    assert SDK3_PYTHON.exists(), f"no SDK v3 client venv at {SDK3_PYTHON} (make install creates it)"
     return SDK3_PYTHON
 
 

@@ -67,6 +67,22 @@ def simulate_principal_policy(form: dict, account: str = ACCOUNT) -> tuple[int, 
     return 200, {"Content-Type": "text/xml"}, body.encode()
 
 
+STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
+SESSION_NAME = "local"
+
+
+def caller_identity(account: str = ACCOUNT) -> tuple[int, dict, bytes]:
+    """STS GetCallerIdentity as a job running under the local role (an assumed-role session), so an SDK that
+    takes its execution role from the caller (v3 ModelBuilder, SageMaker's `get_execution_role` pattern) finds
+    the role the jobs run as, not moto's `user/moto`."""
+    arn = f"arn:aws:sts::{account}:assumed-role/{ROLE_NAME}/{SESSION_NAME}"
+    body = (f'<GetCallerIdentityResponse xmlns="{STS_NS}"><GetCallerIdentityResult><Arn>{arn}</Arn>'
+            f"<UserId>AROALOCALSAGE000000000:{SESSION_NAME}</UserId><Account>{account}</Account>"
+            "</GetCallerIdentityResult><ResponseMetadata><RequestId>"
+            f"{uuid.uuid4()}</RequestId></ResponseMetadata></GetCallerIdentityResponse>")
+    return 200, {"Content-Type": "text/xml"}, body.encode()
+
+
 def iam_error(code: str, message: str, status: int = 400) -> tuple[int, dict, bytes]:
     body = (f'<ErrorResponse xmlns="{IAM_NS}"><Error><Type>Sender</Type><Code>{escape(code)}</Code>'
             f"<Message>{escape(message)}</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>")

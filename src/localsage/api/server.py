@@ -121,6 +121,9 @@ class App:
             form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
             if form.get("Action") == "SimulatePrincipalPolicy":
                 return aws.simulate_principal_policy(form, self.api.account)
+        if service in (None, "sts") and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            if dict(parse_qsl(body.decode("utf-8", "replace"))).get("Action") == "GetCallerIdentity":
+                return aws.caller_identity(self.api.account)
         if is_s3 and method == "PUT":
             bucket, key = s3_target(environ, path)
             if bucket and not key and not BUCKET_PATTERN.fullmatch(bucket):  # moto would make it (and not S3)

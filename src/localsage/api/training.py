@@ -351,3 +351,10 @@ OPERATIONS = {
     "ListTrainingJobs": list_training_jobs,
     "StopTrainingJob": stop_training_job,
 }
+
+
+def on_start(api) -> None:
+    """A restarted server makes final, at once, every job a killed server left InProgress or Stopping."""
+    for record in api.store.list(KIND):
+        if record.get("TrainingJobStatus") not in FINAL:
+            current(api, record["TrainingJobName"])
