@@ -34,8 +34,11 @@ $(SDK3_VENV)/.installed: $(SDK3_REQUIREMENTS)
 
 install: $(BIN)/localsage $(SDK3_VENV)/.installed ## create .venv (pinned dependencies + localsage) and .venv-sdk3 (SDK v3 client)
 
-test: install ## run the test suite
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: install ## run the test suite (the local API's longer client scenarios are in test-api)
+	$(BIN)/python -m pytest -q -m "not api_full" $(PYTEST_ARGS)
+
+test-api: install ## the local API's longer client scenarios (SDK v3/v2 tuners, ModelBuilder, transform, hosts)
+	$(BIN)/python -m pytest -q -m api_full tests/test_api_server.py tests/test_api_training.py tests/test_api_serving.py tests/test_api_tuning.py $(PYTEST_ARGS)
 
 lint: install ## ruff: pyflakes, import order, lines within 120 characters (config in pyproject.toml)
 	$(BIN)/ruff check .

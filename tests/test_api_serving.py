@@ -119,6 +119,7 @@ def tar_of(files: dict) -> bytes:
 
 @pytest.mark.integration
 @pytest.mark.docker
+@pytest.mark.api_full
 def test_sdk_v3_model_builder_deploys_an_s3_model_and_invokes_it(server, engine, tiny_model):
     assert SDK3_PYTHON.exists(), f"no SDK v3 client venv at {SDK3_PYTHON} (make install creates it)"
     tar, classes, jpeg = tiny_model
@@ -149,6 +150,7 @@ def test_sdk_v2_deploys_two_endpoints_that_answer_at_once(server, tiny_model):
 
 @pytest.mark.integration
 @pytest.mark.docker
+@pytest.mark.api_full
 def test_sdk_v2_transformer_writes_an_out_object_per_jpeg(server, tiny_model, small_data, tmp_path):
     tar, classes, _ = tiny_model
     images = tmp_path / "images"

@@ -222,6 +222,7 @@ def sdk3_python():
 
 @pytest.mark.integration
 @pytest.mark.docker
+@pytest.mark.api_full
 def test_v3_model_trainer_runs_the_builtin_trainer(docker_api, sdk3_python, small_data):
     got, _ = run_client(docker_api, sdk3_python, "api_v3_model_trainer.py", "--image", IMAGE, "--data", small_data,
                         *hp_args(TINY_HP))
@@ -280,6 +281,7 @@ def test_v2_pytorch_fit_tails_the_log_and_its_rule_gives_a_verdict(docker_api, s
 
 @pytest.mark.integration
 @pytest.mark.docker
+@pytest.mark.api_full
 def test_two_instances_run_as_sdk_local_mode_hosts(docker_api, small_data):
     sm = docker_api.client("sagemaker")
     uri = upload_folder(docker_api.client("s3"), small_data, "api-tests/hosts-data")
@@ -448,6 +450,7 @@ def test_a_failing_script_and_a_tarball_with_a_link(api, data_uri):
 
 
 @pytest.mark.integration
+@pytest.mark.api_full
 def test_v3_script_job_on_the_process_backend(api, sdk3_python, small_data):
     got, _ = run_client(api, sdk3_python, "api_v3_model_trainer.py", "--image", IMAGE, "--data", small_data,
                         "--source-dir", EXAMPLE, "--entry", "train.py", *hp_args(SCRIPT_HP))

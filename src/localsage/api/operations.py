@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 from typing import Callable
 
-MODULES = ("training", "tuning", "endpoints", "transform", "runtime")
+MODULES = ("training", "tuning", "endpoints", "transform", "runtime", "tags")
 
 
 def _module(name: str) -> ModuleType | None:

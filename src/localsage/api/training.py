@@ -232,7 +232,10 @@ def reconcile(api, name: str) -> dict | None:
 def public(record: dict) -> dict:
     """What DescribeTrainingJob answers: the record without localsage's own part, empty structures left out
     (sagemaker-core's pydantic models refuse some empty ones)."""
-    return {k: v for k, v in ((k, _pruned(v)) for k, v in record.items() if k != "Local") if not _empty(v)}
+    out = {k: v for k, v in ((k, _pruned(v)) for k, v in record.items() if k != "Local") if not _empty(v)}
+    if "OutputDataConfig" in out:  # the service answers an empty KmsKeyId; v2's Estimator.attach reads it
+        out["OutputDataConfig"] = {"KmsKeyId": "", **out["OutputDataConfig"]}
+    return out
 
 
 def _pruned(value):
