@@ -260,14 +260,18 @@ def test_v3_model_trainer_runs_a_script_with_its_container_entrypoint(docker_api
 
 @pytest.mark.integration
 @pytest.mark.docker
-def test_v2_pytorch_fit_tails_the_log_and_its_rule_gives_a_verdict(docker_api, small_data):
+def test_v2_pytorch_fit_tails_the_log_and_its_rule_finds_the_planted_divergence(docker_api, small_data):
+    """The planted fault: lr=1000 makes the loss blow up; the losses are saved every step (the rule's default is
+    every 500, nothing to judge in a tiny job), over 3 short epochs, and LossNotDecreasing compares every 2 steps."""
     got, out = run_client(docker_api, sys.executable, "api_v2_pytorch_fit.py", "--image", IMAGE, "--data",
-                          small_data, "--source-dir", EXAMPLE, "--entry", "train.py", *hp_args(SCRIPT_HP))
+                          small_data, "--source-dir", EXAMPLE, "--entry", "train.py",
+                          *hp_args({**SCRIPT_HP, "lr": "1000", "epochs": "3", "batch-size": "4"}),
+                          "--loss-save-interval", "1",
+                          "--rule-param", "num_steps=2")
     assert got["status"] == "Completed", got
     assert "Test set: Average loss" in out  # fit(logs=True) tailed CloudWatch Logs
-    assert got["rules"] and got["rules"][0][0] == "LossNotDecreasing", got
-    assert got["rules"][0][1] in ("NoIssuesFound", "IssuesFound"), got
-    assert f"LossNotDecreasing: {got['rules'][0][1]}" in out  # the SDK printed the verdict while waiting
+    assert got["rules"] == [["LossNotDecreasing", "IssuesFound"]], got
+    assert "LossNotDecreasing: IssuesFound" in out  # the SDK printed the verdict while waiting
     job = docker_api.client("sagemaker").describe_training_job(TrainingJobName=got["job"])
     status = job["DebugRuleEvaluationStatuses"][0]
     assert status["RuleEvaluationStatus"] == got["rules"][0][1] and status["StatusDetails"]

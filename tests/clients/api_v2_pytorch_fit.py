@@ -4,14 +4,14 @@ Nothing of localsage is imported: the environment lines `localsage api` prints p
 Prints one JSON line: {"job", "model_data", "status", "rules": [[name, status], ...], "seconds"}.
 
     python api_v2_pytorch_fit.py --image localsage:latest --data DIR --source-dir D --entry E [--hp key=value ...]
-        [--instance-type ml.m5.large] [--no-rules]
+        [--instance-type ml.m5.large] [--no-rules] [--loss-save-interval N] [--rule-param key=value ...]
 """
 import argparse
 import json
 import time
 
 import sagemaker
-from sagemaker.debugger import Rule, rule_configs
+from sagemaker.debugger import CollectionConfig, Rule, rule_configs
 from sagemaker.pytorch import PyTorch
 
 
@@ -24,8 +24,13 @@ def main():
     p.add_argument("--hp", action="append", default=[], help="key=value")
     p.add_argument("--instance-type", default="ml.m5.large")
     p.add_argument("--no-rules", action="store_true")
+    p.add_argument("--loss-save-interval", help="save the losses every N steps (the SDK's default is 500)")
+    p.add_argument("--rule-param", action="append", default=[], help="key=value for LossNotDecreasing")
     args = p.parse_args()
 
+    # the rule's own collection: its default (every 500 steps) would also go into the hook's config and win
+    saved = [CollectionConfig(name="losses", parameters={"save_interval": args.loss_save_interval})] \
+        if args.loss_save_interval else None
     session = sagemaker.Session()
     start = time.monotonic()
     inputs = session.upload_data(path=args.data, key_prefix="localsage-tests/v2-data")
@@ -36,7 +41,9 @@ def main():
         instance_count=1,
         instance_type=args.instance_type,
         hyperparameters=dict(kv.split("=", 1) for kv in args.hp),
-        rules=None if args.no_rules else [Rule.sagemaker(rule_configs.loss_not_decreasing())],
+        rules=None if args.no_rules else [Rule.sagemaker(
+            rule_configs.loss_not_decreasing(), rule_parameters=dict(kv.split("=", 1) for kv in args.rule_param),
+            collections_to_save=saved)],
         sagemaker_session=session,
     )
     estimator.fit({"training": inputs}, logs=True)

@@ -1,6 +1,6 @@
 """SDK v2 client (sagemaker 2.x) in cloud mode, as a notebook writes it: the data uploaded with
 `Session.upload_data`, then `HyperparameterTuner(PyTorch(entry_point=..., image_uri=...), ...).fit()` and
-`best_training_job()`; with --deploy also `tuner.deploy()` (the best job's model, served with the source dir's
+`best_training_job()`; with --deploy also the best job's model deployed (PyTorchModel, served with the source dir's
 inference.py) and `predict` on a JPEG. Nothing of localsage is imported: the environment lines `localsage api`
 prints point it at the local API. Prints one JSON line after the tuning, {"tuning_job", "status", "best",
 "best_lr", "counters", "jobs", "seconds"}, and with --deploy a second one, {"prediction", "seconds"}.
@@ -67,16 +67,23 @@ def main():
     print(json.dumps(out, default=str), flush=True)
     if args.deploy:
         from sagemaker.deserializers import JSONDeserializer
+        from sagemaker.pytorch import PyTorchModel
         from sagemaker.serializers import IdentitySerializer
 
-        predictor = tuner.deploy(initial_instance_count=1, instance_type=args.instance_type,
-                                 entry_point="inference.py", serializer=IdentitySerializer("image/jpeg"),
-                                 deserializer=JSONDeserializer())
+        # tuner.deploy() attaches the best job's estimator, and v2's attach takes framework_version from AWS's own
+        # image names (None for any custom image, in the cloud too): the model is made from the best job instead
+        job = session.sagemaker_client.describe_training_job(TrainingJobName=best)
+        model = PyTorchModel(model_data=job["ModelArtifacts"]["S3ModelArtifacts"], image_uri=args.image,
+                             framework_version="2.1", py_version="py310", entry_point="inference.py",
+                             source_dir=args.source_dir, sagemaker_session=session)
+        predictor = model.deploy(initial_instance_count=1, instance_type=args.instance_type,
+                                 serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
         try:
             with open(args.deploy, "rb") as f:
                 prediction = predictor.predict(f.read())
         finally:
             predictor.delete_endpoint()
+        print()  # the SDK's deploy progress ("-----!") ends without a newline
         print(json.dumps({"prediction": prediction, "seconds": round(time.monotonic() - start, 2)}), flush=True)
 
 

@@ -14,34 +14,11 @@ import json
 import time
 
 import boto3
+from jpeg_payloads import jpeg_schema  # tests/clients/, beside this program
 from sagemaker.serve import ModelBuilder, ModelServer
-from sagemaker.serve.builder.schema_builder import SchemaBuilder
-from sagemaker.serve.marshalling.custom_payload_translator import CustomPayloadTranslator
 from sagemaker.serve.mode.function_pointers import Mode
 
 BUCKET = "sagemaker-us-east-1-123456789012"  # the SDK defaults file names it too
-
-
-class JpegIn(CustomPayloadTranslator):
-    def __init__(self):
-        super().__init__(content_type="image/jpeg", accept_type="application/json")
-
-    def serialize_payload_to_bytes(self, payload):
-        return payload
-
-    def deserialize_payload_from_stream(self, stream):
-        return stream.read()
-
-
-class JsonOut(CustomPayloadTranslator):
-    def __init__(self):
-        super().__init__(content_type="application/json", accept_type="application/json")
-
-    def serialize_payload_to_bytes(self, payload):
-        return json.dumps(payload).encode()
-
-    def deserialize_payload_from_stream(self, stream):
-        return json.loads(stream.read())
 
 
 def main():
@@ -62,8 +39,7 @@ def main():
         model_server=ModelServer.TORCHSERVE,
         model_path=f"s3://{BUCKET}/{key}",
         role_arn=args.role,
-        schema_builder=SchemaBuilder(jpeg, {"predictions": []}, input_translator=JpegIn(),
-                                     output_translator=JsonOut()),
+        schema_builder=jpeg_schema(jpeg),
     )
     start = time.monotonic()
     builder.build(model_name=args.name)

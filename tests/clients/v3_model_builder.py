@@ -10,34 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "sdk-v3"))
 import localsage_offline  # noqa: E402, F401 - imported first for its effect: the image exists only locally, no pull
+from jpeg_payloads import jpeg_schema  # noqa: E402 - tests/clients/, beside this program
 from sagemaker.serve import ModelBuilder, ModelServer  # noqa: E402 - after localsage_offline
-from sagemaker.serve.builder.schema_builder import SchemaBuilder  # noqa: E402 - after localsage_offline
-from sagemaker.serve.marshalling.custom_payload_translator import CustomPayloadTranslator  # noqa: E402 - ditto
 from sagemaker.serve.mode.function_pointers import Mode  # noqa: E402 - after localsage_offline
-
-
-class JpegIn(CustomPayloadTranslator):
-    """The request goes out as image/jpeg bytes, as `curl --data-binary @dog.jpg` sends it."""
-
-    def __init__(self):
-        super().__init__(content_type="image/jpeg", accept_type="application/json")
-
-    def serialize_payload_to_bytes(self, payload):
-        return payload
-
-    def deserialize_payload_from_stream(self, stream):
-        return stream.read()
-
-
-class JsonOut(CustomPayloadTranslator):
-    def __init__(self):
-        super().__init__(content_type="application/json", accept_type="application/json")
-
-    def serialize_payload_to_bytes(self, payload):
-        return json.dumps(payload).encode()
-
-    def deserialize_payload_from_stream(self, stream):
-        return json.loads(stream.read())
 
 
 def main():
@@ -55,8 +30,7 @@ def main():
         model_server=ModelServer.TORCHSERVE,
         model_path=args.model_path,
         s3_model_data_url="s3://localsage-offline/unused",  # build() would ask STS for a default bucket
-        schema_builder=SchemaBuilder(jpeg, {"predictions": []}, input_translator=JpegIn(),
-                                     output_translator=JsonOut()),
+        schema_builder=jpeg_schema(jpeg),
         env_vars=dict(kv.split("=", 1) for kv in args.env),
         role_arn="arn:aws:iam::111111111111:role/localsage-dummy",
     )

@@ -21,13 +21,13 @@ import zlib
 from pathlib import Path
 
 from localsage.api import guard
+from localsage.host import backends
 
 LOG = logging.getLogger("localsage.api")
 CONTAINER_PORT = 8080
 KIND_LABEL = "localsage.api"  # "endpoint/<name>" or "transform-job/<name>"
 ROOT_LABEL = "localsage.api.root"  # the server folder that started it
 STOP_GRACE_S = 10
-ECR_URI = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/(.+)")
 GPU_INSTANCE = re.compile(r"ml\.(p\d|g\d)[a-z0-9-]*\.")
 HOST_ENV_REFUSED = re.compile(r"(LD_.*|PYTHON.*|PATH|HOME|TMPDIR|TEMP|JAVA_.*|LOCALSAGE_.*|LOG_LOCATION|"
                               r"METRICS_LOCATION)")
@@ -39,29 +39,6 @@ CLOUDWATCH_LINES = 20_000  # a server's lines copied to CloudWatch Logs (moto ho
 
 class ServeError(Exception):
     """A model server that cannot start or serve; the message is the reason a record shows."""
-
-
-def local_image(image: str, engine=None) -> str:
-    """The local image a reference names (never pulled); LookupError saying what to do when there is none."""
-    import docker
-
-    candidates = [image]
-    ecr = ECR_URI.fullmatch(image)
-    if ecr:
-        repo = ecr.group(1)
-        candidates.append(repo if ":" in repo.rpartition("/")[2] or "@" in repo else f"{repo}:latest")
-    try:
-        engine = engine or docker.from_env()
-        for candidate in candidates:
-            try:
-                engine.images.get(candidate)
-                return candidate
-            except docker.errors.DockerException:
-                continue
-    except docker.errors.DockerException as exc:
-        raise LookupError(f"cannot reach the docker engine ({exc})") from None
-    raise LookupError(f"image {image[:200]!r} does not exist on this machine, and localsage never pulls an image "
-                      "a request names: build or tag it here (make image; make push tags the ECR URI)")
 
 
 def gpu_instance(instance_type: str | None) -> bool:
@@ -206,7 +183,7 @@ class DockerServer(Server):
 
         try:
             engine = docker_backend.client()
-            image = local_image(self.image, engine)
+            image = docker_backend.local_image(self.image, engine)
         except (LookupError, docker.errors.DockerException) as exc:
             raise ServeError(str(exc)) from None
         guard.ensure_guard()
@@ -342,33 +319,13 @@ def host_env(env: dict, model_dir: Path, code_dir: Path | None) -> dict:
 
 def make_server(api, kind: str, name: str, image: str, model_dir: Path, env: dict, log_path: Path,
                 log_stream: tuple[str, str], instance_type: str | None = None, code_dir: Path | None = None):
-    cls = ProcessServer if api.backend == "process" else DockerServer
+    cls = DockerServer if backends.traits(api.backend).in_container else ProcessServer
     return cls(api, kind, name, image, model_dir, env, log_path, log_stream, instance_type, code_dir)
 
 
 def reap(api) -> list:
     """At a server's start: remove this folder's serving containers whose server is gone (SIGKILL, crash)."""
     from localsage.core import procs
+    from localsage.host.backends.docker import remove_labelled
 
-    try:
-        import docker
-    except ImportError:
-        return []
-    try:
-        engine = docker.from_env()
-        found = engine.containers.list(all=True, filters={"label": [f"{ROOT_LABEL}={api.root}"]})
-    except docker.errors.DockerException:
-        return []
-    removed = []
-    for container in found:
-        try:
-            owner = json.loads(container.labels.get(guard.OWNER_LABEL, "{}"))
-        except ValueError:
-            owner = {}
-        if procs.alive(owner) is not True:
-            try:
-                container.remove(force=True)
-                removed.append(container.name)
-            except docker.errors.APIError:
-                pass
-    return removed
+    return remove_labelled(f"{ROOT_LABEL}={api.root}", lambda owner: procs.alive(owner) is not True)

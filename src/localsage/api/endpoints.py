@@ -11,6 +11,7 @@ from localsage.api import containers, errors
 from localsage.api.errors import ApiError, validation
 from localsage.api.hosting import hosting, lookup, now
 from localsage.api.store import check_name
+from localsage.host import backends
 
 
 def describe(record: dict, operation: str) -> dict:
@@ -104,9 +105,11 @@ def _container(api, request: dict) -> dict:
     uri, _ = containers.model_source(container)
     if uri:
         api.s3.parse(uri)
-    if api.backend == "docker":
+    if backends.traits(api.backend).in_container:
+        from localsage.host.backends.docker import local_image
+
         try:
-            containers.local_image(container["Image"])
+            local_image(container["Image"])
         except LookupError as exc:
             raise validation(f"{field}.Image", str(exc)) from None
     return container

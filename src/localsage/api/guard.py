@@ -19,9 +19,9 @@ import sys
 import threading
 
 from localsage.core import procs
+from localsage.host.backends.docker import OWNER_LABEL
 
 LOG = logging.getLogger("localsage.api")
-OWNER_LABEL = "localsage.owner"  # the docker backend's label: JSON procs.identity() of the starting process
 
 _lock = threading.Lock()
 _guard: subprocess.Popen | None = None  # held for the process's life: dropping it would close the pipe
@@ -44,26 +44,9 @@ def ensure_guard() -> None:
 
 def sweep(owner: dict, engine=None) -> list:
     """Remove the containers `owner` started (label match); their names."""
-    import docker
+    from localsage.host.backends.docker import remove_labelled
 
-    try:
-        engine = engine or docker.from_env()
-        containers = engine.containers.list(all=True, filters={"label": OWNER_LABEL})
-    except docker.errors.DockerException:
-        return []
-    removed = []
-    for container in containers:
-        try:
-            started_by = json.loads(container.labels.get(OWNER_LABEL, "{}"))
-        except ValueError:
-            continue
-        if started_by == owner:
-            try:
-                container.remove(force=True)
-                removed.append(container.name)
-            except docker.errors.APIError:
-                pass
-    return removed
+    return remove_labelled(OWNER_LABEL, lambda started_by: started_by == owner, engine)
 
 
 def main(argv: list) -> int:

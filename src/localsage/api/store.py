@@ -11,7 +11,8 @@ from localsage.api.errors import validation
 from localsage.core.contract import NAME_PATTERN
 from localsage.core.files import atomic_write_json
 
-KINDS = ("TrainingJob", "HyperParameterTuningJob", "Model", "EndpointConfig", "Endpoint", "TransformJob")
+KINDS = ("TrainingJob", "HyperParameterTuningJob", "Model", "EndpointConfig", "Endpoint", "TransformJob",
+         "Tags")  # Tags: those added to a resource after its creation (api/tags.py)
 
 
 def check_name(name, field: str = "Name") -> str:

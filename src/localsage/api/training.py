@@ -18,6 +18,7 @@ from localsage.api.errors import ApiError, already_exists, not_found, validation
 from localsage.api.instances import check_training_instance_type
 from localsage.api.s3 import parse
 from localsage.api.training_run import ACTIVE, FINAL, KIND, Running, Setup
+from localsage.host import backends
 
 DEFAULT_CHECKPOINT_PATH = "/opt/ml/checkpoints"
 DEFAULT_MAX_RESULTS = 10
@@ -80,7 +81,7 @@ def setup_of(api, request: dict, tags: dict | None = None) -> Setup:
     count = int(resources.get("InstanceCount") or 1)
     backend = api.backend
     if count > 1:
-        if api.backend != "docker":
+        if not backends.traits(backend).in_container:
             raise validation("resourceConfig.instanceCount", f"{count} instances need containers: the {api.backend} "
                                                              "backend runs one (localsage api --backend docker)")
         backend = "sagemaker-local"  # its hosts are containers on this machine
@@ -113,14 +114,15 @@ def setup_of(api, request: dict, tags: dict | None = None) -> Setup:
         parse(hook["S3OutputPath"])
     specs = api_rules.specs_of(request)
     image = algorithm.get("TrainingImage") or api.image
-    if backend != "process":
+    in_container = backends.traits(backend).in_container
+    if in_container:
         image = resolve_image(image)
     all_tags = {t["Key"]: t.get("Value", "") for t in request.get("Tags") or []}
     all_tags.update(tags or {})
     entrypoint = algorithm.get("ContainerEntrypoint") or None
     return Setup(
         name=request["TrainingJobName"], backend=backend, instance_count=count, instance_type=instance_type,
-        image=image if backend != "process" else None, hyperparameters=hps,
+        image=image if in_container else None, hyperparameters=hps,
         environment=dict(request.get("Environment") or {}), channels=channels,
         submit_uri=submit if program is not None else None, program=program, entrypoint=entrypoint,
         arguments=algorithm.get("ContainerArguments") or None, metric_definitions=definitions,
@@ -138,27 +140,13 @@ def _profiler_uri(request: dict) -> str | None:
 
 
 def resolve_image(image: str) -> str:
-    """A local tag, or an ECR URI whose image is on this machine (as `make push` tags it), else its
-    repository:tag when that is; never pulled. A ValidationException otherwise."""
-    try:
-        import docker
+    """The local image (a tag, or an ECR URI as `make push` tags it); never pulled. A ValidationException otherwise."""
+    from localsage.host.backends.docker import local_image
 
-        engine = docker.from_env()
-        candidates = [image]
-        if ".dkr.ecr." in image and "/" in image:
-            candidates.append(image.split("/", 1)[1])
-        for candidate in candidates:
-            try:
-                engine.images.get(candidate)
-                return candidate
-            except docker.errors.ImageNotFound:
-                continue
-    except Exception as exc:  # no engine: the docker backend cannot run anything
-        raise ApiError("ValidationException", f"the docker engine is not reachable ({type(exc).__name__}: {exc}); "
-                                              "start it, or run localsage api --backend process") from None
-    raise validation("algorithmSpecification.trainingImage",
-                     f"image {image!r} is not on this machine, and localsage api never pulls one: build or tag it "
-                     "locally (make image; make push tags the ECR name)")
+    try:
+        return local_image(image)
+    except LookupError as exc:
+        raise validation("algorithmSpecification.trainingImage", str(exc)) from None
 
 
 def first_record(api, request: dict, setup: Setup, tuning_job_arn: str | None) -> dict:

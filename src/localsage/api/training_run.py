@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localsage.api import channels as ch, rules as api_rules
+from localsage.host import backends
 
 LOG = logging.getLogger("localsage.api")
 KIND = "TrainingJob"
@@ -154,7 +155,7 @@ def run(api, setup: Setup, running: Running, on_metrics=None) -> None:
         tail = LogTail(api, name, api.jobs_dir / name, stream, setup.checkpoint_uri)
         for line in options.pop("notes", []):
             tail.note(line)
-        if setup.backend != "process":  # a SIGKILLed server's containers are removed by its guard
+        if backends.traits(setup.backend).containers:  # a SIGKILLed server's containers are removed by its guard
             from localsage.api.guard import ensure_guard
 
             ensure_guard()
@@ -198,11 +199,12 @@ def _plan(api, setup: Setup, code: Path | None, folders: dict, checkpoints: Path
     if note:
         notes.append(note)
     options["gpus"] = gpus
-    if not gpus and setup.backend == "process":
+    in_container = backends.traits(setup.backend).in_container
+    if not gpus and not in_container:
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
     env.setdefault("TRAINING_JOB_NAME", setup.name)  # SageMaker sets both in the container
     env.setdefault("TRAINING_JOB_ARN", api.arn("training-job", setup.name))
-    if setup.backend != "process":
+    if in_container:
         options["channels_writable"] = True  # the job's own copy (SDK v3's driver chmods its script)
     common = dict(hyperparameters=setup.hyperparameters, metric_definitions=setup.metric_definitions,
                   max_run=setup.max_run, env=env, image=setup.image, as_given=True, hook_config=setup.hook_config,
@@ -213,7 +215,7 @@ def _plan(api, setup: Setup, code: Path | None, folders: dict, checkpoints: Path
             raise ch.StagingError(f"ClientError: the program {setup.program!r} (sagemaker_program) is not in "
                                   f"{setup.submit_uri}")
         script = Script(setup.program, code)
-    elif setup.entrypoint and setup.backend == "process":
+    elif setup.entrypoint and not in_container:
         return v3_script_plan(setup, folders, common), {**options, "notes": notes}
     plan = JobPlan(script=script, container_entrypoint=setup.entrypoint, container_arguments=setup.arguments,
                    **common)
@@ -255,7 +257,7 @@ def gpu_setting(instance_type: str, backend: str) -> tuple[bool, str | None]:
 
 
 def _local_gpus(backend: str) -> bool:
-    if backend == "process":
+    if not backends.traits(backend).in_container:
         return bool(shutil.which("nvidia-smi"))
     try:
         from localsage.host.backends.docker import gpus_available

@@ -24,6 +24,33 @@ LABEL = "localsage.job"
 OWNER_LABEL = "localsage.owner"  # JSON procs.identity() of the localsage process that started the container
 
 
+ECR_URI = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/(.+)")
+
+
+def local_image(image: str, engine=None) -> str:
+    """The local image a reference names — the tag itself, or for an ECR URI (as `make push` tags it) its
+    repository:tag — never pulled; LookupError saying what to do when there is none."""
+    import docker
+
+    candidates = [image]
+    ecr = ECR_URI.fullmatch(image)
+    if ecr:
+        repo = ecr.group(1)
+        candidates.append(repo if ":" in repo.rpartition("/")[2] or "@" in repo else f"{repo}:latest")
+    try:
+        engine = engine or client()
+        for candidate in candidates:
+            try:
+                engine.images.get(candidate)
+                return candidate
+            except docker.errors.DockerException:
+                continue
+    except docker.errors.DockerException as exc:
+        raise LookupError(f"cannot reach the docker engine ({exc})") from None
+    raise LookupError(f"image {image[:200]!r} does not exist on this machine, and localsage never pulls an image "
+                      "a request names: build or tag it here (make image; make push tags the ECR URI)")
+
+
 def client():
     import docker
 
@@ -60,7 +87,7 @@ def remove(name: str, engine=None) -> bool:
         return False
 
 
-def _remove_labelled(label_filter: str, started_by_matches, engine=None) -> list:
+def remove_labelled(label_filter: str, started_by_matches, engine=None) -> list:
     """Remove the containers matching a label filter whose owner label (JSON procs.identity()) passes
     `started_by_matches`. Names removed; [] without the SDK or an engine."""
     try:
@@ -90,12 +117,12 @@ def _remove_labelled(label_filter: str, started_by_matches, engine=None) -> list
 def remove_owned(job_name: str, owner: dict, engine=None) -> list:
     """Remove the containers of job `job_name` that `owner` (a procs.identity()) started: the SDK local
     mode's algo-N hosts carry the same labels as ours."""
-    return _remove_labelled(f"{LABEL}={job_name}", lambda started_by: started_by == owner, engine)
+    return remove_labelled(f"{LABEL}={job_name}", lambda started_by: started_by == owner, engine)
 
 
 def reap_orphans(engine=None) -> list:
     """Remove every localsage container whose owner process (recorded in its labels) is dead."""
-    return _remove_labelled(OWNER_LABEL, lambda started_by: procs.alive(started_by) is False, engine)
+    return remove_labelled(OWNER_LABEL, lambda started_by: procs.alive(started_by) is False, engine)
 
 
 def mounts(job) -> dict:
