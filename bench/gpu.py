@@ -128,10 +128,11 @@ def loop_part(out: Path, work: Path, device, size: dict):
     import torch
 
     from localsage.container import recipe, train
-    from localsage.container.debug_sampler import STEPS, StepTimer
+    from localsage.container.debug_sampler import StepTimer
     from localsage.container.feed import Data
     from localsage.container.normalize import Normalize
     from localsage.container.recipe import Ranks, build_model, build_parts
+    from localsage.core.debug_names import PROFILE_STEPS as STEPS
     from localsage.core.hyperparameters import parse
 
     hp = parse({"arch": size["arch"], "weights": "none", "batch-size": str(size["batch"]),
