@@ -88,13 +88,18 @@ def create_transform_job(api, request: dict) -> dict:
     return {"TransformJobArn": arn}
 
 
-def describe_transform_job(api, request: dict) -> dict:
+def _stored(api, request: dict) -> tuple[str, dict]:
+    """The named transform job's record; ResourceNotFound when there is none."""
     start(api)
     name = check_name(request["TransformJobName"], "TransformJobName")
     record = api.store.get("TransformJob", name)
     if record is None:
         raise not_found("TransformJob", name)
-    return describe(record, "DescribeTransformJob")
+    return name, record
+
+
+def describe_transform_job(api, request: dict) -> dict:
+    return describe(_stored(api, request)[1], "DescribeTransformJob")
 
 
 def list_transform_jobs(api, request: dict) -> dict:
@@ -105,11 +110,7 @@ def list_transform_jobs(api, request: dict) -> dict:
 
 
 def stop_transform_job(api, request: dict) -> dict:
-    start(api)
-    name = check_name(request["TransformJobName"], "TransformJobName")
-    record = api.store.get("TransformJob", name)
-    if record is None:
-        raise not_found("TransformJob", name)
+    name, record = _stored(api, request)
     if record["TransformJobStatus"] not in ("InProgress", "Stopping"):
         raise ApiError("ValidationException", f"The transform job {name} is {record['TransformJobStatus']}: only "
                                               "an InProgress job can be stopped.")
