@@ -242,15 +242,18 @@ DEFAULT_COLLECTIONS = (
 )
 
 
-def default_debughookconfig(local_path, hook_parameters: dict | None = None) -> dict:
+def default_debughookconfig(local_path, hook_parameters: dict | None = None, collections: list | None = None) -> dict:
     """debughookconfig.json in the shape SageMaker writes for a DebuggerHookConfig.
 
-    hook_parameters: the SDK's DebuggerHookConfig(hook_parameters=...), e.g. {"train.save_interval": "100"}."""
+    hook_parameters: the SDK's DebuggerHookConfig(hook_parameters=...), e.g. {"train.save_interval": "100"};
+    collections: a request's CollectionConfigurations as given (None: localsage's default collections)."""
+    if collections is None:
+        collections = [{"CollectionName": name, "CollectionParameters": dict(params)}
+                       for name, params in DEFAULT_COLLECTIONS]
     return {
         "LocalPath": str(local_path),
         "HookParameters": {str(k): str(v) for k, v in (hook_parameters or {}).items()},
-        "CollectionConfigurations": [{"CollectionName": name, "CollectionParameters": dict(params)}
-                                     for name, params in DEFAULT_COLLECTIONS],
+        "CollectionConfigurations": list(collections),
     }
 
 

@@ -124,7 +124,8 @@ class JobPlan:
         env = dict(self.env)
         if self.as_given:  # SageMaker writes the hook config a request asks for, and none otherwise
             if self.hook_config is not None:
-                env.update(self._write_hook_config(job_dir, traits))
+                env.update(write_debug_config(job_dir, traits, True, self.hook_config.get("HookParameters"),
+                                              list(self.hook_config.get("CollectionConfigurations") or [])))
         elif self.script is not None or self.debugger_hook_config:  # the built-in trainer takes the hook config too
             env.update(write_debug_config(job_dir, traits, self.debug, self.debugger_hook_config))
         if self.instance_type and traits.reads_job_config:
@@ -136,19 +137,6 @@ class JobPlan:
             if not traits.in_container:
                 env[contract.PIP_TARGET_ENV] = str(contract.code_dir(job_dir) / ".deps")
         return env
-
-    def _write_hook_config(self, job_dir: Path, traits) -> dict:
-        """debughookconfig.json as SageMaker writes it for a DebugHookConfig (where the backend reads the job
-        folder's config), and the hook parameters in the job's environment for the backends that do not."""
-        config = self.hook_config or {}
-        local_path = (contract.container_path("output", "tensors") if traits.in_container
-                      else contract.tensors_dir(job_dir))
-        params = {str(k): str(v) for k, v in (config.get("HookParameters") or {}).items()}
-        if traits.reads_job_config:
-            content = {"LocalPath": str(local_path), "HookParameters": params,
-                       "CollectionConfigurations": list(config.get("CollectionConfigurations") or [])}
-            contract.debughookconfig_file(job_dir).write_text(json.dumps(content, indent=2))
-        return {contract.DEBUG_HOOK_ENV: json.dumps(params)}
 
     def backend_script(self, job_dir: Path) -> dict | None:
         """The backend's view of a script job (backends.JobSpec.script); None for the built-in trainer."""

@@ -85,15 +85,17 @@ def copy_source(script: Script, job_dir: Path) -> Path:
     return dest
 
 
-def write_debug_config(job_dir: Path, traits, debug: bool, hook_parameters: dict | None) -> dict:
+def write_debug_config(job_dir: Path, traits, debug: bool, hook_parameters: dict | None,
+                       collections: list | None = None) -> dict:
     """input/config/debughookconfig.json (SageMaker's shape) where the backend reads the job folder's config
-    (traits: its backends.Traits), and the job's env telling the container (SDK local mode writes no file)."""
+    (traits: its backends.Traits), and the job's env telling the container (SDK local mode writes no file).
+    collections: a request's CollectionConfigurations (None: the default collections)."""
     if not debug:
         return {contract.DEBUG_HOOK_ENV: "off"}
     local_path = (contract.container_path("output", "tensors") if traits.in_container
                   else contract.tensors_dir(job_dir))
     if traits.reads_job_config:
-        config = contract.default_debughookconfig(local_path, hook_parameters)
+        config = contract.default_debughookconfig(local_path, hook_parameters, collections)
         contract.debughookconfig_file(job_dir).write_text(json.dumps(config, indent=2))
     return {contract.DEBUG_HOOK_ENV: json.dumps({str(k): str(v) for k, v in (hook_parameters or {}).items()})}
 
